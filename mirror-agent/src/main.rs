@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("mirror-agent: not built yet");
+    std::process::exit(2);
+}

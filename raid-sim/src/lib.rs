@@ -1,0 +1,117 @@
+//! The block volume layer of smlogfs: a small trait (`BlockVolume`) with a single-file
+//! implementation and a userspace RAID-5 over backing files.
+//!
+//! Callers address the volume in bytes; smlogfs only ever issues reads and writes whose
+//! offset and length are multiples of `BLOCK_BYTES`.
+#![deny(unsafe_code)]
+
+mod single;
+
+pub use single::SingleFileVolume;
+
+use std::path::{Path, PathBuf};
+
+/// The unit smlogfs reads and writes in.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// Errors of the block volume layer. Corruption is kept apart from I/O errors.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt {what} in {path} at byte {at}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        at: u64,
+        detail: String,
+    },
+    #[error("{path} is not a smlogfs volume directory: {detail}")]
+    NotAVolume { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("access beyond the end of the volume: offset {offset} + {len} > {capacity_bytes}")]
+    OutOfRange {
+        offset: u64,
+        len: u64,
+        capacity_bytes: u64,
+    },
+    #[error("volume is poisoned after an earlier write or flush failure; remount it")]
+    Poisoned,
+}
+
+impl VolumeError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        VolumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A byte-addressed block device. Implementations are safe to share between threads.
+pub trait BlockVolume: Send + Sync {
+    /// Usable bytes (for RAID-5: data bytes, parity excluded).
+    fn capacity_bytes(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError>;
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), VolumeError>;
+    /// A one-line description for logs and `status` (kind, members, state).
+    fn describe(&self) -> String;
+}
+
+/// How `create_volume` lays out a new volume.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Usable bytes wanted.
+    pub capacity_bytes: u64,
+    /// 1 = a single backing file; ≥ 3 = RAID-5 over that many members.
+    pub disks: u32,
+    pub chunk_bytes: u64,
+    pub spares: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            capacity_bytes: 256 << 20,
+            disks: 1,
+            chunk_bytes: 64 << 10,
+            spares: 0,
+        }
+    }
+}
+
+/// True when `dir` already holds the backing files of a volume.
+pub fn volume_exists(dir: &Path) -> bool {
+    single::SingleFileVolume::exists(dir)
+}
+
+/// Creates the backing files of a new volume in `dir`.
+pub fn create_volume(dir: &Path, opts: &CreateOptions) -> Result<Box<dyn BlockVolume>, VolumeError> {
+    match opts.disks {
+        1 => Ok(Box::new(SingleFileVolume::create(dir, opts.capacity_bytes)?)),
+        n => Err(VolumeError::Invalid {
+            path: dir.to_path_buf(),
+            detail: format!("--disks {n}: only --disks 1 (a single backing file) is supported"),
+        }),
+    }
+}
+
+/// Opens (assembles) the volume whose backing files are in `dir`.
+pub fn open_volume(dir: &Path) -> Result<Box<dyn BlockVolume>, VolumeError> {
+    if SingleFileVolume::exists(dir) {
+        return Ok(Box::new(SingleFileVolume::open(dir)?));
+    }
+    Err(VolumeError::NotAVolume {
+        path: dir.to_path_buf(),
+        detail: format!("no backing file ({}) found", single::FILE_NAME),
+    })
+}

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("raid-sim: no commands yet");
+    std::process::exit(2);
+}

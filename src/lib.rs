@@ -1,0 +1,2 @@
+//! smlogfs core library.
+#![deny(unsafe_code)]
