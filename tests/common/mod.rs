@@ -1,0 +1,548 @@
+//! Test harness shared by the real-mount integration tests.
+//!
+//! A [`Volume`] is a temporary directory holding a volume (`vol/`) made by the real `smlogfs`
+//! binary and a mount point (`mnt/`). Dropping it always unmounts, kills the daemon and removes
+//! the directories, also when the test panicked.
+//!
+//! `SMLOGFS_TEST_NATIVE=1` replaces the mount by a plain directory on the host file system
+//! (ext4 on the CI machines). The tests then run against the kernel's own file system; this is
+//! how their assertions were checked, and it documents that they encode ext4 semantics. In that
+//! mode `kill9`, `remount` and `umount` only mark the state (the data is in the page cache) and
+//! `fsck` reports clean.
+#![allow(dead_code)]
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The mkfs arguments used when a test does not care: one backing file, a volume large enough
+/// for every test (the backing file is sparse on the host), a ring that wraps in the longer tests.
+pub const DEFAULT_MKFS: &[&str] = &["--size", "1G", "--ring", "16M", "--disks", "1"];
+
+/// How long a mount, unmount or daemon exit may take before the harness gives up.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An ordinary user and a second one, neither root. Uid 1001 need not exist in /etc/passwd.
+pub const USER_A: (u32, u32) = (1000, 1000);
+pub const USER_B: (u32, u32) = (1001, 1001);
+
+pub fn smlogfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_smlogfs")
+}
+
+/// True when the tests run against the host file system instead of a smlogfs mount.
+pub fn native() -> bool {
+    std::env::var("SMLOGFS_TEST_NATIVE").map_or(false, |v| v == "1")
+}
+
+pub struct Volume {
+    // Declared before `root` so the directory outlives every use in Drop.
+    voldir: PathBuf,
+    mnt: PathBuf,
+    mount_args: Vec<String>,
+    mounted: bool,
+    native: bool,
+    root: Option<tempfile::TempDir>,
+}
+
+impl Volume {
+    /// Creates a volume with `smlogfs mkfs VOLDIR <mkfs_args>`; panics if mkfs fails.
+    pub fn new(mkfs_args: &[&str]) -> Volume {
+        let root = tempfile::Builder::new()
+            .prefix("smlogfs-test-")
+            .tempdir()
+            .expect("create temp dir");
+        // Ordinary users must be able to reach the mount point.
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let voldir = root.path().join("vol");
+        let mnt = root.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        fs::set_permissions(&mnt, fs::Permissions::from_mode(0o755)).unwrap();
+        let native = native();
+        if !native {
+            let out = run(Command::new(smlogfs_bin())
+                .arg("mkfs")
+                .arg(&voldir)
+                .args(mkfs_args));
+            assert!(
+                out.status.success(),
+                "smlogfs mkfs {} {:?} failed: {}",
+                voldir.display(),
+                mkfs_args,
+                describe(&out)
+            );
+        } else {
+            fs::create_dir(&voldir).unwrap();
+        }
+        Volume {
+            voldir,
+            mnt,
+            mount_args: Vec::new(),
+            mounted: false,
+            native,
+            root: Some(root),
+        }
+    }
+
+    /// A volume with the default mkfs arguments, mounted with no options.
+    pub fn mounted() -> Volume {
+        let mut v = Volume::new(DEFAULT_MKFS);
+        v.mount(&[]);
+        v
+    }
+
+    pub fn is_native(&self) -> bool {
+        self.native
+    }
+
+    pub fn mnt(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn voldir(&self) -> &Path {
+        &self.voldir
+    }
+
+    /// `mnt()/rel`.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Mounts with `smlogfs mount VOLDIR MNT <args>`, which must return only once the mount
+    /// is ready; the harness checks that a FUSE file system is then on MNT.
+    pub fn mount(&mut self, args: &[&str]) {
+        self.mount_args = args.iter().map(|s| s.to_string()).collect();
+        self.mount_now();
+    }
+
+    fn mount_now(&mut self) {
+        if self.native {
+            self.mounted = true;
+            return;
+        }
+        let started = Instant::now();
+        let out = run(Command::new(smlogfs_bin())
+            .arg("mount")
+            .arg(&self.voldir)
+            .arg(&self.mnt)
+            .args(&self.mount_args));
+        assert!(
+            out.status.success(),
+            "smlogfs mount {} {} {:?} failed after {:?}: {}",
+            self.voldir.display(),
+            self.mnt.display(),
+            self.mount_args,
+            started.elapsed(),
+            describe(&out)
+        );
+        assert!(
+            is_fuse_mount(&self.mnt),
+            "smlogfs mount returned success but {} is not a FUSE mount",
+            self.mnt.display()
+        );
+        // The mount is ready: the root must answer.
+        fs::metadata(&self.mnt).expect("stat of the freshly mounted root");
+        self.mounted = true;
+    }
+
+    /// The daemon's pid from VOLDIR/daemon.pid.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.voldir.join("daemon.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// `kill -9` of the daemon; returns once the process is gone and the mount answers
+    /// ENOTCONN. In native mode it only marks the volume as crashed.
+    pub fn kill9(&mut self) {
+        if self.native {
+            self.mounted = false;
+            return;
+        }
+        let pid = self
+            .daemon_pid()
+            .unwrap_or_else(|| panic!("no daemon.pid in {}", self.voldir.display()));
+        assert!(pid_alive(pid), "daemon {pid} is not running before kill -9");
+        // SAFETY-free: kill(2) has no memory effects.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
+        wait_until(READY_TIMEOUT, || !pid_alive(pid))
+            .unwrap_or_else(|| panic!("daemon {pid} still alive after kill -9"));
+        self.mounted = false;
+    }
+
+    /// Mounts again with the arguments of the last `mount` (after `kill9` this recovers and
+    /// cleans up the dead mount).
+    pub fn remount(&mut self) {
+        self.mount_now();
+    }
+
+    /// `smlogfs umount MNT`; returns once the mount is gone and the daemon has exited (after
+    /// its final checkpoint).
+    pub fn umount(&mut self) {
+        if self.native {
+            self.mounted = false;
+            return;
+        }
+        let pid = self.daemon_pid();
+        let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&self.mnt));
+        assert!(
+            out.status.success(),
+            "smlogfs umount {} failed: {}",
+            self.mnt.display(),
+            describe(&out)
+        );
+        wait_until(READY_TIMEOUT, || !is_fuse_mount(&self.mnt))
+            .unwrap_or_else(|| panic!("{} still mounted after umount", self.mnt.display()));
+        if let Some(pid) = pid {
+            wait_until(READY_TIMEOUT, || !pid_alive(pid))
+                .unwrap_or_else(|| panic!("daemon {pid} did not exit after umount"));
+        }
+        self.mounted = false;
+    }
+
+    /// Clean unmount then mount again with the same arguments.
+    pub fn cycle(&mut self) {
+        self.umount();
+        self.remount();
+    }
+
+    /// `smlogfs fsck VOLDIR`: (exit code, stdout + stderr). Native mode: (0, "").
+    pub fn fsck(&self) -> (i32, String) {
+        if self.native {
+            return (0, String::new());
+        }
+        let out = run(Command::new(smlogfs_bin()).arg("fsck").arg(&self.voldir));
+        (out.status.code().unwrap_or(-1), describe(&out))
+    }
+
+    /// Asserts that `fsck` exits 0.
+    pub fn assert_fsck_clean(&self) {
+        let (code, out) = self.fsck();
+        assert_eq!(
+            code,
+            0,
+            "smlogfs fsck {} is not clean: {out}",
+            self.voldir.display()
+        );
+    }
+
+    fn cleanup(&mut self) {
+        if self.native {
+            return;
+        }
+        if is_fuse_mount(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mnt)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(pid) = self.daemon_pid() {
+            if pid_alive(pid) && is_smlogfs(pid) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = wait_until(Duration::from_secs(10), || !pid_alive(pid));
+            }
+        }
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.cleanup();
+        if let Some(root) = self.root.take() {
+            // Keep the volume for a post-mortem when asked to.
+            if std::env::var_os("SMLOGFS_TEST_KEEP").is_some() && std::thread::panicking() {
+                let kept = root.keep();
+                eprintln!("kept test volume in {}", kept.display());
+            } else {
+                let _ = root.close();
+            }
+        }
+    }
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return Some(());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Alive means present and not a zombie (the daemon is not our child, so nobody here reaps it).
+pub fn pid_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the last ')' (the command name may hold spaces or parens).
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("?");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+fn is_smlogfs(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("smlogfs"))
+        .unwrap_or(false)
+}
+
+/// True when `path` is the mount point of a FUSE file system in this mount namespace.
+pub fn is_fuse_mount(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_bytes();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        fields.len() > sep + 1
+            && unescape_mountinfo(fields[4]).as_bytes() == want
+            && fields[sep + 1].starts_with("fuse")
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| c.is_ascii_digit()) {
+            let v = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8).unwrap();
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ----- errno helpers -----
+
+pub fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// 0 when a libc call returned >= 0, otherwise errno.
+pub fn err_of(ret: i64) -> i32 {
+    if ret < 0 {
+        errno()
+    } else {
+        0
+    }
+}
+
+pub fn cpath(p: impl AsRef<Path>) -> CString {
+    CString::new(p.as_ref().as_os_str().as_bytes()).expect("path without NUL")
+}
+
+pub fn cstr(s: impl AsRef<OsStr>) -> CString {
+    CString::new(s.as_ref().as_bytes()).expect("string without NUL")
+}
+
+pub fn errno_name(e: i32) -> String {
+    let name = match e {
+        0 => "OK",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EFBIG => "EFBIG",
+        libc::E2BIG => "E2BIG",
+        libc::ETXTBSY => "ETXTBSY",
+        _ => "",
+    };
+    format!("{name}({e})")
+}
+
+/// Asserts that `ret` is a failure with errno `want`, naming the call in the message.
+#[track_caller]
+pub fn assert_errno(what: &str, ret: i64, want: i32) {
+    let got = err_of(ret);
+    assert_eq!(
+        errno_name(got),
+        errno_name(want),
+        "{what}: got {} expected {}",
+        errno_name(got),
+        errno_name(want)
+    );
+}
+
+/// Asserts that `ret` is a success, showing errno otherwise.
+#[track_caller]
+pub fn assert_ok(what: &str, ret: i64) -> i64 {
+    assert!(ret >= 0, "{what}: failed with {}", errno_name(errno()));
+    ret
+}
+
+// ----- running code as an ordinary user -----
+
+/// Runs `f` in a forked child with the given uid, gid and supplementary groups and umask 022;
+/// returns what `f` returned (0..=255, typically 0 or an errno). A panic in `f` returns 255.
+///
+/// Only syscall wrappers should be used inside `f` (the child of a multi-threaded process).
+pub fn as_user(uid: u32, gid: u32, groups: &[u32], f: impl FnOnce() -> i32) -> i32 {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: the child only calls async-signal-safe syscalls and `f`, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+    if pid == 0 {
+        unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(254);
+            }
+            libc::umask(0o022);
+        }
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(255);
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(rc, pid, "waitpid: {}", io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status),
+        "user child died: status {status:#x}"
+    );
+    let code = libc::WEXITSTATUS(status);
+    assert_ne!(code, 254, "could not switch to uid {uid} gid {gid}");
+    code
+}
+
+/// Runs `f` as USER_A (1000/1000) with no supplementary groups.
+pub fn as_user_a(f: impl FnOnce() -> i32) -> i32 {
+    as_user(USER_A.0, USER_A.1, &[], f)
+}
+
+/// Runs `f` as USER_B (1001/1001) with no supplementary groups.
+pub fn as_user_b(f: impl FnOnce() -> i32) -> i32 {
+    as_user(USER_B.0, USER_B.1, &[], f)
+}
+
+/// Runs `sh -c script` as the given user with umask 022; returns the output.
+pub fn sh_as(uid: u32, gid: u32, script: &str) -> Output {
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 022; {script}"))
+        .uid(uid)
+        .gid(gid))
+}
+
+/// Runs `sh -c script` as root; panics with the output when it fails.
+pub fn sh(script: &str) -> Output {
+    let out = run(Command::new("sh").arg("-c").arg(script));
+    assert!(out.status.success(), "sh -c {script:?}: {}", describe(&out));
+    out
+}
+
+// ----- small syscall wrappers used by several tests -----
+
+pub fn lstat(p: impl AsRef<Path>) -> Result<libc::stat, i32> {
+    let c = cpath(p);
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::lstat(c.as_ptr(), &mut st) };
+    if rc == 0 {
+        Ok(st)
+    } else {
+        Err(errno())
+    }
+}
+
+pub fn stat(p: impl AsRef<Path>) -> Result<libc::stat, i32> {
+    let c = cpath(p);
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::stat(c.as_ptr(), &mut st) };
+    if rc == 0 {
+        Ok(st)
+    } else {
+        Err(errno())
+    }
+}
+
+/// lstat that panics with errno on failure.
+#[track_caller]
+pub fn st(p: impl AsRef<Path>) -> libc::stat {
+    let p = p.as_ref();
+    lstat(p).unwrap_or_else(|e| panic!("lstat {}: {}", p.display(), errno_name(e)))
+}
+
+pub fn write_file(p: impl AsRef<Path>, data: &[u8]) {
+    let p = p.as_ref();
+    fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+pub fn read_file(p: impl AsRef<Path>) -> Vec<u8> {
+    let p = p.as_ref();
+    fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so content checks need no stored copy.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
