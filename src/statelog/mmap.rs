@@ -30,10 +30,6 @@ impl RingMap {
         Ok(RingMap { map })
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.map[..]
-    }
-
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.map[..]
     }

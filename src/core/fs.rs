@@ -1,0 +1,1112 @@
+//! `Fs`: the running file system. Executes ops (log, apply, answer), serves reads, takes
+//! checkpoints, and recovers a volume on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use raid_sim::BlockVolume;
+
+use super::alloc::Allocator;
+use super::meta::{self, MetaRecord, BLOB_DELTA, BLOB_SNAPSHOT};
+use super::ops::FsOp;
+use super::recovery::{self, Action, CheckpointState, OpState};
+use super::state::{FsState, FIRST_COOKIE};
+use super::superblock::{BlobRef, Superblock, MAX_BLOBS};
+use super::types::*;
+use super::FsError;
+use crate::progress::Progress;
+use crate::statelog::{EntryKind, ScanEnd, StateLog};
+
+/// Bytes kept free in the ring for the entries a checkpoint logs (Begun, Done), wrap
+/// filler included, so that a checkpoint can always start when the ring is full.
+const CHECKPOINT_RESERVE_BYTES: u64 = 1024;
+/// Bytes an `Applied` entry needs (wrap filler included).
+const APPLIED_RESERVE_BYTES: u64 = 128;
+
+/// Tunables of a mounted file system.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// A checkpoint runs at least this often while something changed.
+    pub checkpoint_interval_ms: u64,
+    /// …and as soon as the ring is this full (percent).
+    pub checkpoint_fill_percent: u64,
+    /// msync the ring after every op, not only on fsync.
+    pub sync_every_op: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            checkpoint_interval_ms: 5000,
+            checkpoint_fill_percent: 50,
+            sync_every_op: false,
+        }
+    }
+}
+
+/// Who is asking (from the FUSE request).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What `open` found and did, for logs and tests.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub entries_scanned: usize,
+    pub replayed: usize,
+    pub discarded: usize,
+    pub skipped: usize,
+    pub replay_failures: usize,
+    pub orphans_purged: usize,
+    pub torn_tail_at: Option<u64>,
+    pub covers_seq: u64,
+    pub elapsed_ms: u128,
+}
+
+/// One directory entry for readdir.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub offset: u64,
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Figures of what the last checkpoint did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckpointReport {
+    pub covers_seq: u64,
+    pub data_blocks: u64,
+    pub meta_bytes: u64,
+    pub compacted: bool,
+    pub elapsed_ms: u128,
+}
+
+pub struct Core {
+    pub state: FsState,
+    pub alloc: Allocator,
+    pub sb: Superblock,
+    /// Bytes of the newest snapshot and of the deltas written after it.
+    snapshot_bytes: u64,
+    delta_bytes: u64,
+    /// Set after a volume write failed: the file system refuses changes until remounted.
+    poisoned: Option<String>,
+}
+
+pub struct Fs {
+    core: Mutex<Core>,
+    log: StateLog,
+    vol: Arc<dyn BlockVolume>,
+    /// Readers hold it shared while reading volume blocks they looked up; a checkpoint
+    /// takes it exclusively before blocks freed by its ops become reusable.
+    reuse: RwLock<()>,
+    one_checkpoint: Mutex<()>,
+    wake: (Mutex<bool>, Condvar),
+    stopping: AtomicBool,
+    config: FsConfig,
+    voldir: PathBuf,
+    pub recovery: RecoveryReport,
+    pub checkpoints: AtomicU64,
+}
+
+impl Fs {
+    /// Opens the volume in `voldir`: loads the last checkpoint, replays the ring after it.
+    pub fn open_volume(
+        voldir: &Path,
+        config: FsConfig,
+        progress: &dyn Fn(&str, u64) -> Progress,
+    ) -> Result<Fs, FsError> {
+        let started = Instant::now();
+        let vol: Arc<dyn BlockVolume> = Arc::from(raid_sim::open_volume(voldir)?);
+        let sb = Superblock::read(vol.as_ref()).map_err(|e| FsError::Superblock {
+            path: voldir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        if vol.capacity_bytes() < sb.capacity_bytes {
+            return Err(FsError::Corrupt {
+                what: "backing volume",
+                at: format!("{} ({})", voldir.display(), vol.describe()),
+                detail: format!(
+                    "it holds {} bytes but the superblock says {}: the backing file was truncated",
+                    vol.capacity_bytes(),
+                    sb.capacity_bytes
+                ),
+            });
+        }
+        let loaded = meta::load(vol.clone(), &sb).map_err(|detail| FsError::Corrupt {
+            what: "metadata",
+            at: voldir.display().to_string(),
+            detail,
+        })?;
+        if let Some(p) = loaded.problems.first() {
+            return Err(FsError::Corrupt {
+                what: "metadata",
+                at: voldir.display().to_string(),
+                detail: format!(
+                    "{p} ({} problem(s) in all; run `smlogfs fsck`)",
+                    loaded.problems.len()
+                ),
+            });
+        }
+        let ring_path = ring_path_of(voldir, &sb);
+        let scan = StateLog::scan_file(&ring_path)?;
+        if scan.header.volume_id != sb.volume_id {
+            return Err(FsError::Corrupt {
+                what: "state log",
+                at: ring_path.display().to_string(),
+                detail: "it belongs to another volume (volume id mismatch)".into(),
+            });
+        }
+        let mut report = RecoveryReport {
+            entries_scanned: scan.entries.len(),
+            covers_seq: sb.covers_seq,
+            ..Default::default()
+        };
+        match scan.end {
+            ScanEnd::Corrupt {
+                file_offset,
+                later_seq,
+                later_file_offset,
+            } => {
+                return Err(FsError::Corrupt {
+                    what: "state log",
+                    at: format!("{} byte {}", ring_path.display(), file_offset),
+                    detail: format!(
+                        "an entry is damaged but valid entries follow it (seq {later_seq} at byte \
+                         {later_file_offset}); acknowledged operations after the damage would be lost. \
+                         Restore the ring from a mirror or a copy; nothing was changed"
+                    ),
+                });
+            }
+            ScanEnd::TornTail { file_offset } => {
+                log::warn!(
+                    "state log {}: torn entry at byte {} (a write cut short by the crash); recovering \
+                     the {} entries before it",
+                    ring_path.display(),
+                    file_offset,
+                    scan.entries.len()
+                );
+                report.torn_tail_at = Some(file_offset);
+            }
+            ScanEnd::Clean => {}
+        }
+        if let Some(len) = scan.truncated_len {
+            log::warn!(
+                "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
+                ring_path.display(),
+                len,
+                scan.header.ring_bytes
+            );
+        }
+        let plan =
+            recovery::plan(&scan.entries, sb.covers_seq).map_err(|detail| FsError::Corrupt {
+                what: "state log",
+                at: ring_path.display().to_string(),
+                detail,
+            })?;
+        let mut state = loaded.state;
+        state.replaying = true;
+        let to_replay = plan.iter().filter(|o| o.action == Action::Replay).count() as u64;
+        let bar = progress("replaying the state log", to_replay);
+        for op in &plan {
+            match op.action {
+                Action::Replay => {
+                    match FsOp::decode(&op.payload) {
+                        Ok(fsop) => {
+                            if let Err(e) = state.apply(&fsop) {
+                                log::error!(
+                                    "replaying op {} ({}) failed with errno {}: the volume and the ring disagree",
+                                    op.op_id,
+                                    fsop.kind_name(),
+                                    e.0
+                                );
+                                report.replay_failures += 1;
+                            }
+                        }
+                        Err(e) => {
+                            return Err(FsError::Corrupt {
+                                what: "state log",
+                                at: format!("{} op {}", ring_path.display(), op.op_id),
+                                detail: format!("undecodable op: {e}"),
+                            })
+                        }
+                    }
+                    report.replayed += 1;
+                    bar.inc(1);
+                }
+                Action::Discard => report.discarded += 1,
+                _ => report.skipped += 1,
+            }
+        }
+        bar.finish();
+        state.replaying = false;
+        report.orphans_purged = state.purge_orphans();
+        let log = StateLog::open(&ring_path, &scan)?;
+        report.elapsed_ms = started.elapsed().as_millis();
+        log::info!(
+            "recovered {}: checkpoint covers seq {}, {} entries scanned, {} ops replayed, {} discarded \
+             (never answered), {} skipped, {} orphans purged, in {} ms",
+            voldir.display(),
+            sb.covers_seq,
+            report.entries_scanned,
+            report.replayed,
+            report.discarded,
+            report.skipped,
+            report.orphans_purged,
+            report.elapsed_ms
+        );
+        let snapshot_bytes = sb.blobs.first().map_or(0, |b| b.payload_bytes);
+        let delta_bytes = loaded.meta_bytes - snapshot_bytes;
+        Ok(Fs {
+            core: Mutex::new(Core {
+                state,
+                alloc: loaded.alloc,
+                sb,
+                snapshot_bytes,
+                delta_bytes,
+                poisoned: None,
+            }),
+            log,
+            vol,
+            reuse: RwLock::new(()),
+            one_checkpoint: Mutex::new(()),
+            wake: (Mutex::new(false), Condvar::new()),
+            stopping: AtomicBool::new(false),
+            config,
+            voldir: voldir.to_path_buf(),
+            recovery: report,
+            checkpoints: AtomicU64::new(0),
+        })
+    }
+
+    pub fn voldir(&self) -> &Path {
+        &self.voldir
+    }
+
+    pub fn statelog(&self) -> &StateLog {
+        &self.log
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs and applies one op built from the current state: Accepted (with the op), apply,
+    /// Applied. Waits for a checkpoint when the ring is full. The caller answers after.
+    fn execute<T>(
+        &self,
+        build: impl Fn(&FsState) -> FsResult<FsOp>,
+        answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
+    ) -> FsResult<T> {
+        loop {
+            let mut core = self.lock();
+            if core.poisoned.is_some() {
+                return Err(Errno::EIO);
+            }
+            let op = build(&core.state)?;
+            let payload = op.encode();
+            let accepted = self
+                .log
+                .try_append(
+                    EntryKind::Op,
+                    None,
+                    OpState::Accepted as u8,
+                    &[&payload],
+                    APPLIED_RESERVE_BYTES + CHECKPOINT_RESERVE_BYTES,
+                )
+                .map_err(|e| {
+                    log::error!("{e}");
+                    Errno::EIO
+                })?;
+            let Some(accepted) = accepted else {
+                drop(core);
+                let need = self.log.worst_case_bytes(payload.len())
+                    + APPLIED_RESERVE_BYTES
+                    + CHECKPOINT_RESERVE_BYTES;
+                self.request_checkpoint();
+                self.log.wait_for_space(need, Duration::from_millis(200));
+                continue;
+            };
+            if let Err(e) = core.state.apply(&op) {
+                if e == Errno::EIO {
+                    core.poisoned = Some("a volume read failed while applying an op".into());
+                }
+                // Accepted but never Applied: recovery discards it, like the caller did.
+                return Err(e);
+            }
+            let applied = self
+                .log
+                .try_append(
+                    EntryKind::Op,
+                    Some(accepted.seq),
+                    OpState::Applied as u8,
+                    &[],
+                    CHECKPOINT_RESERVE_BYTES,
+                )
+                .ok()
+                .flatten();
+            debug_assert!(
+                applied.is_some(),
+                "the Accepted entry reserved room for Applied"
+            );
+            let result = answer(&core.state, &op);
+            let fill = self.fill_percent();
+            drop(core);
+            if fill >= self.config.checkpoint_fill_percent {
+                self.request_checkpoint();
+            }
+            if self.config.sync_every_op {
+                self.fsync()?;
+            }
+            return result;
+        }
+    }
+
+    fn fill_percent(&self) -> u64 {
+        let s = self.log.stats();
+        s.used_bytes * 100 / s.area_bytes.max(1)
+    }
+
+    // ---- queries -------------------------------------------------------------------
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        Ok(self.lock().state.get(ino)?.attr())
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let core = self.lock();
+        let ino = core.state.lookup(parent, name)?;
+        Ok(core.state.get(ino)?.attr())
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let core = self.lock();
+        core.state.get(ino)?.rec.target.clone().ok_or(Errno::EINVAL)
+    }
+
+    /// Entries after `offset`, at most `limit`, with offsets to resume from.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        limit: usize,
+    ) -> FsResult<Vec<(DirEntry, Option<Attr>)>> {
+        let core = self.lock();
+        let node = core.state.get(ino)?;
+        let dir = node.dir.as_ref().ok_or(Errno::ENOTDIR)?;
+        let mut out = Vec::new();
+        let attr_of = |i: u64| core.state.get(i).ok().map(|n| n.attr());
+        if offset < 1 {
+            out.push((
+                DirEntry {
+                    offset: 1,
+                    ino,
+                    kind: Kind::Dir,
+                    name: b".".to_vec(),
+                },
+                attr_of(ino),
+            ));
+        }
+        if offset < 2 {
+            let p = node.rec.parent;
+            out.push((
+                DirEntry {
+                    offset: 2,
+                    ino: p,
+                    kind: Kind::Dir,
+                    name: b"..".to_vec(),
+                },
+                attr_of(p),
+            ));
+        }
+        for (cookie, name) in dir.by_cookie.range(offset.max(FIRST_COOKIE - 1) + 1..) {
+            if out.len() >= limit {
+                break;
+            }
+            let child = dir.entries[name].0;
+            let attr = attr_of(child);
+            let kind = attr.as_ref().map_or(Kind::File, |a| a.rec.kind);
+            out.push((
+                DirEntry {
+                    offset: *cookie,
+                    ino: child,
+                    kind,
+                    name: name.clone(),
+                },
+                attr,
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        enum Piece {
+            Mem(Arc<Vec<u8>>, usize, usize),
+            Vol(u64, usize, usize),
+            Zero(usize),
+        }
+        let core = self.lock();
+        let node = core.state.get(ino)?;
+        if node.rec.kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let file_size = node.rec.size;
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset + size as u64);
+        let mut pieces = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let blk = pos / BLOCK_BYTES;
+            let within = (pos % BLOCK_BYTES) as usize;
+            let take = ((BLOCK_BYTES as usize) - within).min((end - pos) as usize);
+            pieces.push(match node.blocks.get(&blk) {
+                Some(Slot { data: Some(d), .. }) => Piece::Mem(d.clone(), within, take),
+                Some(Slot { phys: Some(p), .. }) => Piece::Vol(*p, within, take),
+                _ => Piece::Zero(take),
+            });
+            pos += take as u64;
+        }
+        // Keep the looked-up volume blocks from being reused until they are read.
+        let _reuse = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+        drop(core);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut i = 0;
+        while i < pieces.len() {
+            match &pieces[i] {
+                Piece::Mem(d, from, n) => out.extend_from_slice(&d[*from..*from + *n]),
+                Piece::Zero(n) => out.resize(out.len() + n, 0),
+                Piece::Vol(first, from, _) => {
+                    // Coalesce a run of consecutive volume blocks into one read.
+                    let mut run = 1;
+                    while let Some(Piece::Vol(p, 0, _)) = pieces.get(i + run) {
+                        if *p != first + run as u64 {
+                            break;
+                        }
+                        run += 1;
+                    }
+                    let mut buf = vec![0u8; run * BLOCK_BYTES as usize];
+                    self.vol
+                        .read_at(first * BLOCK_BYTES, &mut buf)
+                        .map_err(|e| {
+                            log::error!("read of inode {ino}: {e}");
+                            Errno::EIO
+                        })?;
+                    for k in 0..run {
+                        if let Piece::Vol(_, from_k, n) = &pieces[i + k] {
+                            let base = k * BLOCK_BYTES as usize;
+                            out.extend_from_slice(&buf[base + from_k..base + from_k + n]);
+                        }
+                    }
+                    let _ = from;
+                    i += run;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let core = self.lock();
+        let node = core.state.get(ino)?;
+        node.rec.xattrs.get(name).cloned().ok_or(Errno::ENODATA)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let core = self.lock();
+        let node = core.state.get(ino)?;
+        let mut out = Vec::new();
+        for k in node.rec.xattrs.keys() {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn access(&self, caller: Caller, ino: u64, mask: i32) -> FsResult<()> {
+        let core = self.lock();
+        let rec = &core.state.get(ino)?.rec;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let allowed = if caller.uid == 0 {
+            // Root may read and write anything, and execute when any x bit is set.
+            let x_ok = rec.kind == Kind::Dir || rec.perm & 0o111 != 0;
+            if mask & libc::X_OK != 0 && !x_ok {
+                0
+            } else {
+                7
+            }
+        } else if caller.uid == rec.uid {
+            (rec.perm >> 6) & 7
+        } else if caller.gid == rec.gid {
+            (rec.perm >> 3) & 7
+        } else {
+            rec.perm & 7
+        };
+        if (mask as u32) & !allowed & 7 != 0 {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let core = self.lock();
+        let s = &core.state;
+        let held = s.used_blocks + s.pending_free.len() as u64;
+        StatFs {
+            blocks: s.capacity_blocks,
+            bfree: s.capacity_blocks.saturating_sub(held),
+            files: (s.capacity_blocks / 4).max(s.inodes.len() as u64 + 1024),
+            ffree: (s.capacity_blocks / 4)
+                .saturating_sub(s.inodes.len() as u64)
+                .max(1024),
+            bsize: BLOCK_BYTES as u32,
+            namelen: NAME_MAX as u32,
+        }
+    }
+
+    // ---- changes -------------------------------------------------------------------
+
+    /// create, mknod, mkdir, symlink: owner is the caller; group and setgid follow ext4.
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<Vec<u8>>,
+    ) -> FsResult<Attr> {
+        let kind = if target.is_some() {
+            Kind::Symlink
+        } else {
+            Kind::from_mode(mode).ok_or(Errno::EINVAL)?
+        };
+        let now = Ts::now();
+        self.execute(
+            |s| {
+                let p = s.get(parent)?;
+                if p.dir.is_none() {
+                    return Err(Errno::ENOTDIR);
+                }
+                let setgid_dir = p.rec.perm & libc::S_ISGID != 0;
+                let gid = if setgid_dir { p.rec.gid } else { caller.gid };
+                let mut perm = if kind == Kind::Symlink {
+                    0o777
+                } else {
+                    mode & 0o7777
+                };
+                if kind == Kind::Dir && setgid_dir {
+                    perm |= libc::S_ISGID;
+                }
+                if kind != Kind::Dir
+                    && perm & libc::S_ISGID != 0
+                    && caller.uid != 0
+                    && gid != caller.gid
+                {
+                    perm &= !libc::S_ISGID;
+                }
+                Ok(FsOp::Mknod {
+                    parent,
+                    name: name.to_vec(),
+                    ino: s.next_ino,
+                    kind,
+                    perm,
+                    uid: caller.uid,
+                    gid,
+                    rdev,
+                    target: target.clone(),
+                    now,
+                })
+            },
+            |s, op| match op {
+                FsOp::Mknod { ino, .. } => Ok(s.get(*ino)?.attr()),
+                _ => unreachable!("built above"),
+            },
+        )
+    }
+
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let now = Ts::now();
+        self.execute(
+            |_| {
+                Ok(FsOp::Link {
+                    ino,
+                    parent,
+                    name: name.to_vec(),
+                    now,
+                })
+            },
+            |s, _| Ok(s.get(ino)?.attr()),
+        )
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        let now = Ts::now();
+        self.execute(
+            |_| {
+                Ok(FsOp::Unlink {
+                    parent,
+                    name: name.to_vec(),
+                    dir,
+                    now,
+                })
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let now = Ts::now();
+        self.execute(
+            |_| {
+                Ok(FsOp::Rename {
+                    parent,
+                    name: name.to_vec(),
+                    new_parent,
+                    new_name: new_name.to_vec(),
+                    flags,
+                    now,
+                })
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<Ts>,
+        mtime: Option<Ts>,
+    ) -> FsResult<Attr> {
+        let now = Ts::now();
+        self.execute(
+            |_| {
+                Ok(FsOp::SetAttr {
+                    ino,
+                    perm: mode.map(|m| m & 0o7777),
+                    uid,
+                    gid,
+                    size,
+                    atime,
+                    mtime,
+                    now,
+                })
+            },
+            |s, _| Ok(s.get(ino)?.attr()),
+        )
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let now = Ts::now();
+        let len = data.len() as u32;
+        self.execute(
+            |_| {
+                Ok(FsOp::Write {
+                    ino,
+                    offset,
+                    data: data.to_vec(),
+                    now,
+                })
+            },
+            |_, _| Ok(len),
+        )
+    }
+
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let now = Ts::now();
+        self.execute(
+            |_| {
+                Ok(FsOp::Fallocate {
+                    ino,
+                    offset,
+                    len,
+                    mode,
+                    now,
+                })
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        let now = Ts::now();
+        self.execute(
+            |s| {
+                s.get(ino)?;
+                super::state::check_xattr_name(name)?;
+                Ok(FsOp::SetXattr {
+                    ino,
+                    name: name.to_vec(),
+                    value: value.to_vec(),
+                    flags,
+                    now,
+                })
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let now = Ts::now();
+        self.execute(
+            |_| {
+                Ok(FsOp::RemoveXattr {
+                    ino,
+                    name: name.to_vec(),
+                    now,
+                })
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    pub fn open(&self, ino: u64) -> FsResult<()> {
+        self.lock().state.open(ino)
+    }
+
+    pub fn release(&self, ino: u64) {
+        self.lock().state.release(ino);
+    }
+
+    /// Makes every logged entry durable on local media (msync of the ring).
+    pub fn fsync(&self) -> FsResult<()> {
+        self.log.flush().map(|_| ()).map_err(|e| {
+            log::error!("fsync: {e}");
+            Errno::EIO
+        })
+    }
+
+    // ---- checkpoints ---------------------------------------------------------------
+
+    pub fn request_checkpoint(&self) {
+        let (m, c) = &self.wake;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        c.notify_all();
+    }
+
+    /// The checkpointer's loop: runs until `stop`.
+    pub fn run_checkpointer(&self) {
+        let interval = Duration::from_millis(self.config.checkpoint_interval_ms.max(10));
+        let mut last = Instant::now();
+        while !self.stopping.load(Ordering::Acquire) {
+            let (m, c) = &self.wake;
+            let mut requested = m.lock().unwrap_or_else(|p| p.into_inner());
+            if !*requested {
+                requested = c
+                    .wait_timeout(requested, interval.min(Duration::from_millis(500)))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let asked = std::mem::take(&mut *requested);
+            drop(requested);
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            if asked
+                || last.elapsed() >= interval
+                || self.fill_percent() >= self.config.checkpoint_fill_percent
+            {
+                if let Err(e) = self.checkpoint() {
+                    log::error!(
+                        "checkpoint failed: {e}; the file system refuses changes until remounted"
+                    );
+                }
+                last = Instant::now();
+            }
+        }
+    }
+
+    pub fn stop_checkpointer(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.request_checkpoint();
+    }
+
+    /// Writes everything changed since the last checkpoint to the volume, then reclaims
+    /// the ring behind it. Cost grows with what changed, not with the file system's size.
+    pub fn checkpoint(&self) -> Result<CheckpointReport, FsError> {
+        let _one = self
+            .one_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        // Phase 1, under the core lock: a consistent snapshot of what changed.
+        let mut guard = self.lock();
+        if let Some(why) = &guard.poisoned {
+            return Err(FsError::Poisoned(why.clone()));
+        }
+        let covers = self.log.stats().next_seq - 1;
+        if guard.state.dirty.is_empty()
+            && guard.state.pending_free.is_empty()
+            && covers == guard.sb.covers_seq
+        {
+            return Ok(CheckpointReport {
+                covers_seq: covers,
+                ..Default::default()
+            });
+        }
+        let generation = guard.sb.generation + 1;
+        let dirty = guard.state.take_dirty();
+        let core = &mut *guard;
+        let mut records = Vec::new();
+        let mut jobs: Vec<(u64, Option<Arc<Vec<u8>>>, u64, u64, u64)> = Vec::new();
+        let compact = core.sb.blobs.len() + 1 >= MAX_BLOBS
+            || core.delta_bytes > core.snapshot_bytes.max(4 << 20);
+        let mut blocks: Vec<(u64, u64)> = dirty.blocks.into_iter().collect();
+        blocks.sort_unstable();
+        let mut prev_phys: Option<u64> = None;
+        for (ino, blk) in blocks {
+            let Some(node) = core.state.inodes.get_mut(&ino) else {
+                continue;
+            };
+            match node.blocks.get_mut(&blk) {
+                Some(slot) => {
+                    if slot.dirty_gen == 0 {
+                        continue;
+                    }
+                    let phys = match slot.phys {
+                        Some(p) => p,
+                        None => {
+                            let hint = prev_phys.map(|p| p + 1);
+                            let p = core.alloc.alloc_near(hint).ok_or_else(|| {
+                                FsError::Poisoned(
+                                    "the volume is full: no block for checkpoint data".into(),
+                                )
+                            })?;
+                            slot.phys = Some(p);
+                            records.push(MetaRecord::Extent { ino, blk, phys: p });
+                            p
+                        }
+                    };
+                    prev_phys = Some(phys);
+                    jobs.push((phys, slot.data.clone(), ino, blk, slot.dirty_gen));
+                }
+                None => records.push(MetaRecord::ExtentGone { ino, blk }),
+            }
+        }
+        for ino in dirty.inodes {
+            match core.state.inodes.get(&ino) {
+                Some(n) => records.push(MetaRecord::Inode(n.rec.clone())),
+                None => records.push(MetaRecord::InodeGone(ino)),
+            }
+        }
+        for (parent, name) in dirty.dirents {
+            let Some(p) = core.state.inodes.get(&parent) else {
+                continue;
+            };
+            match p.dir.as_ref().and_then(|d| d.entries.get(&name)) {
+                Some(&(ino, cookie)) => records.push(MetaRecord::Dirent {
+                    parent,
+                    name,
+                    ino,
+                    cookie,
+                }),
+                None => records.push(MetaRecord::DirentGone { parent, name }),
+            }
+        }
+        records.push(MetaRecord::NextIno(core.state.next_ino));
+        // Gone records must come before puts for the same keys: sort by record kind.
+        records.sort_by_key(|r| match r {
+            MetaRecord::InodeGone(_) => 0,
+            MetaRecord::Inode(_) => 1,
+            MetaRecord::DirentGone { .. } => 2,
+            MetaRecord::Dirent { .. } => 3,
+            MetaRecord::ExtentGone { .. } => 4,
+            MetaRecord::Extent { .. } => 5,
+            MetaRecord::NextIno(_) => 6,
+        });
+        let (kind, records) = if compact {
+            (BLOB_SNAPSHOT, meta::snapshot_records(&core.state))
+        } else {
+            (BLOB_DELTA, records)
+        };
+        let (blob_bytes, payload_bytes, crc) = meta::encode_blob(kind, generation, &records);
+        let blob_blocks = blob_bytes.len() as u64 / BLOCK_BYTES;
+        let blob_start = core.alloc.alloc_run(blob_blocks).ok_or_else(|| {
+            FsError::Poisoned("the volume is full: no room for checkpoint metadata".into())
+        })?;
+        let mut blobs = if compact {
+            Vec::new()
+        } else {
+            core.sb.blobs.clone()
+        };
+        let old_blobs = if compact {
+            core.sb.blobs.clone()
+        } else {
+            Vec::new()
+        };
+        blobs.push(BlobRef {
+            start_block: blob_start,
+            blocks: blob_blocks as u32,
+            payload_bytes,
+            crc,
+        });
+        let frees = std::mem::take(&mut core.state.pending_free);
+        let begun = self
+            .log
+            .try_append(
+                EntryKind::Checkpoint,
+                None,
+                CheckpointState::Begun as u8,
+                &[&covers.to_le_bytes(), &generation.to_le_bytes()],
+                0,
+            )?
+            .expect("the checkpoint reserve keeps room for its entries");
+        let mut new_sb = core.sb.clone();
+        new_sb.generation = generation;
+        new_sb.covers_seq = covers;
+        new_sb.blobs = blobs;
+        new_sb.next_ino = core.state.next_ino;
+        drop(guard);
+        // Phase 2, without the lock: data, metadata, superblock.
+        let result = self.write_checkpoint(&mut jobs.clone(), &blob_bytes, blob_start, &new_sb);
+        let mut core = self.lock();
+        if let Err(e) = result {
+            core.poisoned = Some(e.to_string());
+            return Err(e);
+        }
+        drop(core);
+        // Blocks freed by the checkpointed ops become reusable once no reader holds one.
+        drop(self.reuse.write().unwrap_or_else(|p| p.into_inner()));
+        let mut core = self.lock();
+        for (_, _, ino, blk, gen) in &jobs {
+            if let Some(slot) = core
+                .state
+                .inodes
+                .get_mut(ino)
+                .and_then(|n| n.blocks.get_mut(blk))
+            {
+                if slot.dirty_gen == *gen {
+                    slot.dirty_gen = 0;
+                    slot.data = None;
+                }
+            }
+        }
+        for b in frees {
+            core.alloc.free(b);
+        }
+        for blob in &old_blobs {
+            for b in blob.start_block..blob.start_block + blob.blocks as u64 {
+                core.alloc.free(b);
+            }
+        }
+        if compact {
+            core.snapshot_bytes = payload_bytes;
+            core.delta_bytes = 0;
+        } else {
+            core.delta_bytes += payload_bytes;
+        }
+        core.sb = new_sb;
+        let _ = self.log.try_append(
+            EntryKind::Checkpoint,
+            Some(begun.seq),
+            CheckpointState::Done as u8,
+            &[&covers.to_le_bytes(), &generation.to_le_bytes()],
+            0,
+        )?;
+        drop(core);
+        self.log.reclaim(begun)?;
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let report = CheckpointReport {
+            covers_seq: covers,
+            data_blocks: jobs.len() as u64,
+            meta_bytes: payload_bytes,
+            compacted: compact,
+            elapsed_ms: started.elapsed().as_millis(),
+        };
+        log::debug!("checkpoint {generation}: {report:?}");
+        Ok(report)
+    }
+
+    fn write_checkpoint(
+        &self,
+        jobs: &mut [(u64, Option<Arc<Vec<u8>>>, u64, u64, u64)],
+        blob: &[u8],
+        blob_start: u64,
+        sb: &Superblock,
+    ) -> Result<(), FsError> {
+        jobs.sort_unstable_by_key(|j| j.0);
+        let zeros = vec![0u8; BLOCK_BYTES as usize];
+        let mut i = 0;
+        let mut buf = Vec::with_capacity(1 << 20);
+        while i < jobs.len() {
+            // Coalesce consecutive volume blocks into writes of up to 1 MiB.
+            let first = jobs[i].0;
+            buf.clear();
+            let mut n = 0;
+            while i + n < jobs.len() && jobs[i + n].0 == first + n as u64 && n < 256 {
+                match &jobs[i + n].1 {
+                    Some(d) => buf.extend_from_slice(d),
+                    None => buf.extend_from_slice(&zeros),
+                }
+                n += 1;
+            }
+            self.vol.write_at(first * BLOCK_BYTES, &buf)?;
+            i += n;
+        }
+        self.vol.write_at(blob_start * BLOCK_BYTES, blob)?;
+        self.vol.flush()?;
+        sb.write(self.vol.as_ref())?;
+        Ok(())
+    }
+
+    /// Final checkpoint and stop (clean unmount).
+    pub fn shutdown(&self) -> Result<(), FsError> {
+        self.stop_checkpointer();
+        self.checkpoint()?;
+        self.log.flush()?;
+        Ok(())
+    }
+
+    pub fn ring_stats(&self) -> crate::statelog::RingStats {
+        self.log.stats()
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.lock().poisoned.is_some()
+    }
+
+    pub fn superblock(&self) -> Superblock {
+        self.lock().sb.clone()
+    }
+}
+
+/// The ring file of a volume: absolute as stored, or relative to the volume directory.
+pub fn ring_path_of(voldir: &Path, sb: &Superblock) -> PathBuf {
+    let p = Path::new(&sb.ring_path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        voldir.join(p)
+    }
+}

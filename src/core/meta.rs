@@ -1,0 +1,255 @@
+//! Metadata on the volume: records written at checkpoints, as a full snapshot followed by
+//! deltas (only what changed), and the load that rebuilds the in-memory file system.
+//!
+//! ```text
+//! blob (a run of volume blocks)
+//!  off size field
+//!    0    8 magic          "SMLGMETA"
+//!    8    4 version        1
+//!   12    4 kind           1 = snapshot, 2 = delta
+//!   16    8 generation     the checkpoint that wrote it
+//!   24    8 payload_bytes
+//!   32    4 crc32c         over the payload
+//!   36    4 reserved       0
+//!   40    … payload        bincode v1 of Vec<MetaRecord>
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use raid_sim::BlockVolume;
+use serde::{Deserialize, Serialize};
+
+use super::alloc::Allocator;
+use super::state::{FsState, Inode};
+use super::superblock::{BlobRef, Superblock, FIRST_DATA_BLOCK};
+use super::types::*;
+
+pub const BLOB_MAGIC: [u8; 8] = *b"SMLGMETA";
+pub const BLOB_HEADER_BYTES: usize = 40;
+pub const BLOB_SNAPSHOT: u32 = 1;
+pub const BLOB_DELTA: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRecord {
+    Inode(InodeRec),
+    InodeGone(u64),
+    Dirent {
+        parent: u64,
+        name: Vec<u8>,
+        ino: u64,
+        cookie: u64,
+    },
+    DirentGone {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Extent {
+        ino: u64,
+        blk: u64,
+        phys: u64,
+    },
+    ExtentGone {
+        ino: u64,
+        blk: u64,
+    },
+    NextIno(u64),
+}
+
+/// A metadata blob's bytes, ready to be written at `start_block`.
+pub fn encode_blob(kind: u32, generation: u64, records: &[MetaRecord]) -> (Vec<u8>, u64, u32) {
+    let payload = bincode::serialize(records).expect("records always serialise");
+    let crc = crc32c::crc32c(&payload);
+    let total = BLOB_HEADER_BYTES + payload.len();
+    let padded = (total as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+    let mut b = Vec::with_capacity(padded as usize);
+    b.extend_from_slice(&BLOB_MAGIC);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&kind.to_le_bytes());
+    b.extend_from_slice(&generation.to_le_bytes());
+    b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&payload);
+    b.resize(padded as usize, 0);
+    (b, payload.len() as u64, crc)
+}
+
+/// Reads and checks one blob.
+pub fn read_blob(vol: &dyn BlockVolume, blob: &BlobRef) -> Result<Vec<MetaRecord>, String> {
+    let mut b = vec![0u8; blob.blocks as usize * BLOCK_BYTES as usize];
+    let at = blob.start_block * BLOCK_BYTES;
+    vol.read_at(at, &mut b)
+        .map_err(|e| format!("metadata blob at volume byte {at}: {e}"))?;
+    if b[0..8] != BLOB_MAGIC {
+        return Err(format!("metadata blob at volume byte {at}: bad magic"));
+    }
+    let len = u64::from_le_bytes(b[24..32].try_into().expect("8"));
+    if len != blob.payload_bytes || BLOB_HEADER_BYTES as u64 + len > b.len() as u64 {
+        return Err(format!(
+            "metadata blob at volume byte {at}: length {len} does not match the superblock"
+        ));
+    }
+    let payload = &b[BLOB_HEADER_BYTES..BLOB_HEADER_BYTES + len as usize];
+    let crc = u32::from_le_bytes(b[32..36].try_into().expect("4"));
+    if crc != crc32c::crc32c(payload) || crc != blob.crc {
+        return Err(format!(
+            "metadata blob at volume byte {at}: checksum mismatch"
+        ));
+    }
+    bincode::deserialize(payload).map_err(|e| format!("metadata blob at volume byte {at}: {e}"))
+}
+
+/// Every record describing `state` in full (a snapshot).
+pub fn snapshot_records(state: &FsState) -> Vec<MetaRecord> {
+    let mut out = Vec::with_capacity(state.inodes.len() * 2);
+    for node in state.inodes.values() {
+        out.push(MetaRecord::Inode(node.rec.clone()));
+        if let Some(dir) = &node.dir {
+            for (name, (ino, cookie)) in &dir.entries {
+                out.push(MetaRecord::Dirent {
+                    parent: node.rec.ino,
+                    name: name.clone(),
+                    ino: *ino,
+                    cookie: *cookie,
+                });
+            }
+        }
+        for (blk, slot) in &node.blocks {
+            if let Some(phys) = slot.phys {
+                out.push(MetaRecord::Extent {
+                    ino: node.rec.ino,
+                    blk: *blk,
+                    phys,
+                });
+            }
+        }
+    }
+    out.push(MetaRecord::NextIno(state.next_ino));
+    out
+}
+
+/// The file system as loaded from a checkpoint, with the problems found on the way.
+pub struct Loaded {
+    pub state: FsState,
+    pub alloc: Allocator,
+    pub problems: Vec<String>,
+    pub meta_bytes: u64,
+}
+
+/// Rebuilds the file system of checkpoint `sb`.
+pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String> {
+    let mut inodes: HashMap<u64, InodeRec> = HashMap::new();
+    let mut dirents: HashMap<(u64, Vec<u8>), (u64, u64)> = HashMap::new();
+    let mut extents: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    let mut next_ino = ROOT_INO + 1;
+    let mut meta_bytes = 0;
+    for blob in &sb.blobs {
+        meta_bytes += blob.payload_bytes;
+        for rec in read_blob(vol.as_ref(), blob)? {
+            match rec {
+                MetaRecord::Inode(r) => {
+                    inodes.insert(r.ino, r);
+                }
+                MetaRecord::InodeGone(ino) => {
+                    inodes.remove(&ino);
+                    extents.remove(&ino);
+                }
+                MetaRecord::Dirent {
+                    parent,
+                    name,
+                    ino,
+                    cookie,
+                } => {
+                    dirents.insert((parent, name), (ino, cookie));
+                }
+                MetaRecord::DirentGone { parent, name } => {
+                    dirents.remove(&(parent, name));
+                }
+                MetaRecord::Extent { ino, blk, phys } => {
+                    extents.entry(ino).or_default().insert(blk, phys);
+                }
+                MetaRecord::ExtentGone { ino, blk } => {
+                    if let Some(e) = extents.get_mut(&ino) {
+                        e.remove(&blk);
+                    }
+                }
+                MetaRecord::NextIno(n) => next_ino = n,
+            }
+        }
+    }
+    let total_blocks = sb.capacity_bytes / BLOCK_BYTES;
+    let mut alloc = Allocator::new(FIRST_DATA_BLOCK, total_blocks);
+    for blob in &sb.blobs {
+        for b in blob.start_block..blob.start_block + blob.blocks as u64 {
+            alloc.mark_used(b);
+        }
+    }
+    let mut problems = Vec::new();
+    let mut state = FsState::new(
+        vol,
+        total_blocks.saturating_sub(meta_reserve_blocks(total_blocks)),
+    );
+    state.next_ino = next_ino;
+    for (ino, rec) in inodes {
+        if ino >= next_ino {
+            problems.push(format!(
+                "inode {ino} is not below the next inode number {next_ino}"
+            ));
+        }
+        state.inodes.insert(ino, Inode::new(rec));
+    }
+    for ((parent, name), (ino, cookie)) in dirents {
+        if !state.inodes.contains_key(&ino) {
+            problems.push(format!(
+                "entry {:?} in directory {parent} names inode {ino}, which does not exist",
+                String::from_utf8_lossy(&name)
+            ));
+            continue;
+        }
+        match state.inodes.get_mut(&parent).and_then(|p| p.dir.as_mut()) {
+            Some(dir) => dir.insert_with_cookie(name, ino, cookie),
+            None => problems.push(format!(
+                "entry {:?} names directory {parent}, which does not exist",
+                String::from_utf8_lossy(&name)
+            )),
+        }
+    }
+    for (ino, map) in extents {
+        let Some(node) = state.inodes.get_mut(&ino) else {
+            problems.push(format!("extents of inode {ino}, which does not exist"));
+            continue;
+        };
+        for (blk, phys) in map {
+            if !alloc.mark_used(phys) {
+                problems.push(format!(
+                    "block {blk} of inode {ino} is at volume block {phys}, which is out of range or used twice"
+                ));
+                continue;
+            }
+            node.blocks.insert(
+                blk,
+                Slot {
+                    phys: Some(phys),
+                    data: None,
+                    dirty_gen: 0,
+                },
+            );
+            state.used_blocks += 1;
+        }
+    }
+    if !state.inodes.contains_key(&ROOT_INO) {
+        problems.push("the root directory (inode 1) is missing".into());
+    }
+    Ok(Loaded {
+        state,
+        alloc,
+        problems,
+        meta_bytes,
+    })
+}
+
+/// Blocks kept back from file data so that checkpoints can always write their metadata.
+pub fn meta_reserve_blocks(total_blocks: u64) -> u64 {
+    (total_blocks / 32).max(64).min(total_blocks / 2) + super::superblock::FIRST_DATA_BLOCK
+}
