@@ -248,7 +248,10 @@ fn open_session(cfg: &MirrorConfig, route: SocketAddr, mode: Mode) -> Result<Ses
     let mut agent_proved = false;
     loop {
         let frame = read_frame(&stream, &mut reader, route)?;
-        if frame.volume_id != cfg.volume_id {
+        // An Error may come before the agent knows our volume (busy, bad Hello); it names
+        // none, so only other frames must name ours.
+        let is_error = matches!(frame.message, Message::Error { .. });
+        if frame.volume_id != cfg.volume_id && !is_error {
             return Err(MirrorError::Protocol(
                 "the agent answered for another volume".into(),
             ));

@@ -1,0 +1,312 @@
+//! Test harness: the real `mirror-agent` binary as a child process, raw TCP connections
+//! for hostile input, and a cuttable TCP proxy for route fail-over (fault injection).
+#![allow(dead_code)]
+
+use smlog_wire::conn::{write_frame, FrameReader};
+use smlog_wire::{Message, MirrorConfig, VolumeId};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running agent; killed (SIGKILL) and reaped on drop, even when a test fails.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    extra: Vec<String>,
+}
+
+impl AgentProc {
+    pub fn start(dir: &Path, extra: &[&str]) -> AgentProc {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), dir, extra)
+    }
+
+    pub fn start_at(listen: SocketAddr, dir: &Path, extra: &[&str]) -> AgentProc {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let log = dir.with_extension(format!("log-{}", listen.port()));
+        let (child, addr) = spawn(listen, dir, &extra, &log);
+        AgentProc {
+            child: Some(child),
+            addr,
+            dir: dir.to_path_buf(),
+            log,
+            extra,
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the agent and starts it again on the same address and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, addr) = spawn(self.addr, &self.dir, &self.extra, &self.log);
+        assert_eq!(addr, self.addr);
+        self.child = Some(child);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the agent's log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(listen: SocketAddr, dir: &Path, extra: &[String], log: &Path) -> (Child, SocketAddr) {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("agent log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-agent"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("spawn mirror-agent");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mirror-agent did not report its address; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    };
+    let addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
+    match addr {
+        Some(addr) => (child, addr),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "unexpected first line {line:?}; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        }
+    }
+}
+
+pub fn volume(n: u8) -> VolumeId {
+    let mut v = [0xa5u8; 16];
+    v[0] = n;
+    v
+}
+
+/// A client config with short heartbeat and detection times, to keep tests quick.
+pub fn config(routes: Vec<SocketAddr>, vol: VolumeId, epoch: u64) -> MirrorConfig {
+    let mut cfg = MirrorConfig::new(routes, vol, "node-test", epoch);
+    cfg.heartbeat_ms = 100;
+    cfg.timeout_ms = 1500;
+    cfg
+}
+
+/// Deterministic entry bytes of varying length, tagged so that volumes can be told apart.
+pub fn entry(tag: &str, seq: u64) -> Vec<u8> {
+    let len = (seq * 37 % 700) as usize;
+    let mut bytes = format!("{tag}:{seq}:").into_bytes();
+    bytes.extend((0..len).map(|i| (seq as usize + i) as u8));
+    bytes
+}
+
+pub fn entries(tag: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+    seqs.map(|s| (s, entry(tag, s))).collect()
+}
+
+/// A hand-driven connection for hostile and protocol-level tests.
+pub struct RawConn {
+    pub stream: TcpStream,
+    reader: FrameReader,
+}
+
+impl RawConn {
+    pub fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        RawConn {
+            stream,
+            reader: FrameReader::new(),
+        }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        // The agent may already have closed; a failed write is then expected.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    pub fn send(&mut self, vol: &VolumeId, message: &Message) {
+        let _ = write_frame(&mut self.stream, vol, message);
+    }
+
+    /// The next message, or None when the connection ended or `timeout` passed.
+    pub fn recv(&mut self, timeout: Duration) -> Option<Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.reader.next_buffered() {
+                Ok(Some(frame)) => return Some(frame.message),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            match self.reader.fill(&mut self.stream) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until the agent closes the connection; returns the messages seen on the way,
+    /// or None if it was still open after `timeout`.
+    pub fn wait_closed(&mut self, timeout: Duration) -> Option<Vec<Message>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Ok(Some(frame)) = self.reader.next_buffered() {
+                seen.push(frame.message);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            match self.reader.fill(&mut self.stream) {
+                Ok(0) => return Some(seen),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => {
+                    // Reset by the peer: closed. Drain anything left unparsed.
+                    let _ = self.stream.read(&mut buf);
+                    return Some(seen);
+                }
+            }
+        }
+    }
+
+    /// Hello without a secret; returns the agent's answer.
+    pub fn hello(&mut self, vol: &VolumeId, epoch: u64, writer: bool) -> Option<Message> {
+        self.send(
+            vol,
+            &Message::Hello {
+                epoch,
+                mode: if writer {
+                    smlog_wire::Mode::Writer
+                } else {
+                    smlog_wire::Mode::Reader
+                },
+                heartbeat_ms: 1000,
+                client_nonce: [9; 32],
+                node: "raw".into(),
+            },
+        );
+        self.recv(Duration::from_secs(5))
+    }
+}
+
+/// A TCP proxy in front of the agent whose connections can be cut at once: a route that
+/// fails (fault injection over real TCP).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (cut2, streams2) = (Arc::clone(&cut), Arc::clone(&streams));
+        std::thread::spawn(move || {
+            for incoming in listener.incoming() {
+                let Ok(client) = incoming else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut list = streams2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(upstream.try_clone().unwrap());
+                drop(list);
+                pump(client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                pump(upstream, client);
+            }
+        });
+        Proxy { addr, cut, streams }
+    }
+
+    /// Breaks every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.streams.lock().unwrap().iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}

@@ -1,0 +1,518 @@
+//! The mirror end to end: the real agent binary, the real client, real TCP on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use smlog_wire::{MirrorClient, MirrorError};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn submit_all(client: &MirrorClient, items: &[(u64, Vec<u8>)]) {
+    for (seq, bytes) in items {
+        client.submit(*seq, bytes.clone()).unwrap();
+    }
+}
+
+#[test]
+fn append_ack_read_back_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg = config(vec![agent.addr], volume(1), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    // Seqs start anywhere; sizes vary from a few bytes to ~700.
+    let items = entries("a", 1_000_000..=1_001_999);
+    submit_all(&client, &items);
+    client.wait_acked(1_001_999, WAIT).unwrap();
+    assert_eq!(client.acked_through(), Some(1_001_999));
+    let status = client.status();
+    assert!(status.connected && status.protected, "{status:?}");
+    assert_eq!(status.unacked_entries, 0);
+    assert_eq!(status.route_in_use, Some(agent.addr));
+
+    assert_eq!(MirrorClient::read_back(&cfg, 999_999).unwrap(), items);
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 1_001_500).unwrap(),
+        items[1501..].to_vec()
+    );
+    assert!(MirrorClient::read_back(&cfg, 1_001_999).unwrap().is_empty());
+}
+
+#[test]
+fn heartbeats_measure_a_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let client = MirrorClient::connect(config(vec![agent.addr], volume(1), 1)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while client.status().rtt_us == 0 {
+        assert!(Instant::now() < deadline, "no heartbeat echo measured");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(client.status().rtt_us < 1_000_000);
+}
+
+#[test]
+fn entries_survive_an_agent_kill_and_restart_on_the_same_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg = config(vec![agent.addr], volume(2), 1);
+    let items = entries("r", 1..=500);
+    {
+        let client = MirrorClient::connect(cfg.clone()).unwrap();
+        submit_all(&client, &items);
+        client.wait_acked(500, WAIT).unwrap();
+    }
+    agent.restart(); // SIGKILL, then start again on the same port and DIR
+    assert_eq!(MirrorClient::read_back(&cfg, 0).unwrap(), items);
+    // A new connection learns what the agent holds and continues after it.
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    assert_eq!(client.acked_through(), Some(500));
+    let more = entries("r", 501..=600);
+    submit_all(&client, &more);
+    client.wait_acked(600, WAIT).unwrap();
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 0).unwrap(),
+        entries("r", 1..=600)
+    );
+}
+
+#[test]
+fn a_live_client_rides_out_an_agent_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg = config(vec![agent.addr], volume(3), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    submit_all(&client, &entries("w", 1..=100));
+    client.wait_acked(100, WAIT).unwrap();
+    agent.kill();
+    // While the agent is down, entries queue and are not acknowledged.
+    submit_all(&client, &entries("w", 101..=200));
+    assert!(matches!(
+        client.wait_acked(200, Duration::from_millis(2500)),
+        Err(MirrorError::Timeout { .. })
+    ));
+    assert!(!client.status().protected);
+    agent.restart();
+    client.wait_acked(200, WAIT).unwrap();
+    assert!(client.status().reconnects >= 1);
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 0).unwrap(),
+        entries("w", 1..=200)
+    );
+}
+
+#[test]
+fn two_volumes_are_never_mixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg_a = config(vec![agent.addr], volume(10), 1);
+    let cfg_b = config(vec![agent.addr], volume(11), 1);
+    // Same seqs, different bytes, written at the same time.
+    let writers: Vec<_> = [(cfg_a.clone(), "vol-a"), (cfg_b.clone(), "vol-b")]
+        .into_iter()
+        .map(|(cfg, tag)| {
+            std::thread::spawn(move || {
+                let client = MirrorClient::connect(cfg).unwrap();
+                for seq in 1..=1000 {
+                    client.submit(seq, entry(tag, seq)).unwrap();
+                }
+                client.wait_acked(1000, WAIT).unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        MirrorClient::read_back(&cfg_a, 0).unwrap(),
+        entries("vol-a", 1..=1000)
+    );
+    assert_eq!(
+        MirrorClient::read_back(&cfg_b, 0).unwrap(),
+        entries("vol-b", 1..=1000)
+    );
+    agent.restart();
+    assert_eq!(
+        MirrorClient::read_back(&cfg_a, 0).unwrap(),
+        entries("vol-a", 1..=1000)
+    );
+    assert_eq!(
+        MirrorClient::read_back(&cfg_b, 0).unwrap(),
+        entries("vol-b", 1..=1000)
+    );
+    // A third volume that never wrote reads back nothing.
+    assert!(
+        MirrorClient::read_back(&config(vec![agent.addr], volume(12), 1), 0)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn resent_entries_are_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let vol = volume(4);
+    let mut raw = RawConn::connect(agent.addr);
+    assert!(matches!(
+        raw.hello(&vol, 1, true),
+        Some(smlog_wire::Message::Welcome { next_seq: None, .. })
+    ));
+    raw.send(
+        &vol,
+        &smlog_wire::Message::Append {
+            entries: entries("first", 1..=10),
+        },
+    );
+    assert_eq!(
+        raw.recv(WAIT),
+        Some(smlog_wire::Message::Ack { through_seq: 10 })
+    );
+    // A resend overlapping what is stored, with different bytes for the overlap: the
+    // stored copies stay, only 11..=15 are new.
+    raw.send(
+        &vol,
+        &smlog_wire::Message::Append {
+            entries: entries("again", 5..=15),
+        },
+    );
+    assert_eq!(
+        raw.recv(WAIT),
+        Some(smlog_wire::Message::Ack { through_seq: 15 })
+    );
+    // A resend of nothing new is acknowledged too.
+    raw.send(
+        &vol,
+        &smlog_wire::Message::Append {
+            entries: entries("again", 1..=3),
+        },
+    );
+    assert_eq!(
+        raw.recv(WAIT),
+        Some(smlog_wire::Message::Ack { through_seq: 15 })
+    );
+    let mut expected = entries("first", 1..=10);
+    expected.extend(entries("again", 11..=15));
+    let cfg = config(vec![agent.addr], vol, 1);
+    assert_eq!(MirrorClient::read_back(&cfg, 0).unwrap(), expected);
+    // A gap is refused with a reason, and nothing is stored.
+    raw.send(
+        &vol,
+        &smlog_wire::Message::Append {
+            entries: entries("gap", 17..=18),
+        },
+    );
+    let closing = raw.wait_closed(WAIT).expect("agent closes after a gap");
+    assert!(
+        closing.iter().any(|m| matches!(
+            m,
+            smlog_wire::Message::Error {
+                code: smlog_wire::ErrorCode::Gap,
+                a: 16,
+                b: 17,
+                ..
+            }
+        )),
+        "{closing:?}"
+    );
+    assert_eq!(MirrorClient::read_back(&cfg, 0).unwrap(), expected);
+}
+
+#[test]
+fn route_failover_resends_without_loss_or_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let proxy = Proxy::start(agent.addr);
+    let cfg = config(vec![proxy.addr, agent.addr], volume(5), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    assert_eq!(client.status().route_in_use, Some(proxy.addr));
+    submit_all(&client, &entries("f", 1..=2000));
+    client.wait_acked(1000, WAIT).unwrap();
+    // The first route fails while entries are in flight.
+    proxy.cut();
+    submit_all(&client, &entries("f", 2001..=4000));
+    client.wait_acked(4000, WAIT).unwrap();
+    let status = client.status();
+    assert_eq!(status.route_in_use, Some(agent.addr));
+    assert!(status.reconnects >= 1 && status.protected, "{status:?}");
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 0).unwrap(),
+        entries("f", 1..=4000)
+    );
+}
+
+#[test]
+fn a_dead_first_route_is_skipped_at_connect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = config(vec![dead, agent.addr], volume(6), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    assert_eq!(client.status().route_in_use, Some(agent.addr));
+    client.submit(7, b"x".to_vec()).unwrap();
+    client.wait_acked(7, WAIT).unwrap();
+    // With no route at all answering, connect says so and names the routes.
+    drop(client);
+    drop(agent);
+    let err = MirrorClient::connect(cfg).err().expect("no agent");
+    assert!(matches!(err, MirrorError::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains(&dead.to_string()), "{err}");
+}
+
+#[test]
+fn checkpoint_drops_covered_entries_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg = config(vec![agent.addr], volume(7), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    submit_all(&client, &entries("c", 1..=100));
+    client.wait_acked(100, WAIT).unwrap();
+    client.checkpoint(60);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let back = MirrorClient::read_back(&cfg, 0).unwrap();
+        if back == entries("c", 61..=100) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint not applied: first {:?}",
+            back.first().map(|e| e.0)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(client);
+    agent.restart();
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 0).unwrap(),
+        entries("c", 61..=100)
+    );
+    // A checkpoint past everything held empties the volume; appends go on after it.
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    submit_all(&client, &entries("c", 101..=120));
+    client.checkpoint(120);
+    client.submit(121, entry("c", 121)).unwrap();
+    client.wait_acked(121, WAIT).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while MirrorClient::read_back(&cfg, 0).unwrap() != entries("c", 121..=121) {
+        assert!(Instant::now() < deadline, "checkpoint 120 not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_raised_epoch_fences_the_old_owner_and_persists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let old = config(vec![agent.addr], volume(8), 1);
+    let mut new = config(vec![agent.addr], volume(8), 2);
+    new.node = "node-b".into();
+    let owner = MirrorClient::connect(old.clone()).unwrap();
+    submit_all(&owner, &entries("old", 1..=50));
+    owner.wait_acked(50, WAIT).unwrap();
+
+    // Takeover: the peer raises the epoch and reads the entries back.
+    assert_eq!(MirrorClient::raise_epoch(&new, 2).unwrap(), 2);
+    assert_eq!(
+        MirrorClient::read_back(&new, 0).unwrap(),
+        entries("old", 1..=50)
+    );
+
+    // The old owner's next append is refused, and it says why.
+    owner.submit(51, entry("old", 51)).unwrap();
+    let err = owner.wait_acked(51, WAIT).unwrap_err();
+    assert_eq!(
+        err,
+        MirrorError::Fenced {
+            ours: 1,
+            current: 2
+        }
+    );
+    assert!(matches!(
+        owner.submit(52, entry("old", 52)),
+        Err(MirrorError::Fenced { .. })
+    ));
+    assert!(!owner.status().protected);
+    assert_eq!(
+        MirrorClient::connect(old.clone()).err(),
+        Some(MirrorError::Fenced {
+            ours: 1,
+            current: 2
+        })
+    );
+    // The epoch never goes back.
+    assert!(matches!(
+        MirrorClient::raise_epoch(&old, 1),
+        Err(MirrorError::Fenced {
+            ours: 1,
+            current: 2
+        })
+    ));
+
+    // Fencing survives an agent restart.
+    agent.restart();
+    assert_eq!(
+        MirrorClient::connect(old.clone()).err(),
+        Some(MirrorError::Fenced {
+            ours: 1,
+            current: 2
+        })
+    );
+    // The new owner continues the log; the old owner's seq 51 never got in.
+    let peer = MirrorClient::connect(new.clone()).unwrap();
+    assert_eq!(peer.acked_through(), Some(50));
+    submit_all(&peer, &entries("new", 51..=60));
+    peer.wait_acked(60, WAIT).unwrap();
+    let mut expected = entries("old", 1..=50);
+    expected.extend(entries("new", 51..=60));
+    assert_eq!(MirrorClient::read_back(&new, 0).unwrap(), expected);
+}
+
+#[test]
+fn shared_secret_both_ways_and_clear_mismatch_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret_file = tmp.path().join("secret");
+    std::fs::write(&secret_file, "correct horse\n").unwrap();
+    let agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &["--secret-file", secret_file.to_str().unwrap()],
+    );
+    let mut cfg = config(vec![agent.addr], volume(9), 1);
+
+    cfg.secret = Some(b"correct horse".to_vec());
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    client.submit(1, b"one".to_vec()).unwrap();
+    client.wait_acked(1, WAIT).unwrap();
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 0).unwrap(),
+        vec![(1, b"one".to_vec())]
+    );
+
+    cfg.secret = Some(b"wrong horse".to_vec());
+    let err = MirrorClient::connect(cfg.clone())
+        .err()
+        .expect("wrong secret refused");
+    assert!(matches!(err, MirrorError::AuthFailed { .. }), "{err}");
+    assert!(err.to_string().contains("secret mismatch"), "{err}");
+    assert!(
+        agent.wait_log("client refused our proof", WAIT),
+        "{}",
+        agent.log_text()
+    );
+    assert!(MirrorClient::read_back(&cfg, 0).is_err());
+
+    cfg.secret = None;
+    let err = MirrorClient::connect(cfg.clone())
+        .err()
+        .expect("missing secret refused");
+    assert!(
+        err.to_string().contains("requires a shared secret"),
+        "{err}"
+    );
+
+    // A client with a secret refuses an agent that cannot prove one.
+    let open_agent = AgentProc::start(&tmp.path().join("open-agent"), &[]);
+    let mut cfg = config(vec![open_agent.addr], volume(9), 1);
+    cfg.secret = Some(b"correct horse".to_vec());
+    let err = MirrorClient::connect(cfg)
+        .err()
+        .expect("unauthenticated agent refused");
+    assert!(
+        err.to_string().contains("did not prove the shared secret"),
+        "{err}"
+    );
+    // The good client is still served.
+    client.submit(2, b"two".to_vec()).unwrap();
+    client.wait_acked(2, WAIT).unwrap();
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_as_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &["--max-connections", "1"]);
+    let cfg = config(vec![agent.addr], volume(13), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    let err = MirrorClient::read_back(&cfg, 0)
+        .err()
+        .expect("second connection refused");
+    assert!(err.to_string().contains("busy"), "{err}");
+    assert!(agent.wait_log("at the limit of 1 connections", WAIT));
+    client.submit(1, b"still served".to_vec()).unwrap();
+    client.wait_acked(1, WAIT).unwrap();
+}
+
+#[test]
+fn client_refuses_bad_submissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let client = MirrorClient::connect(config(vec![agent.addr], volume(14), 1)).unwrap();
+    client.submit(10, vec![]).unwrap();
+    assert_eq!(
+        client.submit(12, vec![]),
+        Err(MirrorError::OutOfOrder {
+            expected: 11,
+            got: 12
+        })
+    );
+    let huge = vec![0u8; smlog_wire::format::MAX_ENTRY_BYTES + 1];
+    assert!(matches!(
+        client.submit(11, huge),
+        Err(MirrorError::EntryTooLarge { .. })
+    ));
+    // The largest entry allowed goes through.
+    client
+        .submit(11, vec![7u8; smlog_wire::format::MAX_ENTRY_BYTES])
+        .unwrap();
+    client.wait_acked(11, WAIT).unwrap();
+}
+
+/// Measured figures (printed with --nocapture); the assertions are loose floors.
+#[test]
+fn throughput_and_latency_on_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg = config(vec![agent.addr], volume(15), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    let n = 20_000u64;
+    let payload = vec![0x5au8; 256];
+    let start = Instant::now();
+    for seq in 1..=n {
+        client.submit(seq, payload.clone()).unwrap();
+    }
+    client.wait_acked(n, Duration::from_secs(60)).unwrap();
+    let pipelined = start.elapsed();
+    let rate = n as f64 / pipelined.as_secs_f64();
+
+    let mut latencies = Vec::new();
+    for seq in n + 1..=n + 1000 {
+        let t = Instant::now();
+        client.submit(seq, payload.clone()).unwrap();
+        client.wait_acked(seq, WAIT).unwrap();
+        latencies.push(t.elapsed().as_micros() as u64);
+    }
+    latencies.sort_unstable();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+
+    // Read-back of 8 MiB.
+    let big = vec![0xc3u8; 64 * 1024];
+    let base = n + 1000;
+    for seq in base + 1..=base + 128 {
+        client.submit(seq, big.clone()).unwrap();
+    }
+    client
+        .wait_acked(base + 128, Duration::from_secs(60))
+        .unwrap();
+    let t = Instant::now();
+    let back = MirrorClient::read_back(&cfg, base).unwrap();
+    let read_back = t.elapsed();
+    assert_eq!(back.len(), 128);
+    println!(
+        "mirror loopback: {rate:.0} acked entries/s pipelined (256 B, {n} entries in {pipelined:?}); \
+         one-at-a-time submit->ack p50 {p50} us, p99 {p99} us; read-back 8 MiB in {read_back:?}"
+    );
+    assert!(rate > 1000.0, "{rate} entries/s");
+}
