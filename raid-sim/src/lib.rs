@@ -5,8 +5,21 @@
 //! offset and length are multiples of `BLOCK_BYTES`.
 #![deny(unsafe_code)]
 
+mod assemble;
+pub mod format;
+mod journal;
+pub mod layout;
+pub mod member;
+pub mod parity;
+mod raid;
+mod rebuild;
 mod single;
 
+pub use assemble::{in_use, inspect, member_name, spare_name, Inspection, MemberReport};
+pub use journal::JOURNAL_FILE;
+pub use layout::Geometry;
+pub use raid::{RaidOptions, RaidVolume, Stats};
+pub use rebuild::{ScrubFinding, ScrubReport, REQUEST_FILE, SCRUB_REPORT_FILE};
 pub use single::SingleFileVolume;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +55,10 @@ pub enum VolumeError {
     },
     #[error("volume is poisoned after an earlier write or flush failure; remount it")]
     Poisoned,
+    #[error("cannot assemble the RAID volume in {path}: {detail}")]
+    Assembly { path: PathBuf, detail: String },
+    #[error("{path} is held by another process: the volume is in use")]
+    InUse { path: PathBuf },
 }
 
 impl VolumeError {
@@ -91,16 +108,26 @@ impl Default for CreateOptions {
 
 /// True when `dir` already holds the backing files of a volume.
 pub fn volume_exists(dir: &Path) -> bool {
-    single::SingleFileVolume::exists(dir)
+    single::SingleFileVolume::exists(dir) || assemble::raid_files_exist(dir)
 }
 
-/// Creates the backing files of a new volume in `dir`.
-pub fn create_volume(dir: &Path, opts: &CreateOptions) -> Result<Box<dyn BlockVolume>, VolumeError> {
+/// Creates the backing files of a new volume in `dir`: one file for `disks == 1`, a RAID-5
+/// over `disks` members (plus `spares`) for `disks >= 3`.
+pub fn create_volume(
+    dir: &Path,
+    opts: &CreateOptions,
+) -> Result<Box<dyn BlockVolume>, VolumeError> {
     match opts.disks {
-        1 => Ok(Box::new(SingleFileVolume::create(dir, opts.capacity_bytes)?)),
+        1 => Ok(Box::new(SingleFileVolume::create(
+            dir,
+            opts.capacity_bytes,
+        )?)),
+        n if n >= layout::MIN_DISKS => {
+            Ok(Box::new(create_raid(dir, opts, &RaidOptions::default())?))
+        }
         n => Err(VolumeError::Invalid {
             path: dir.to_path_buf(),
-            detail: format!("--disks {n}: only --disks 1 (a single backing file) is supported"),
+            detail: format!("--disks {n}: use 1 (a single backing file) or 3 or more (RAID-5)"),
         }),
     }
 }
@@ -110,8 +137,28 @@ pub fn open_volume(dir: &Path) -> Result<Box<dyn BlockVolume>, VolumeError> {
     if SingleFileVolume::exists(dir) {
         return Ok(Box::new(SingleFileVolume::open(dir)?));
     }
+    if assemble::raid_files_exist(dir) {
+        return Ok(Box::new(open_raid(dir, &RaidOptions::default())?));
+    }
     Err(VolumeError::NotAVolume {
         path: dir.to_path_buf(),
-        detail: format!("no backing file ({}) found", single::FILE_NAME),
+        detail: format!(
+            "no backing file ({} or member-K.img) found",
+            single::FILE_NAME
+        ),
     })
+}
+
+/// Creates a RAID-5 volume with explicit options.
+pub fn create_raid(
+    dir: &Path,
+    opts: &CreateOptions,
+    raid: &RaidOptions,
+) -> Result<RaidVolume, VolumeError> {
+    assemble::create(dir, opts, raid)
+}
+
+/// Assembles the RAID-5 volume in `dir` with explicit options.
+pub fn open_raid(dir: &Path, raid: &RaidOptions) -> Result<RaidVolume, VolumeError> {
+    assemble::open(dir, raid)
 }

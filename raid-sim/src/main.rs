@@ -1,4 +1,541 @@
-fn main() {
-    eprintln!("raid-sim: no commands yet");
-    std::process::exit(2);
+//! `raid-sim`: create, inspect, damage, scrub and repair RAID-5 volumes of smlogfs.
+#![deny(unsafe_code)]
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use raid_sim::format::MemberState;
+use raid_sim::{
+    in_use, inspect, member_name, CreateOptions, Inspection, RaidOptions, VolumeError,
+    REQUEST_FILE, SCRUB_REPORT_FILE,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "raid-sim",
+    version,
+    about = "Userspace RAID-5 over backing files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a RAID-5 volume (member-K.img, spare-J.img, raid.journal) in VOLDIR.
+    Create {
+        voldir: PathBuf,
+        /// Members holding data and parity (3 or more).
+        #[arg(long, default_value_t = 4)]
+        disks: u32,
+        /// Chunk size in bytes (K, M suffixes allowed).
+        #[arg(long, default_value = "64K", value_parser = parse_size)]
+        chunk: u64,
+        #[arg(long, default_value_t = 0)]
+        spares: u32,
+        /// Usable size in bytes (K, M, G suffixes allowed).
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        /// Journal size in bytes.
+        #[arg(long, default_value = "32M", value_parser = parse_size)]
+        journal: u64,
+        /// Rebuild rate limit in bytes per second stored in the superblocks (0 = none).
+        #[arg(long, default_value = "0", value_parser = parse_size)]
+        rebuild_rate: u64,
+    },
+    /// Show geometry, member states and rebuild progress (reads only).
+    Status {
+        voldir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a member failed.
+    Fail {
+        voldir: PathBuf,
+        #[arg(long)]
+        member: u32,
+    },
+    /// Flip the bits of bytes of a member file (silent corruption for tests and demos).
+    Corrupt {
+        voldir: PathBuf,
+        #[arg(long)]
+        member: u32,
+        /// Byte offset in the member file (data starts at 8192).
+        #[arg(long, value_parser = parse_size)]
+        offset: u64,
+        #[arg(long, default_value = "1", value_parser = parse_size)]
+        len: u64,
+    },
+    /// Read every stripe, check checksums and parity, repair, report by member and offset.
+    Scrub {
+        voldir: PathBuf,
+        /// Report only.
+        #[arg(long)]
+        no_repair: bool,
+    },
+    /// Rebuild member K onto a spare, onto PATH, or onto a new member file.
+    Replace {
+        voldir: PathBuf,
+        #[arg(long)]
+        member: u32,
+        #[arg(long)]
+        with: Option<PathBuf>,
+        /// Rebuild rate limit in bytes per second (K, M suffixes; 0 = none).
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        /// Stripes between two progress checkpoints.
+        #[arg(long, default_value_t = 64)]
+        checkpoint_stripes: u64,
+    },
+    /// Measure XOR parity and checksum throughput of this CPU.
+    Bench {
+        /// Input bytes to process per measurement.
+        #[arg(long, default_value = "2G", value_parser = parse_size)]
+        bytes: u64,
+        #[arg(long, default_value_t = 4)]
+        disks: u32,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let unit = s[i..].trim_end_matches(['B', 'b', 'i']);
+            let m = match unit.to_ascii_uppercase().as_str() {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Progress on a terminal (one rewritten line) or as plain log lines every 10 %.
+struct Progress {
+    what: &'static str,
+    tty: bool,
+    last_tenth: u64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Self {
+        Progress {
+            what,
+            tty: std::io::stderr().is_terminal(),
+            last_tenth: u64::MAX,
+            started: Instant::now(),
+        }
+    }
+    fn update(&mut self, done: u64, total: u64) {
+        let total = total.max(1);
+        if self.tty {
+            let width = 40;
+            let filled = (done * width / total) as usize;
+            eprint!(
+                "\r{} [{}{}] {done}/{total} stripes",
+                self.what,
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled)
+            );
+            let _ = std::io::stderr().flush();
+            if done >= total {
+                eprintln!();
+            }
+        } else {
+            let tenth = done * 10 / total;
+            if tenth != self.last_tenth {
+                self.last_tenth = tenth;
+                log::info!(
+                    "{}: {done}/{total} stripes ({}%), {:.1}s",
+                    self.what,
+                    done * 100 / total,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+fn offline_opts() -> RaidOptions {
+    RaidOptions {
+        background: false,
+        ..RaidOptions::default()
+    }
+}
+
+fn request(voldir: &Path, line: &str) -> Result<(), VolumeError> {
+    let path = voldir.join(REQUEST_FILE);
+    let tmp = voldir.join(format!("{REQUEST_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{line}\n")).map_err(|e| VolumeError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| VolumeError::io(&path, e))?;
+    println!(
+        "{}: in use by another process; request {line:?} handed to it (see `raid-sim status`)",
+        voldir.display()
+    );
+    Ok(())
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn status_json(i: &Inspection, busy: bool) -> String {
+    let g = i.geometry;
+    let members: Vec<String> = i
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{{\"index\":{},\"path\":{},\"state\":{},\"problem\":{},\"events\":{}}}",
+                m.index,
+                json_str(&m.path.display().to_string()),
+                json_str(&m.state),
+                m.problem.as_deref().map(json_str).unwrap_or("null".into()),
+                m.events.map(|e| e.to_string()).unwrap_or("null".into())
+            )
+        })
+        .collect();
+    let spares: Vec<String> = i
+        .spares
+        .iter()
+        .map(|p| json_str(&p.display().to_string()))
+        .collect();
+    let rebuild = match i.rebuild {
+        None => "null".to_string(),
+        Some((m, s)) => format!(
+            "{{\"member\":{m},\"next_stripe\":{s},\"stripes\":{},\"percent\":{:.1}}}",
+            g.stripes,
+            s as f64 * 100.0 / g.stripes as f64
+        ),
+    };
+    format!(
+        "{{\"kind\":\"raid5\",\"array_id\":\"{:032x}\",\"disks\":{},\"chunk_bytes\":{},\"stripes\":{},\
+         \"capacity_bytes\":{},\"events\":{},\"degraded\":{},\"in_use\":{busy},\"members\":[{}],\
+         \"spares\":[{}],\"rebuild\":{rebuild},\"rebuild_rate_bytes_per_s\":{}}}",
+        i.array_id,
+        g.disks,
+        g.chunk_bytes,
+        g.stripes,
+        g.capacity_bytes(),
+        i.events,
+        i.degraded(),
+        members.join(","),
+        spares.join(","),
+        i.rebuild_rate_kib_s as u64 * 1024
+    )
+}
+
+fn status_text(i: &Inspection, busy: bool) -> String {
+    let g = i.geometry;
+    let mut s = format!(
+        "{}: RAID-5, {} disks, chunk {} bytes, {} stripes, {} usable bytes, events {}\n",
+        i.dir.display(),
+        g.disks,
+        g.chunk_bytes,
+        g.stripes,
+        g.capacity_bytes(),
+        i.events
+    );
+    s.push_str(&format!(
+        "state: {}{}\n",
+        if i.degraded() { "DEGRADED" } else { "clean" },
+        if busy {
+            " (in use by another process)"
+        } else {
+            ""
+        }
+    ));
+    for m in &i.members {
+        s.push_str(&format!(
+            "  member {} {}: {}{}\n",
+            m.index,
+            m.path.display(),
+            m.state,
+            m.problem
+                .as_ref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default()
+        ));
+    }
+    for p in &i.spares {
+        s.push_str(&format!("  spare {}\n", p.display()));
+    }
+    for (p, why) in &i.ignored {
+        s.push_str(&format!("  ignored {}: {why}\n", p.display()));
+    }
+    match i.rebuild {
+        Some((m, next)) => s.push_str(&format!(
+            "rebuild: member {m}, {next}/{} stripes ({:.1}%)\n",
+            g.stripes,
+            next as f64 * 100.0 / g.stripes as f64
+        )),
+        None => s.push_str("rebuild: none\n"),
+    }
+    s
+}
+
+fn bench(bytes: u64, disks: u32) -> Result<(), String> {
+    if disks < 3 {
+        return Err("--disks must be at least 3".into());
+    }
+    let chunk = 64 << 10;
+    let data: Vec<Vec<u8>> = (0..disks - 1)
+        .map(|d| {
+            (0..chunk)
+                .map(|i| (i * 31 + d as usize * 7) as u8)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+    let mut out = vec![0u8; chunk];
+    let stripe_in = chunk as u64 * (disks as u64 - 1);
+    let rounds = (bytes / stripe_in).max(1);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        raid_sim::parity::xor_many(&mut out, &refs);
+        std::hint::black_box(&mut out);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let xor_gbs = (rounds * stripe_in) as f64 / secs / 1e9;
+    let t = Instant::now();
+    let mut acc = 0u32;
+    let crc_rounds = rounds.min(bytes / chunk as u64).max(1);
+    for _ in 0..crc_rounds {
+        for b in out.chunks(4096) {
+            acc ^= raid_sim::format::block_crc(b);
+        }
+    }
+    std::hint::black_box(acc);
+    let crc_gbs = (crc_rounds * chunk as u64) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    println!(
+        "xor parity: {xor_gbs:.2} GB/s of data input per core ({} data chunks of {} KiB per stripe, {:.2} GB in {secs:.2}s)",
+        disks - 1,
+        chunk >> 10,
+        (rounds * stripe_in) as f64 / 1e9
+    );
+    println!("crc32c block checksums: {crc_gbs:.2} GB/s per core");
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let err = |e: VolumeError| e.to_string();
+    match cli.cmd {
+        Cmd::Create {
+            voldir,
+            disks,
+            chunk,
+            spares,
+            size,
+            journal,
+            rebuild_rate,
+        } => {
+            let opts = CreateOptions {
+                capacity_bytes: size,
+                disks,
+                chunk_bytes: chunk,
+                spares,
+            };
+            let ropts = RaidOptions {
+                journal_bytes: journal,
+                create_rebuild_rate_kib_s: (rebuild_rate / 1024).min(u32::MAX as u64) as u32,
+                ..offline_opts()
+            };
+            if disks < 3 {
+                return Err(format!("--disks {disks}: RAID-5 needs at least 3 (smlogfs mkfs --disks 1 makes a single file)"));
+            }
+            let vol = raid_sim::create_raid(&voldir, &opts, &ropts).map_err(err)?;
+            let g = vol.geometry();
+            println!(
+                "created RAID-5 in {}: {} disks + {spares} spare(s), chunk {} bytes, {} usable bytes",
+                voldir.display(),
+                g.disks,
+                g.chunk_bytes,
+                g.capacity_bytes()
+            );
+            Ok(())
+        }
+        Cmd::Status { voldir, json } => {
+            let i = inspect(&voldir).map_err(err)?;
+            let busy = in_use(&voldir);
+            if json {
+                println!("{}", status_json(&i, busy));
+            } else {
+                print!("{}", status_text(&i, busy));
+            }
+            Ok(())
+        }
+        Cmd::Fail { voldir, member } => {
+            let i = inspect(&voldir).map_err(err)?;
+            if member >= i.geometry.disks {
+                return Err(format!(
+                    "{}: no member {member} in a {}-disk array",
+                    voldir.display(),
+                    i.geometry.disks
+                ));
+            }
+            if in_use(&voldir) {
+                return request(&voldir, &format!("fail {member}")).map_err(err);
+            }
+            let vol = raid_sim::open_raid(&voldir, &offline_opts()).map_err(err)?;
+            vol.fail_member(member, "failed on request (raid-sim fail)")
+                .map_err(err)?;
+            println!(
+                "{}: member {member} marked failed; the array runs degraded",
+                voldir.display()
+            );
+            Ok(())
+        }
+        Cmd::Corrupt {
+            voldir,
+            member,
+            offset,
+            len,
+        } => {
+            let path = voldir.join(member_name(member));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let flen = file
+                .metadata()
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .len();
+            if len == 0 || offset.checked_add(len).is_none_or(|end| end > flen) {
+                return Err(format!(
+                    "{}: range {offset}+{len} is outside the file ({flen} bytes)",
+                    path.display()
+                ));
+            }
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for b in &mut buf {
+                *b ^= 0xFF;
+            }
+            file.write_all_at(&buf, offset)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            println!(
+                "flipped every bit of {len} byte(s) of {} at byte {offset}",
+                path.display()
+            );
+            Ok(())
+        }
+        Cmd::Scrub { voldir, no_repair } => {
+            if in_use(&voldir) {
+                let report = voldir.join(SCRUB_REPORT_FILE);
+                let _ = std::fs::remove_file(&report);
+                request(&voldir, "scrub").map_err(err)?;
+                let deadline = Instant::now() + Duration::from_secs(3600);
+                while Instant::now() < deadline {
+                    if let Ok(text) = std::fs::read_to_string(&report) {
+                        print!("{text}");
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                return Err("the running volume did not report its scrub within an hour".into());
+            }
+            let vol = raid_sim::open_raid(&voldir, &offline_opts()).map_err(err)?;
+            let mut p = Progress::new("scrub");
+            let rep = vol.scrub(!no_repair, |d, t| p.update(d, t)).map_err(err)?;
+            print!("{}", rep.to_text());
+            if rep.unrepaired() > 0 {
+                return Err(format!("{} finding(s) not repaired", rep.unrepaired()));
+            }
+            Ok(())
+        }
+        Cmd::Replace {
+            voldir,
+            member,
+            with,
+            rate,
+            checkpoint_stripes,
+        } => {
+            if in_use(&voldir) {
+                let line = match &with {
+                    Some(p) => format!("replace {member} {}", p.display()),
+                    None => format!("replace {member}"),
+                };
+                return request(&voldir, &line).map_err(err);
+            }
+            let ropts = RaidOptions {
+                rebuild_rate_bytes_per_s: rate,
+                rebuild_checkpoint_stripes: checkpoint_stripes.max(1),
+                ..offline_opts()
+            };
+            let vol = raid_sim::open_raid(&voldir, &ropts).map_err(err)?;
+            let g = vol.geometry();
+            if member >= g.disks {
+                return Err(format!("no member {member} in a {}-disk array", g.disks));
+            }
+            match vol.rebuild_progress() {
+                Some((m, s)) if m == member => {
+                    log::info!("resuming the rebuild of member {m} at stripe {s}/{}", g.stripes)
+                }
+                Some((m, _)) => {
+                    return Err(format!(
+                        "member {m} is being rebuilt; finish that first (raid-sim replace --member {m})"
+                    ))
+                }
+                None => {
+                    if vol.member_states()[member as usize] != MemberState::Failed {
+                        vol.fail_member(member, "replaced (raid-sim replace)")
+                            .map_err(err)?;
+                    }
+                    vol.start_rebuild(member, with.as_deref()).map_err(err)?;
+                }
+            }
+            let mut p = Progress::new("rebuild");
+            vol.run_rebuild(|d, t| p.update(d, t)).map_err(err)?;
+            if vol.rebuild_progress().is_some() || vol.is_degraded() {
+                return Err("rebuild did not complete".into());
+            }
+            println!("member {member} rebuilt; the array is clean");
+            Ok(())
+        }
+        Cmd::Bench { bytes, disks } => bench(bytes, disks),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raid-sim: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

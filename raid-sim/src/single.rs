@@ -28,7 +28,9 @@ impl SingleFileVolume {
         if capacity_bytes == 0 || capacity_bytes % BLOCK_BYTES != 0 {
             return Err(VolumeError::Invalid {
                 path,
-                detail: format!("size {capacity_bytes} is not a positive multiple of {BLOCK_BYTES}"),
+                detail: format!(
+                    "size {capacity_bytes} is not a positive multiple of {BLOCK_BYTES}"
+                ),
             });
         }
         let file = OpenOptions::new()
@@ -115,7 +117,11 @@ impl BlockVolume for SingleFileVolume {
     }
 
     fn describe(&self) -> String {
-        format!("single file {} ({} bytes)", self.path.display(), self.capacity_bytes)
+        format!(
+            "single file {} ({} bytes)",
+            self.path.display(),
+            self.capacity_bytes
+        )
     }
 }
 
