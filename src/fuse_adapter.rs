@@ -61,7 +61,8 @@ fn file_attr(a: &Attr) -> FileAttr {
     let r = &a.rec;
     FileAttr {
         ino: INodeNo(r.ino),
-        size: r.size,
+        // Directories report one block's size, as ext4 does for small ones.
+        size: if r.kind == Kind::Dir { 4096 } else { r.size },
         blocks: a.blocks,
         atime: r.atime.to_system_time(),
         mtime: r.mtime.to_system_time(),

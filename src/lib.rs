@@ -5,6 +5,7 @@
 //! `statelog` and `raid_sim::BlockVolume`. `cmd` holds the command-line entry points.
 #![deny(unsafe_code)]
 
+pub mod cmd;
 pub mod core;
 pub mod fuse_adapter;
 pub mod progress;

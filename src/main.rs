@@ -1,1 +1,133 @@
-fn main() {}
+//! The `smlogfs` command: mkfs, mount, umount, fsck, inspect.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use smlogfs::cmd::{self, exit, parse_size, CliError};
+
+#[derive(Parser)]
+#[command(
+    name = "smlogfs",
+    version,
+    about = "A FUSE file system that logs every operation's state machine before answering"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new volume in VOLDIR (backing files, superblock, state log ring).
+    Mkfs {
+        voldir: PathBuf,
+        /// Usable size of the volume (suffixes K, M, G, T).
+        #[arg(long, default_value = "1G")]
+        size: String,
+        /// Size of the state log ring.
+        #[arg(long, default_value = "64M")]
+        ring: String,
+        /// Put the ring file here instead of VOLDIR/statelog (the volume remembers it).
+        #[arg(long)]
+        ring_file: Option<PathBuf>,
+        /// Overwrite an existing volume.
+        #[arg(long)]
+        force: bool,
+        /// Number of backing files: 1 = a single file; 3 or more = RAID-5.
+        #[arg(long, default_value_t = 1)]
+        disks: u32,
+        /// RAID-5 chunk size.
+        #[arg(long, default_value = "64K")]
+        chunk: String,
+        /// RAID-5 hot spares.
+        #[arg(long, default_value_t = 0)]
+        spares: u32,
+    },
+    /// Recover if needed and mount VOLDIR at MOUNTPOINT.
+    Mount {
+        voldir: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay in the foreground.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Mount options, comma-separated (see docs/operations.md).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+    },
+    /// Unmount cleanly (final checkpoint) and wait for the daemon to exit.
+    Umount { mountpoint: PathBuf },
+    /// Check a volume offline: exit 0 clean, 1 problems found, 2 unreadable.
+    Fsck { voldir: PathBuf },
+    /// Print the state log ring in words and what recovery would do.
+    Inspect { voldir: PathBuf },
+}
+
+fn size(flag: &str, s: &str) -> Result<u64, CliError> {
+    parse_size(s).map_err(|e| CliError::new(exit::USAGE, format!("{flag}: {e}")))
+}
+
+fn run(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Mkfs {
+            voldir,
+            size: sz,
+            ring,
+            ring_file,
+            force,
+            disks,
+            chunk,
+            spares,
+        } => {
+            let o = cmd::mkfs::MkfsOptions {
+                size_bytes: size("--size", &sz)?,
+                ring_bytes: size("--ring", &ring)?,
+                ring_file,
+                force,
+                disks,
+                chunk_bytes: size("--chunk", &chunk)?,
+                spares,
+            };
+            println!("{}", cmd::mkfs::mkfs(&voldir, &o)?);
+            Ok(exit::OK)
+        }
+        Command::Mount {
+            voldir,
+            mountpoint,
+            foreground,
+            options,
+        } => {
+            cmd::mount::mount(
+                &voldir,
+                &mountpoint,
+                &cmd::mount::MountOptions {
+                    foreground,
+                    options,
+                },
+            )?;
+            Ok(exit::OK)
+        }
+        Command::Umount { mountpoint } => {
+            cmd::mount::umount(&mountpoint)?;
+            Ok(exit::OK)
+        }
+        Command::Fsck { voldir } => Ok(cmd::fsck::fsck(&voldir)),
+        Command::Inspect { voldir } => {
+            cmd::inspect::inspect(&voldir)?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("smlogfs: {e}");
+            std::process::exit(e.code);
+        }
+    }
+}

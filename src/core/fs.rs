@@ -130,165 +130,28 @@ impl Fs {
         config: FsConfig,
         progress: &dyn Fn(&str, u64) -> Progress,
     ) -> Result<Fs, FsError> {
-        let started = Instant::now();
-        let vol: Arc<dyn BlockVolume> = Arc::from(raid_sim::open_volume(voldir)?);
-        let sb = Superblock::read(vol.as_ref()).map_err(|e| FsError::Superblock {
-            path: voldir.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        if vol.capacity_bytes() < sb.capacity_bytes {
-            return Err(FsError::Corrupt {
-                what: "backing volume",
-                at: format!("{} ({})", voldir.display(), vol.describe()),
-                detail: format!(
-                    "it holds {} bytes but the superblock says {}: the backing file was truncated",
-                    vol.capacity_bytes(),
-                    sb.capacity_bytes
-                ),
-            });
-        }
-        let loaded = meta::load(vol.clone(), &sb).map_err(|detail| FsError::Corrupt {
-            what: "metadata",
-            at: voldir.display().to_string(),
-            detail,
-        })?;
-        if let Some(p) = loaded.problems.first() {
-            return Err(FsError::Corrupt {
-                what: "metadata",
-                at: voldir.display().to_string(),
-                detail: format!(
-                    "{p} ({} problem(s) in all; run `smlogfs fsck`)",
-                    loaded.problems.len()
-                ),
-            });
-        }
-        let ring_path = ring_path_of(voldir, &sb);
-        let scan = StateLog::scan_file(&ring_path)?;
-        if scan.header.volume_id != sb.volume_id {
-            return Err(FsError::Corrupt {
-                what: "state log",
-                at: ring_path.display().to_string(),
-                detail: "it belongs to another volume (volume id mismatch)".into(),
-            });
-        }
-        let mut report = RecoveryReport {
-            entries_scanned: scan.entries.len(),
-            covers_seq: sb.covers_seq,
-            ..Default::default()
-        };
-        match scan.end {
-            ScanEnd::Corrupt {
-                file_offset,
-                later_seq,
-                later_file_offset,
-            } => {
-                return Err(FsError::Corrupt {
-                    what: "state log",
-                    at: format!("{} byte {}", ring_path.display(), file_offset),
-                    detail: format!(
-                        "an entry is damaged but valid entries follow it (seq {later_seq} at byte \
-                         {later_file_offset}); acknowledged operations after the damage would be lost. \
-                         Restore the ring from a mirror or a copy; nothing was changed"
-                    ),
-                });
-            }
-            ScanEnd::TornTail { file_offset } => {
-                log::warn!(
-                    "state log {}: torn entry at byte {} (a write cut short by the crash); recovering \
-                     the {} entries before it",
-                    ring_path.display(),
-                    file_offset,
-                    scan.entries.len()
-                );
-                report.torn_tail_at = Some(file_offset);
-            }
-            ScanEnd::Clean => {}
-        }
-        if let Some(len) = scan.truncated_len {
-            log::warn!(
-                "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
-                ring_path.display(),
-                len,
-                scan.header.ring_bytes
-            );
-        }
-        let plan =
-            recovery::plan(&scan.entries, sb.covers_seq).map_err(|detail| FsError::Corrupt {
-                what: "state log",
-                at: ring_path.display().to_string(),
-                detail,
-            })?;
-        let mut state = loaded.state;
-        state.replaying = true;
-        let to_replay = plan.iter().filter(|o| o.action == Action::Replay).count() as u64;
-        let bar = progress("replaying the state log", to_replay);
-        for op in &plan {
-            match op.action {
-                Action::Replay => {
-                    match FsOp::decode(&op.payload) {
-                        Ok(fsop) => {
-                            if let Err(e) = state.apply(&fsop) {
-                                log::error!(
-                                    "replaying op {} ({}) failed with errno {}: the volume and the ring disagree",
-                                    op.op_id,
-                                    fsop.kind_name(),
-                                    e.0
-                                );
-                                report.replay_failures += 1;
-                            }
-                        }
-                        Err(e) => {
-                            return Err(FsError::Corrupt {
-                                what: "state log",
-                                at: format!("{} op {}", ring_path.display(), op.op_id),
-                                detail: format!("undecodable op: {e}"),
-                            })
-                        }
-                    }
-                    report.replayed += 1;
-                    bar.inc(1);
-                }
-                Action::Discard => report.discarded += 1,
-                _ => report.skipped += 1,
-            }
-        }
-        bar.finish();
-        state.replaying = false;
-        report.orphans_purged = state.purge_orphans();
-        let log = StateLog::open(&ring_path, &scan)?;
-        report.elapsed_ms = started.elapsed().as_millis();
-        log::info!(
-            "recovered {}: checkpoint covers seq {}, {} entries scanned, {} ops replayed, {} discarded \
-             (never answered), {} skipped, {} orphans purged, in {} ms",
-            voldir.display(),
-            sb.covers_seq,
-            report.entries_scanned,
-            report.replayed,
-            report.discarded,
-            report.skipped,
-            report.orphans_purged,
-            report.elapsed_ms
-        );
-        let snapshot_bytes = sb.blobs.first().map_or(0, |b| b.payload_bytes);
-        let delta_bytes = loaded.meta_bytes - snapshot_bytes;
+        let r = recover(voldir, progress)?;
+        let log = StateLog::open(&r.ring_path, &r.scan)?;
+        let snapshot_bytes = r.sb.blobs.first().map_or(0, |b| b.payload_bytes);
+        let delta_bytes = r.meta_bytes - snapshot_bytes;
         Ok(Fs {
             core: Mutex::new(Core {
-                state,
-                alloc: loaded.alloc,
-                sb,
+                state: r.state,
+                alloc: r.alloc,
+                sb: r.sb,
                 snapshot_bytes,
                 delta_bytes,
                 poisoned: None,
             }),
             log,
-            vol,
+            vol: r.vol,
             reuse: RwLock::new(()),
             one_checkpoint: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
             config,
             voldir: voldir.to_path_buf(),
-            recovery: report,
+            recovery: r.report,
             checkpoints: AtomicU64::new(0),
         })
     }
@@ -1099,6 +962,163 @@ impl Fs {
     pub fn superblock(&self) -> Superblock {
         self.lock().sb.clone()
     }
+}
+
+/// A volume's state after loading its checkpoint and replaying its ring, in memory only.
+pub struct Recovered {
+    pub vol: Arc<dyn BlockVolume>,
+    pub state: FsState,
+    pub alloc: Allocator,
+    pub sb: Superblock,
+    pub scan: crate::statelog::ScanResult,
+    pub plan: Vec<recovery::OpSummary>,
+    pub report: RecoveryReport,
+    pub ring_path: PathBuf,
+    pub meta_bytes: u64,
+}
+
+/// Loads the last checkpoint of `voldir` and replays the ring after it, in memory. Writes
+/// nothing (fsck and inspect use it as is; mount continues from it).
+pub fn recover(
+    voldir: &Path,
+    progress: &dyn Fn(&str, u64) -> Progress,
+) -> Result<Recovered, FsError> {
+    let started = Instant::now();
+    let vol: Arc<dyn BlockVolume> = Arc::from(raid_sim::open_volume(voldir)?);
+    let sb = Superblock::read(vol.as_ref()).map_err(|e| FsError::Superblock {
+        path: voldir.to_path_buf(),
+        detail: format!("{e} ({})", vol.describe()),
+    })?;
+    if vol.capacity_bytes() < sb.capacity_bytes {
+        return Err(FsError::Corrupt {
+            what: "backing volume",
+            at: format!("{} ({})", voldir.display(), vol.describe()),
+            detail: format!(
+                "it holds {} bytes but the superblock says {}: the backing file was truncated",
+                vol.capacity_bytes(),
+                sb.capacity_bytes
+            ),
+        });
+    }
+    let loaded = meta::load(vol.clone(), &sb).map_err(|detail| FsError::Corrupt {
+        what: "metadata",
+        at: voldir.display().to_string(),
+        detail,
+    })?;
+    if let Some(p) = loaded.problems.first() {
+        return Err(FsError::Corrupt {
+            what: "metadata",
+            at: voldir.display().to_string(),
+            detail: format!(
+                "{p} ({} problem(s) in all; run `smlogfs fsck`)",
+                loaded.problems.len()
+            ),
+        });
+    }
+    let ring_path = ring_path_of(voldir, &sb);
+    let scan = StateLog::scan_file(&ring_path)?;
+    if scan.header.volume_id != sb.volume_id {
+        return Err(FsError::Corrupt {
+            what: "state log",
+            at: ring_path.display().to_string(),
+            detail: "it belongs to another volume (volume id mismatch)".into(),
+        });
+    }
+    let mut report = RecoveryReport {
+        entries_scanned: scan.entries.len(),
+        covers_seq: sb.covers_seq,
+        ..Default::default()
+    };
+    match scan.end {
+        ScanEnd::Corrupt {
+            file_offset,
+            later_seq,
+            later_file_offset,
+        } => {
+            return Err(FsError::Corrupt {
+                what: "state log",
+                at: format!("{} byte {}", ring_path.display(), file_offset),
+                detail: format!(
+                    "an entry is damaged but valid entries follow it (seq {later_seq} at byte \
+                     {later_file_offset}); acknowledged operations after the damage would be lost. \
+                     Restore the ring from a mirror or a copy; nothing was changed"
+                ),
+            });
+        }
+        ScanEnd::TornTail { file_offset } => {
+            log::warn!(
+                "state log {}: torn entry at byte {} (a write cut short by the crash); recovering \
+                 the {} entries before it",
+                ring_path.display(),
+                file_offset,
+                scan.entries.len()
+            );
+            report.torn_tail_at = Some(file_offset);
+        }
+        ScanEnd::Clean => {}
+    }
+    if let Some(len) = scan.truncated_len {
+        log::warn!(
+            "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
+            ring_path.display(),
+            len,
+            scan.header.ring_bytes
+        );
+    }
+    let plan = recovery::plan(&scan.entries, sb.covers_seq).map_err(|detail| FsError::Corrupt {
+        what: "state log",
+        at: ring_path.display().to_string(),
+        detail,
+    })?;
+    let mut state = loaded.state;
+    state.replaying = true;
+    let to_replay = plan.iter().filter(|o| o.action == Action::Replay).count() as u64;
+    let bar = progress("replaying the state log", to_replay);
+    for op in &plan {
+        match op.action {
+            Action::Replay => {
+                match FsOp::decode(&op.payload) {
+                    Ok(fsop) => {
+                        if let Err(e) = state.apply(&fsop) {
+                            log::error!(
+                                "replaying op {} ({}) failed with errno {}: the volume and the ring disagree",
+                                op.op_id,
+                                fsop.kind_name(),
+                                e.0
+                            );
+                            report.replay_failures += 1;
+                        }
+                    }
+                    Err(e) => {
+                        return Err(FsError::Corrupt {
+                            what: "state log",
+                            at: format!("{} op {}", ring_path.display(), op.op_id),
+                            detail: format!("undecodable op: {e}"),
+                        })
+                    }
+                }
+                report.replayed += 1;
+                bar.inc(1);
+            }
+            Action::Discard => report.discarded += 1,
+            _ => report.skipped += 1,
+        }
+    }
+    bar.finish();
+    state.replaying = false;
+    report.orphans_purged = state.purge_orphans();
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok(Recovered {
+        vol,
+        state,
+        alloc: loaded.alloc,
+        meta_bytes: loaded.meta_bytes,
+        sb,
+        scan,
+        plan,
+        report,
+        ring_path,
+    })
 }
 
 /// The ring file of a volume: absolute as stored, or relative to the volume directory.

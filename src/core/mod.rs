@@ -2,6 +2,7 @@
 //! block volume, and recovery. Knows nothing about FUSE.
 
 mod alloc;
+pub mod check;
 mod fs;
 pub mod meta;
 pub mod ops;
@@ -11,7 +12,8 @@ pub mod superblock;
 pub mod types;
 
 pub use fs::{
-    ring_path_of, Caller, CheckpointReport, DirEntry, Fs, FsConfig, RecoveryReport, StatFs,
+    recover, ring_path_of, Caller, CheckpointReport, DirEntry, Fs, FsConfig, Recovered,
+    RecoveryReport, StatFs,
 };
 pub use types::{Attr, Errno, FsResult, Kind, Ts};
 

@@ -1,0 +1,176 @@
+//! Command-line entry points of the `smlogfs` binary. Each returns `CliError` with a
+//! documented exit code (docs/operations.md) and a one-line message.
+
+pub mod fsck;
+pub mod inspect;
+pub mod mkfs;
+pub mod mount;
+
+use std::fmt;
+
+/// Exit codes, one per kind of failure (documented in docs/operations.md).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// fsck found problems.
+    pub const PROBLEMS: i32 = 1;
+    /// Bad command line (also clap's own usage errors), unparsable size.
+    pub const USAGE: i32 = 2;
+    /// VOLDIR is not a volume or cannot be read.
+    pub const NOT_A_VOLUME: i32 = 3;
+    /// mkfs: a volume exists and --force was not given.
+    pub const EXISTS: i32 = 4;
+    /// The mountpoint is missing, not a directory, not empty, or already mounted.
+    pub const MOUNTPOINT: i32 = 5;
+    /// The volume is held by a live daemon.
+    pub const BUSY: i32 = 6;
+    /// Damage found in the ring, superblock or metadata; nothing was changed.
+    pub const CORRUPT: i32 = 7;
+    /// FUSE is not available (/dev/fuse or fusermount3 missing).
+    pub const NO_FUSE: i32 = 8;
+    /// An I/O error (permission denied, disk full, …).
+    pub const IO: i32 = 9;
+    /// The daemon failed after starting.
+    pub const DAEMON: i32 = 10;
+}
+
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, msg: impl Into<String>) -> Self {
+        CliError {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+/// Maps an error from opening a volume to an exit code and message.
+pub fn open_error(e: crate::core::FsError) -> CliError {
+    use crate::core::FsError;
+    match &e {
+        FsError::Volume(raid_sim::VolumeError::NotAVolume { .. }) => {
+            CliError::new(exit::NOT_A_VOLUME, e.to_string())
+        }
+        FsError::Volume(raid_sim::VolumeError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            CliError::new(exit::NOT_A_VOLUME, e.to_string())
+        }
+        FsError::Volume(raid_sim::VolumeError::Io { .. }) => CliError::new(exit::IO, e.to_string()),
+        FsError::Log(crate::statelog::LogError::Io { source, .. })
+            if source.kind() != std::io::ErrorKind::NotFound =>
+        {
+            CliError::new(exit::IO, e.to_string())
+        }
+        _ => CliError::new(exit::CORRUPT, format!("{e}; nothing was changed")),
+    }
+}
+
+/// Parses sizes like `4096`, `64K`, `64M`, `1G`, `1T` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => {
+                    return Err(format!(
+                        "size {s:?}: unknown suffix {c:?} (use K, M, G or T)"
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T suffix"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// The pid recorded in `VOLDIR/daemon.pid`, if that process is alive.
+pub fn live_daemon(voldir: &std::path::Path) -> Option<(u32, String)> {
+    let text = std::fs::read_to_string(voldir.join("daemon.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid: u32 = lines.next()?.trim().parse().ok()?;
+    let mnt = lines.next().unwrap_or("").to_string();
+    process_alive(pid).then_some((pid, mnt))
+}
+
+/// True while `pid` runs (a zombie waiting to be reaped counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Holds `VOLDIR/lock` exclusively for as long as the value lives.
+pub struct VolumeLock {
+    _file: std::fs::File,
+}
+
+impl VolumeLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(voldir: &std::path::Path) -> Result<VolumeLock, CliError> {
+        let path = voldir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CliError::new(exit::IO, format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(VolumeLock { _file: file }),
+            Err(_) => {
+                let who = match live_daemon(voldir) {
+                    Some((pid, mnt)) => format!("daemon pid {pid} (mounted at {mnt})"),
+                    None => "another smlogfs process".into(),
+                };
+                Err(CliError::new(
+                    exit::BUSY,
+                    format!(
+                        "volume {} is in use by {who}; unmount it first (smlogfs umount MOUNTPOINT)",
+                        voldir.display()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes_and_reject_garbage() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12Q").unwrap_err().contains("unknown suffix"));
+        assert!(parse_size("abc").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

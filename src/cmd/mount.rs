@@ -1,0 +1,436 @@
+//! `smlogfs mount` (the daemon) and `smlogfs umount`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{exit, live_daemon, open_error, process_alive, CliError, VolumeLock};
+use crate::core::{Fs, FsConfig};
+use crate::fuse_adapter::FuseAdapter;
+use crate::progress::Progress;
+
+/// Environment variable through which a background daemon reports readiness to its parent.
+const READY_ENV: &str = "SMLOGFS_REPORT_READY";
+
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    pub foreground: bool,
+    /// The -o list, comma-separated.
+    pub options: Vec<String>,
+}
+
+struct Parsed {
+    fs: FsConfig,
+    writeback_cache: bool,
+    kernel: Vec<fuser::MountOption>,
+    threads: usize,
+}
+
+fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
+    let mut p = Parsed {
+        fs: FsConfig::default(),
+        writeback_cache: false,
+        kernel: Vec::new(),
+        threads: 2,
+    };
+    for opt in list
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let num = |v: Option<&str>| -> Result<u64, CliError> {
+            v.and_then(|v| v.parse().ok()).ok_or_else(|| {
+                CliError::new(exit::USAGE, format!("-o {opt}: expected {key}=NUMBER"))
+            })
+        };
+        match key {
+            "writeback_cache" => p.writeback_cache = true,
+            "sync_ring" => p.fs.sync_every_op = true,
+            "checkpoint_ms" => p.fs.checkpoint_interval_ms = num(value)?,
+            "checkpoint_fill" => p.fs.checkpoint_fill_percent = num(value)?.clamp(1, 95),
+            "threads" => p.threads = num(value)?.clamp(1, 16) as usize,
+            "ro" => p.kernel.push(fuser::MountOption::RO),
+            "noatime" => p.kernel.push(fuser::MountOption::NoAtime),
+            "nosuid" => p.kernel.push(fuser::MountOption::NoSuid),
+            "nodev" => p.kernel.push(fuser::MountOption::NoDev),
+            "noexec" => p.kernel.push(fuser::MountOption::NoExec),
+            "dev" => p.kernel.push(fuser::MountOption::Dev),
+            "suid" => p.kernel.push(fuser::MountOption::Suid),
+            "allow_other" | "default_permissions" | "rw" | "defaults" | "_netdev" | "auto" | "noauto" | "nofail" => {}
+            _ => {
+                return Err(CliError::new(
+                    exit::USAGE,
+                    format!(
+                        "-o {opt}: unknown option (known: writeback_cache, sync_ring, checkpoint_ms=N, \
+                         checkpoint_fill=PERCENT, threads=N, ro, noatime, nosuid, nodev, noexec)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = mnt.to_string_lossy();
+    text.lines()
+        .any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == Some(&*want))
+}
+
+fn unescape_mount_field(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), CliError> {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg(if lazy { "-uz" } else { "-u" }).arg(mnt);
+    let out = cmd.output().map_err(|e| {
+        CliError::new(
+            exit::NO_FUSE,
+            format!("cannot run fusermount3 ({e}); install it with `apt-get install -y fuse3`"),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!(
+                "fusermount3 -u {}: {}",
+                mnt.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the mountpoint; cleans up a dead mount left by a killed daemon.
+fn prepare_mountpoint(mnt: &Path) -> Result<PathBuf, CliError> {
+    // A dead FUSE mount may still answer stat from cached attributes; opening it does not.
+    let abs = std::path::absolute(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    if is_mounted(&abs) {
+        if let Err(e) = std::fs::read_dir(&abs) {
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                log::warn!(
+                    "{} is a dead mount (its daemon was killed); cleaning it up",
+                    abs.display()
+                );
+                fusermount_unmount(&abs, true)?;
+            }
+        }
+    }
+    match std::fs::metadata(mnt) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!(
+                "{} is a dead mount (its daemon was killed); cleaning it up",
+                mnt.display()
+            );
+            fusermount_unmount(mnt, true)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::new(
+                exit::MOUNTPOINT,
+                format!(
+                    "mountpoint {} does not exist; create it with mkdir",
+                    mnt.display()
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(CliError::new(
+                exit::MOUNTPOINT,
+                format!("mountpoint {}: {e}", mnt.display()),
+            ))
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(CliError::new(
+                exit::MOUNTPOINT,
+                format!("mountpoint {} is not a directory", mnt.display()),
+            ))
+        }
+        Ok(_) => {}
+    }
+    let mnt = std::fs::canonicalize(mnt).map_err(|e| {
+        CliError::new(
+            exit::MOUNTPOINT,
+            format!("mountpoint {}: {e}", mnt.display()),
+        )
+    })?;
+    if is_mounted(&mnt) {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!(
+                "{} is already a mountpoint; unmount it first or pick another directory",
+                mnt.display()
+            ),
+        ));
+    }
+    let mut entries = std::fs::read_dir(&mnt).map_err(|e| {
+        CliError::new(
+            exit::MOUNTPOINT,
+            format!("mountpoint {}: {e}", mnt.display()),
+        )
+    })?;
+    if entries.next().is_some() {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!(
+                "mountpoint {} is not empty; mount on an empty directory",
+                mnt.display()
+            ),
+        ));
+    }
+    Ok(mnt)
+}
+
+fn check_fuse_available() -> Result<(), CliError> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(CliError::new(
+            exit::NO_FUSE,
+            "/dev/fuse does not exist: load the fuse module (modprobe fuse) or, in a container, pass the device in",
+        ));
+    }
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()))
+        .unwrap_or(false);
+    if !found {
+        return Err(CliError::new(
+            exit::NO_FUSE,
+            "fusermount3 not found; install it with `apt-get install -y fuse3`",
+        ));
+    }
+    Ok(())
+}
+
+pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
+    let parsed = parse_options(&o.options)?;
+    if !voldir.is_dir() {
+        return Err(CliError::new(
+            exit::NOT_A_VOLUME,
+            format!(
+                "{} is not a directory holding a smlogfs volume",
+                voldir.display()
+            ),
+        ));
+    }
+    let voldir = std::fs::canonicalize(voldir)
+        .map_err(|e| CliError::new(exit::NOT_A_VOLUME, format!("{}: {e}", voldir.display())))?;
+    if !raid_sim::volume_exists(&voldir) {
+        return Err(CliError::new(
+            exit::NOT_A_VOLUME,
+            format!(
+                "{} is not a smlogfs volume (no backing files); create one with `smlogfs mkfs`",
+                voldir.display()
+            ),
+        ));
+    }
+    check_fuse_available()?;
+    // Refuse early and clearly if a live daemon holds the volume.
+    drop(VolumeLock::acquire(&voldir)?);
+    let mnt = prepare_mountpoint(mnt)?;
+    if o.foreground {
+        run_daemon(&voldir, &mnt, parsed)
+    } else {
+        spawn_background(&voldir, &mnt, o)
+    }
+}
+
+/// Starts `smlogfs mount -f` in the background and returns once it reports readiness.
+fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(exit::DAEMON, format!("cannot find own binary: {e}")))?;
+    let log_path = voldir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| CliError::new(exit::IO, format!("cannot open {}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount").arg(voldir).arg(mnt).arg("-f");
+    for opt in &o.options {
+        cmd.arg("-o").arg(opt);
+    }
+    cmd.env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .process_group(0);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CliError::new(exit::DAEMON, format!("cannot start the daemon: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    if line.trim() == "ready" {
+        return Ok(());
+    }
+    let status = child.wait().ok();
+    let code = status.and_then(|s| s.code()).unwrap_or(exit::DAEMON);
+    let msg = line
+        .trim()
+        .strip_prefix("error ")
+        .unwrap_or(line.trim())
+        .to_string();
+    Err(CliError::new(
+        if code == 0 { exit::DAEMON } else { code },
+        if msg.is_empty() {
+            format!(
+                "the daemon exited before the mount was ready; see {}",
+                log_path.display()
+            )
+        } else {
+            msg
+        },
+    ))
+}
+
+/// Reports to a waiting parent (background mode), or does nothing.
+fn report(line: &str) {
+    if std::env::var_os(READY_ENV).is_some() {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+fn run_daemon(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
+    let result = serve(voldir, mnt, parsed);
+    if let Err(e) = &result {
+        report(&format!("error {}", e.msg));
+    }
+    result
+}
+
+fn serve(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
+    let _lock = VolumeLock::acquire(voldir)?;
+    let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new).map_err(open_error)?;
+    let fs = Arc::new(fs);
+    let mut options = vec![
+        fuser::MountOption::FSName(voldir.display().to_string()),
+        fuser::MountOption::Subtype("smlogfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    options.extend(parsed.kernel.iter().cloned());
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(parsed.threads);
+    config.clone_fd = parsed.threads > 1;
+    // As root, let every user in (the kernel still checks permissions: default_permissions).
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+    {
+        config.acl = fuser::SessionACL::All;
+    }
+    let adapter = FuseAdapter::new(fs.clone(), parsed.writeback_cache);
+    let session = fuser::Session::new(adapter, mnt, &config).map_err(|e| {
+        CliError::new(
+            exit::DAEMON,
+            format!("mounting {} failed: {e}", mnt.display()),
+        )
+    })?;
+    let pid_path = voldir.join("daemon.pid");
+    std::fs::write(
+        &pid_path,
+        format!("{}\n{}\n", std::process::id(), mnt.display()),
+    )
+    .map_err(|e| {
+        CliError::new(
+            exit::IO,
+            format!("cannot write {}: {e}", pid_path.display()),
+        )
+    })?;
+    let checkpointer = {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || fs.run_checkpointer())
+            .map_err(|e| {
+                CliError::new(exit::DAEMON, format!("cannot start the checkpointer: {e}"))
+            })?
+    };
+    if fs.recovery.replayed > 0 {
+        fs.request_checkpoint();
+    }
+    log::info!(
+        "mounted {} at {} (pid {})",
+        voldir.display(),
+        mnt.display(),
+        std::process::id()
+    );
+    report("ready");
+    let run = session.run();
+    fs.stop_checkpointer();
+    let _ = checkpointer.join();
+    let shut = fs.shutdown();
+    let _ = std::fs::remove_file(&pid_path);
+    if let Err(e) = run {
+        return Err(CliError::new(
+            exit::DAEMON,
+            format!("the FUSE session ended with an error: {e}"),
+        ));
+    }
+    shut.map_err(|e| {
+        CliError::new(
+            exit::IO,
+            format!("final checkpoint failed: {e}; the ring still holds everything"),
+        )
+    })?;
+    log::info!(
+        "unmounted {} cleanly (final checkpoint written)",
+        mnt.display()
+    );
+    Ok(())
+}
+
+/// `smlogfs umount MOUNTPOINT`: unmounts and waits for the daemon's final checkpoint.
+pub fn umount(mnt: &Path) -> Result<(), CliError> {
+    let abs = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = abs.to_string_lossy().to_string();
+    let source = text.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        let src = f.next()?;
+        let at = unescape_mount_field(f.next()?);
+        let fstype = f.next()?;
+        let src = unescape_mount_field(src);
+        (at == want && fstype.starts_with("fuse") && raid_sim::volume_exists(Path::new(&src)))
+            .then_some(src)
+    });
+    let Some(voldir) = source else {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!("{} is not a mounted smlogfs file system", mnt.display()),
+        ));
+    };
+    let daemon = live_daemon(Path::new(&voldir));
+    fusermount_unmount(&abs, false)?;
+    if let Some((pid, _)) = daemon {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while process_alive(pid) {
+            if Instant::now() > deadline {
+                return Err(CliError::new(
+                    exit::DAEMON,
+                    format!("daemon pid {pid} did not exit within 120 s after unmount"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
