@@ -250,7 +250,7 @@ impl RawConn {
                 } else {
                     smlog_wire::Mode::Reader
                 },
-                heartbeat_ms: 1000,
+                heartbeat_ms: 200,
                 client_nonce: [9; 32],
                 node: "raw".into(),
             },

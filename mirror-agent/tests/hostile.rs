@@ -1,0 +1,343 @@
+//! Hostile input on the mirror port. Each case: a well-behaved client has stored entries
+//! 1..=100; a hostile connection does one bad thing; the agent must drop that connection
+//! with a logged reason, keep serving the good client on its existing connection, and keep
+//! the stored entries exactly as they were.
+
+mod common;
+
+use common::*;
+use smlog_wire::format::{FrameHeader, HEADER_BYTES, HEADER_CRC_AT, MAX_BODY_BYTES, VERSION_AT};
+use smlog_wire::{encode_frame, ErrorCode, Message, MirrorClient, MirrorConfig, Version};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+const STALL_MS: u64 = 400;
+
+struct Bed {
+    _tmp: tempfile::TempDir,
+    agent: AgentProc,
+    cfg: MirrorConfig,
+    client: MirrorClient,
+}
+
+const GOOD: u8 = 1;
+
+fn bed(extra: &[&str], secret: Option<&[u8]>) -> Bed {
+    let tmp = tempfile::tempdir().unwrap();
+    let stall = STALL_MS.to_string();
+    let mut args = vec!["--stall-timeout-ms", stall.as_str()];
+    args.extend_from_slice(extra);
+    let secret_path = tmp.path().join("secret");
+    if let Some(s) = secret {
+        std::fs::write(&secret_path, s).unwrap();
+        args.push("--secret-file");
+        args.push(secret_path.to_str().unwrap());
+    }
+    let agent = AgentProc::start(&tmp.path().join("agent"), &args);
+    let mut cfg = config(vec![agent.addr], volume(GOOD), 1);
+    cfg.secret = secret.map(|s| s.to_vec());
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    for (seq, bytes) in entries("good", 1..=100) {
+        client.submit(seq, bytes).unwrap();
+    }
+    client.wait_acked(100, WAIT).unwrap();
+    Bed {
+        _tmp: tmp,
+        agent,
+        cfg,
+        client,
+    }
+}
+
+impl Bed {
+    /// The agent logged `reason`, still runs, still serves the good client on the same
+    /// connection, and holds exactly the good entries.
+    fn assert_survived(mut self, reason: &str) {
+        assert!(
+            self.agent.wait_log(reason, WAIT),
+            "log lacks {reason:?}:\n{}",
+            self.agent.log_text()
+        );
+        assert!(self.agent.is_running());
+        for (seq, bytes) in entries("good", 101..=200) {
+            self.client.submit(seq, bytes).unwrap();
+        }
+        self.client.wait_acked(200, WAIT).unwrap();
+        assert_eq!(
+            self.client.status().reconnects,
+            0,
+            "the good connection was disturbed"
+        );
+        assert_eq!(
+            MirrorClient::read_back(&self.cfg, 0).unwrap(),
+            entries("good", 1..=200)
+        );
+    }
+}
+
+/// A deterministic byte soup (xorshift), never starting with the frame magic.
+fn garbage(len: usize, mut state: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.push(state as u8);
+    }
+    out[0] = 0;
+    out
+}
+
+fn evil_append(vol: &smlog_wire::VolumeId) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(
+        vol,
+        &Message::Append {
+            entries: vec![(101, b"EVIL".to_vec())],
+        },
+        &mut out,
+    );
+    out
+}
+
+fn got_error(seen: &[Message], code: ErrorCode) -> bool {
+    seen.iter()
+        .any(|m| matches!(m, Message::Error { code: c, .. } if *c == code))
+}
+
+#[test]
+fn random_bytes() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    raw.send_bytes(&garbage(4096, 0x9e37_79b9_7f4a_7c15));
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
+    bed.assert_survived("bad magic");
+}
+
+#[test]
+fn random_bytes_behind_a_valid_magic() {
+    let bed = bed(&[], None);
+    for seed in 1..20u64 {
+        let mut raw = RawConn::connect(bed.agent.addr);
+        let mut bytes = b"SMLW".to_vec();
+        bytes.extend(garbage(200, seed));
+        raw.send_bytes(&bytes);
+        assert!(raw.wait_closed(WAIT).is_some(), "seed {seed}: not dropped");
+    }
+    bed.assert_survived("bad frame");
+}
+
+#[test]
+fn oversized_length() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    let header = FrameHeader {
+        version: Version::V1,
+        kind: smlog_wire::FrameKind::Append,
+        volume_id: volume(GOOD),
+        body_len: MAX_BODY_BYTES as u32 + 1,
+        body_crc: 0,
+    };
+    // Only the header is sent: the agent must refuse it without waiting for the body.
+    raw.send_bytes(&header.encode());
+    let t = Instant::now();
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(
+        t.elapsed() < Duration::from_millis(STALL_MS),
+        "waited for the body instead"
+    );
+    assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
+    bed.assert_survived("frame too large");
+}
+
+#[test]
+fn wrong_version() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    let mut frame = Vec::new();
+    encode_frame(
+        &volume(GOOD),
+        &Message::ReadBack { after_seq: 0 },
+        &mut frame,
+    );
+    frame[VERSION_AT..VERSION_AT + 2].copy_from_slice(&2u16.to_le_bytes());
+    let crc = crc32c::crc32c(&frame[..HEADER_CRC_AT]);
+    frame[HEADER_CRC_AT..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    raw.send_bytes(&frame);
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    let reason = seen.iter().find_map(|m| match m {
+        Message::Error { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("unsupported wire version 2"),
+        "{seen:?}"
+    );
+    bed.assert_survived("unsupported wire version 2");
+}
+
+#[test]
+fn wrong_secret() {
+    let bed = bed(&[], Some(b"the secret"));
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(GOOD), 1, true),
+        Some(Message::Challenge { .. })
+    ));
+    raw.send(
+        &volume(GOOD),
+        &Message::Proof {
+            client_proof: [0x42; 32],
+        },
+    );
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::AuthFailed), "{seen:?}");
+    bed.assert_survived("secret mismatch");
+}
+
+#[test]
+fn skipping_the_proof_gets_nothing_stored() {
+    let bed = bed(&[], Some(b"the secret"));
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(GOOD), 1, true),
+        Some(Message::Challenge { .. })
+    ));
+    raw.send_bytes(&evil_append(&volume(GOOD)));
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::AuthFailed), "{seen:?}");
+    bed.assert_survived("expected Proof, got Append");
+}
+
+#[test]
+fn frame_for_another_volume_on_an_authenticated_connection() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    let other = volume(77);
+    assert!(matches!(
+        raw.hello(&other, 1, true),
+        Some(Message::Welcome { .. })
+    ));
+    // Authenticated for volume 77, the peer sends an append naming the good volume.
+    raw.send_bytes(&evil_append(&volume(GOOD)));
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::WrongVolume), "{seen:?}");
+    let other_cfg = config(vec![bed.agent.addr], other, 1);
+    assert!(MirrorClient::read_back(&other_cfg, 0).unwrap().is_empty());
+    bed.assert_survived("frame for another volume");
+}
+
+#[test]
+fn stall_mid_frame() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(50), 1, true),
+        Some(Message::Welcome { .. })
+    ));
+    let frame = evil_append(&volume(50));
+    raw.send_bytes(&frame[..20]);
+    let t = Instant::now();
+    // While that connection hangs, the good client goes on.
+    bed.client.submit(101, entry("good", 101)).unwrap();
+    bed.client.wait_acked(101, WAIT).unwrap();
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(STALL_MS - 100),
+        "dropped after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(STALL_MS * 5),
+        "dropped after {waited:?}"
+    );
+    assert!(got_error(&seen, ErrorCode::Protocol), "{seen:?}");
+    // The half frame never became an entry.
+    assert!(
+        MirrorClient::read_back(&config(vec![bed.agent.addr], volume(50), 1), 0)
+            .unwrap()
+            .is_empty()
+    );
+    // assert_survived resubmits from 101: the client only accepts consecutive seqs,
+    // so continue from 102 here instead.
+    assert!(bed.agent.wait_log("stalled mid-frame", WAIT));
+    for (seq, bytes) in entries("good", 102..=200) {
+        bed.client.submit(seq, bytes).unwrap();
+    }
+    bed.client.wait_acked(200, WAIT).unwrap();
+    assert_eq!(
+        MirrorClient::read_back(&bed.cfg, 0).unwrap(),
+        entries("good", 1..=200)
+    );
+}
+
+#[test]
+fn silent_connection_never_says_hello() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(raw.wait_closed(WAIT).is_some(), "silent connection kept");
+    bed.assert_survived("no complete handshake within");
+}
+
+#[test]
+fn idle_authenticated_connection() {
+    let bed = bed(&["--idle-timeout-ms", "600"], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(51), 1, true),
+        Some(Message::Welcome { .. })
+    ));
+    // The agent sends heartbeats; a peer that never answers anything is dropped.
+    let seen = raw.wait_closed(WAIT).expect("idle connection dropped");
+    assert!(
+        seen.iter()
+            .any(|m| matches!(m, Message::Heartbeat { reply: false, .. })),
+        "{seen:?}"
+    );
+    bed.assert_survived("idle for more than 600 ms");
+}
+
+#[test]
+fn frame_before_hello() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    raw.send_bytes(&evil_append(&volume(GOOD)));
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::Protocol), "{seen:?}");
+    bed.assert_survived("expected Hello, got Append");
+}
+
+#[test]
+fn append_on_a_read_only_connection() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(GOOD), 0, false),
+        Some(Message::Welcome { .. })
+    ));
+    raw.send_bytes(&evil_append(&volume(GOOD)));
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::Protocol), "{seen:?}");
+    bed.assert_survived("Append on a read-only connection");
+}
+
+#[test]
+fn corrupted_body_checksum() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(GOOD), 1, true),
+        Some(Message::Welcome { .. })
+    ));
+    let mut frame = evil_append(&volume(GOOD));
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    raw.send_bytes(&frame);
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
+    bed.assert_survived("body checksum mismatch");
+}
