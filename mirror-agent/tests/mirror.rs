@@ -257,7 +257,7 @@ fn a_dead_first_route_is_skipped_at_connect() {
     // With no route at all answering, connect says so and names the routes.
     drop(client);
     drop(agent);
-    let err = MirrorClient::connect(cfg).err().expect("no agent");
+    let err = MirrorClient::connect(cfg).expect_err("no agent");
     assert!(matches!(err, MirrorError::Unreachable(_)), "{err}");
     assert!(err.to_string().contains(&dead.to_string()), "{err}");
 }
@@ -392,9 +392,7 @@ fn shared_secret_both_ways_and_clear_mismatch_errors() {
     );
 
     cfg.secret = Some(b"wrong horse".to_vec());
-    let err = MirrorClient::connect(cfg.clone())
-        .err()
-        .expect("wrong secret refused");
+    let err = MirrorClient::connect(cfg.clone()).expect_err("wrong secret refused");
     assert!(matches!(err, MirrorError::AuthFailed { .. }), "{err}");
     assert!(err.to_string().contains("secret mismatch"), "{err}");
     assert!(
@@ -405,9 +403,7 @@ fn shared_secret_both_ways_and_clear_mismatch_errors() {
     assert!(MirrorClient::read_back(&cfg, 0).is_err());
 
     cfg.secret = None;
-    let err = MirrorClient::connect(cfg.clone())
-        .err()
-        .expect("missing secret refused");
+    let err = MirrorClient::connect(cfg.clone()).expect_err("missing secret refused");
     assert!(
         err.to_string().contains("requires a shared secret"),
         "{err}"
@@ -417,9 +413,7 @@ fn shared_secret_both_ways_and_clear_mismatch_errors() {
     let open_agent = AgentProc::start(&tmp.path().join("open-agent"), &[]);
     let mut cfg = config(vec![open_agent.addr], volume(9), 1);
     cfg.secret = Some(b"correct horse".to_vec());
-    let err = MirrorClient::connect(cfg)
-        .err()
-        .expect("unauthenticated agent refused");
+    let err = MirrorClient::connect(cfg).expect_err("unauthenticated agent refused");
     assert!(
         err.to_string().contains("did not prove the shared secret"),
         "{err}"
@@ -435,9 +429,7 @@ fn connections_over_the_limit_are_refused_as_busy() {
     let agent = AgentProc::start(&tmp.path().join("agent"), &["--max-connections", "1"]);
     let cfg = config(vec![agent.addr], volume(13), 1);
     let client = MirrorClient::connect(cfg.clone()).unwrap();
-    let err = MirrorClient::read_back(&cfg, 0)
-        .err()
-        .expect("second connection refused");
+    let err = MirrorClient::read_back(&cfg, 0).expect_err("second connection refused");
     assert!(err.to_string().contains("busy"), "{err}");
     assert!(agent.wait_log("at the limit of 1 connections", WAIT));
     client.submit(1, b"still served".to_vec()).unwrap();

@@ -122,8 +122,7 @@ fn corrupt_volume_is_reported_and_others_are_served() {
         agent.log_text()
     );
     let err = smlog_wire::MirrorClient::read_back(&common::config(vec![agent.addr], bad, 1), 0)
-        .err()
-        .expect("corrupt volume refused");
+        .expect_err("corrupt volume refused");
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     let back =
         smlog_wire::MirrorClient::read_back(&common::config(vec![agent.addr], good, 1), 0).unwrap();

@@ -682,6 +682,15 @@ impl MirrorClient {
     }
 }
 
+impl std::fmt::Debug for MirrorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorClient")
+            .field("volume_id", &self.shared.cfg.volume_id)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
 impl Drop for MirrorClient {
     fn drop(&mut self) {
         {

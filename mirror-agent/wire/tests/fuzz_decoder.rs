@@ -7,7 +7,7 @@ use smlog_wire::format::{HEADER_BYTES, MAX_BODY_BYTES};
 use smlog_wire::message::{decode_frame, encode_frame, Message};
 
 fn valid_frames() -> Vec<Vec<u8>> {
-    let messages = vec![
+    let messages = [
         Message::Append {
             entries: vec![(41, b"entry-41".to_vec()), (42, vec![7; 100])],
         },
