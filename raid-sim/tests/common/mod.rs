@@ -1,0 +1,101 @@
+//! Helpers shared by the raid-sim integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use raid_sim::{BlockVolume, CreateOptions, RaidOptions, RaidVolume};
+
+/// xorshift64*: deterministic test data without extra dependencies.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+pub fn quiet() -> RaidOptions {
+    RaidOptions {
+        background: false,
+        journal_sync: false,
+        journal_bytes: 8 << 20,
+        ..RaidOptions::default()
+    }
+}
+
+pub fn create(
+    dir: &Path,
+    disks: u32,
+    chunk: u64,
+    capacity: u64,
+    spares: u32,
+    o: &RaidOptions,
+) -> RaidVolume {
+    let opts = CreateOptions {
+        capacity_bytes: capacity,
+        disks,
+        chunk_bytes: chunk,
+        spares,
+    };
+    raid_sim::create_raid(dir, &opts, o).expect("create")
+}
+
+/// Fills the whole volume with random data and returns the model of its content.
+pub fn fill(vol: &dyn BlockVolume, rng: &mut Rng) -> Vec<u8> {
+    let cap = vol.capacity_bytes() as usize;
+    let model = rng.bytes(cap);
+    for (i, c) in model.chunks(1 << 20).enumerate() {
+        vol.write_at((i << 20) as u64, c).expect("fill write");
+    }
+    model
+}
+
+pub fn assert_reads(vol: &dyn BlockVolume, model: &[u8]) {
+    let mut buf = vec![0u8; model.len()];
+    for (i, c) in buf.chunks_mut(1 << 20).enumerate() {
+        vol.read_at((i << 20) as u64, c).expect("read back");
+    }
+    let first_bad = buf.iter().zip(model).position(|(a, b)| a != b);
+    assert!(
+        first_bad.is_none(),
+        "content differs first at byte {first_bad:?}"
+    );
+}
+
+pub fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+/// Every regular file of the directory with its content (to prove nothing was written).
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}

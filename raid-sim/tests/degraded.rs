@@ -1,0 +1,254 @@
+//! Degraded mode and assembly: missing, failing and bad members.
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use raid_sim::format::{MemberState, Superblock, SB_BYTES};
+use raid_sim::member::{FaultAction, FaultOp, FaultPlan, FaultRule};
+use raid_sim::{inspect, member_name, BlockVolume, RaidOptions, VolumeError};
+
+const CHUNK: u64 = 16 << 10;
+const CAP: u64 = 2 << 20;
+
+fn fresh(dir: &Path) -> Vec<u8> {
+    let vol = create(dir, 4, CHUNK, CAP, 0, &quiet());
+    fill(&vol, &mut Rng(0xfeed))
+}
+
+/// A deleted member: reads reconstruct, writes go on, the state survives a reopen.
+#[test]
+fn missing_member_reads_and_writes_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = fresh(dir.path());
+    std::fs::remove_file(dir.path().join(member_name(1))).unwrap();
+    {
+        let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+        assert!(vol.is_degraded());
+        assert_eq!(vol.member_states()[1], MemberState::Failed);
+        assert_reads(&vol, &model);
+        let mut rng = Rng(77);
+        for _ in 0..100 {
+            let at = rng.below(CAP / 4096 - 8) * 4096;
+            let n = 4096 * (1 + rng.below(8) as usize);
+            let data = rng.bytes(n);
+            vol.write_at(at, &data).unwrap();
+            model[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        }
+        assert_reads(&vol, &model);
+    }
+    let i = inspect(dir.path()).unwrap();
+    assert!(i.degraded());
+    assert_eq!(i.members[1].problem.as_deref(), Some("missing"));
+    let vol = raid_sim::open_volume(dir.path()).unwrap();
+    assert!(vol.describe().contains("degraded"));
+    assert_reads(vol.as_ref(), &model);
+}
+
+/// EIO on reads of one member: the read still returns the data, the member is marked
+/// failed and the survivors' superblocks carry a higher event counter.
+#[test]
+fn read_errors_fail_the_member_and_bump_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh(dir.path());
+    let plan = FaultPlan::new();
+    let o = RaidOptions {
+        wrap_io: Some(plan.wrapper()),
+        ..quiet()
+    };
+    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    let before = vol.events();
+    plan.add(FaultRule::new(
+        &member_name(2),
+        FaultOp::Read,
+        FaultAction::Eio,
+    ));
+    assert_reads(&vol, &model);
+    assert_eq!(vol.member_states()[2], MemberState::Failed);
+    assert!(vol.events() > before);
+    // Writes go on without member 2.
+    vol.write_at(0, &[9u8; 65536]).unwrap();
+    let mut back = vec![0u8; 65536];
+    vol.read_at(0, &mut back).unwrap();
+    assert!(back.iter().all(|b| *b == 9));
+    drop(vol);
+    let i = inspect(dir.path()).unwrap();
+    assert_eq!(i.members[2].state, "failed");
+    assert!(i.members[0].events.unwrap() > i.members[2].events.unwrap());
+}
+
+/// EIO on writes of one member: the write succeeds through parity, the member fails.
+#[test]
+fn write_errors_fail_the_member_and_data_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = fresh(dir.path());
+    let plan = FaultPlan::new();
+    let o = RaidOptions {
+        wrap_io: Some(plan.wrapper()),
+        ..quiet()
+    };
+    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    plan.add(FaultRule::new(
+        &member_name(0),
+        FaultOp::Write,
+        FaultAction::Eio,
+    ));
+    let data = Rng(3).bytes(CAP as usize / 2);
+    vol.write_at(0, &data).unwrap();
+    model[..data.len()].copy_from_slice(&data);
+    assert_eq!(vol.member_states()[0], MemberState::Failed);
+    assert_reads(&vol, &model);
+    drop(vol);
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    assert_reads(&vol, &model);
+}
+
+enum Damage {
+    ForeignArray,
+    Stale,
+    Truncated,
+    CorruptSuperblock,
+    WrongGeometry,
+}
+
+fn damage(dir: &Path, k: u32, how: &Damage) -> &'static str {
+    let path = dir.join(member_name(k));
+    match how {
+        Damage::ForeignArray => {
+            let other = tempfile::tempdir().unwrap();
+            drop(create(other.path(), 4, CHUNK, CAP, 0, &quiet()));
+            std::fs::copy(other.path().join(member_name(k)), &path).unwrap();
+            "another array"
+        }
+        Damage::Stale => {
+            let old = std::fs::read(&path).unwrap();
+            for _ in 0..2 {
+                let vol = raid_sim::open_raid(dir, &quiet()).unwrap();
+                vol.write_at(0, &[0xAB; 8192]).unwrap();
+            }
+            std::fs::write(&path, old).unwrap();
+            "stale"
+        }
+        Damage::Truncated => {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len / 2).unwrap();
+            "truncated"
+        }
+        Damage::CorruptSuperblock => {
+            let mut b = std::fs::read(&path).unwrap();
+            b[100] ^= 0xFF;
+            b[SB_BYTES as usize + 100] ^= 0xFF;
+            std::fs::write(&path, b).unwrap();
+            "corrupt superblock"
+        }
+        Damage::WrongGeometry => {
+            let mut b = std::fs::read(&path).unwrap();
+            let mut sb = Superblock::decode_slots(&b[..2 * SB_BYTES as usize]).unwrap();
+            sb.geometry.stripes += 1;
+            sb.events += 2;
+            let slot = sb.slot_offset() as usize;
+            b[slot..slot + SB_BYTES as usize].copy_from_slice(&sb.encode());
+            std::fs::write(&path, b).unwrap();
+            "wrong geometry"
+        }
+    }
+}
+
+/// Each kind of bad member alone: the array assembles degraded without it, names it
+/// and why, returns the right data, and never writes the bad file.
+#[test]
+fn one_bad_member_runs_degraded_and_is_named() {
+    for how in [
+        Damage::ForeignArray,
+        Damage::Stale,
+        Damage::Truncated,
+        Damage::CorruptSuperblock,
+        Damage::WrongGeometry,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = fresh(dir.path());
+        let word = damage(dir.path(), 2, &how);
+        if matches!(how, Damage::Stale) {
+            model[..8192].fill(0xAB);
+        }
+        let bad_path = dir.path().join(member_name(2));
+        let i = inspect(dir.path()).unwrap();
+        let problem = i.members[2].problem.clone().unwrap_or_default();
+        assert!(problem.contains(word), "{word}: problem was {problem:?}");
+        assert_eq!(i.members[2].path, bad_path);
+        let bad_before = file_bytes(&bad_path);
+        let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+        assert!(vol.is_degraded(), "{word}");
+        assert_reads(&vol, &model);
+        vol.write_at(0, &[1u8; 4096]).unwrap();
+        drop(vol);
+        assert_eq!(
+            file_bytes(&bad_path),
+            bad_before,
+            "{word}: the bad member was written"
+        );
+    }
+}
+
+/// Two unusable members: assembly refuses, names both files and reasons, writes nothing.
+#[test]
+fn two_bad_members_refuse_and_write_nothing() {
+    for how in [
+        Damage::ForeignArray,
+        Damage::Stale,
+        Damage::Truncated,
+        Damage::CorruptSuperblock,
+        Damage::WrongGeometry,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        fresh(dir.path());
+        let word = damage(dir.path(), 1, &how);
+        std::fs::remove_file(dir.path().join(member_name(3))).unwrap();
+        let before = snapshot(dir.path());
+        let err = match raid_sim::open_volume(dir.path()) {
+            Ok(_) => panic!("{word}: assembled with two bad members"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, VolumeError::Assembly { .. }), "{word}: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&member_name(1)) && msg.contains(word),
+            "{word}: {msg}"
+        );
+        assert!(
+            msg.contains(&member_name(3)) && msg.contains("missing"),
+            "{msg}"
+        );
+        assert_eq!(
+            snapshot(dir.path()),
+            before,
+            "{word}: a refused assembly wrote"
+        );
+    }
+}
+
+#[test]
+fn empty_or_garbage_directory_is_not_a_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!raid_sim::volume_exists(dir.path()));
+    assert!(matches!(
+        raid_sim::open_volume(dir.path()),
+        Err(VolumeError::NotAVolume { .. })
+    ));
+    std::fs::write(dir.path().join("member-0.img"), b"garbage").unwrap();
+    let msg = raid_sim::open_volume(dir.path()).err().unwrap().to_string();
+    assert!(msg.contains("member-0.img"), "{msg}");
+}
+
+/// A second process cannot assemble a volume that is open.
+#[test]
+fn open_volume_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let _vol = create(dir.path(), 3, CHUNK, CAP, 0, &quiet());
+    assert!(raid_sim::in_use(dir.path()));
+    assert!(matches!(
+        raid_sim::open_raid(dir.path(), &quiet()),
+        Err(VolumeError::InUse { .. })
+    ));
+}
