@@ -268,7 +268,7 @@ fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), C
         .stderr(Stdio::from(log))
         .process_group(0);
     if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", "info,fuser=error");
     }
     let mut child = cmd
         .spawn()

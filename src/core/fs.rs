@@ -132,6 +132,19 @@ impl Fs {
     ) -> Result<Fs, FsError> {
         let r = recover(voldir, progress)?;
         let log = StateLog::open(&r.ring_path, &r.scan)?;
+        let rep = &r.report;
+        log::info!(
+            "recovered {}: checkpoint covers seq {}, {} entries scanned, {} ops replayed, {} discarded \
+             (never answered), {} skipped, {} orphans purged, in {} ms",
+            voldir.display(),
+            rep.covers_seq,
+            rep.entries_scanned,
+            rep.replayed,
+            rep.discarded,
+            rep.skipped,
+            rep.orphans_purged,
+            rep.elapsed_ms
+        );
         let snapshot_bytes = r.sb.blobs.first().map_or(0, |b| b.payload_bytes);
         let delta_bytes = r.meta_bytes - snapshot_bytes;
         Ok(Fs {

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: everything CI runs. Needs fuse3 and attr installed (see .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RUST_BACKTRACE=1
+echo "== build"
+cargo build --release --workspace
+echo "== unit, property, real-mount and crash tests"
+cargo test --release --workspace -- --test-threads=2
+echo "== fsx on a mounted file"
+bash scripts/fsx.sh 100000
+echo "== all tests passed"
