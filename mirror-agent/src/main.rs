@@ -103,16 +103,21 @@ fn run(args: Args) -> Result<()> {
             stall_ms: args.stall_timeout_ms,
         },
     });
-    // The first lines on stdout name the bound addresses (port 0 picks a free one).
-    let mut stdout = std::io::stdout();
+    // The first lines on stdout name the bound addresses (port 0 picks a free one),
+    // written at once; a closed stdout later is no reason to stop serving.
+    let mut banner = String::new();
     for listener in &listeners {
-        writeln!(
-            stdout,
-            "mirror-agent listening on {}",
+        banner.push_str(&format!(
+            "mirror-agent listening on {}\n",
             listener.local_addr()?
-        )?;
+        ));
     }
-    stdout.flush()?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(banner.as_bytes())
+        .and_then(|_| stdout.flush())
+        .context("cannot write the listening addresses to stdout")?;
+    drop(stdout);
 
     let flusher = Arc::clone(&agent);
     let interval = Duration::from_millis(args.sync_interval_ms.max(10));

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub struct AgentProc {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Every listening address (`addr` first); more with extra `--listen` arguments.
+    pub addrs: Vec<SocketAddr>,
     pub dir: PathBuf,
     pub log: PathBuf,
     extra: Vec<String>,
@@ -29,10 +31,11 @@ impl AgentProc {
     pub fn start_at(listen: SocketAddr, dir: &Path, extra: &[&str]) -> AgentProc {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let log = dir.with_extension(format!("log-{}", listen.port()));
-        let (child, addr) = spawn(listen, dir, &extra, &log);
+        let (child, addrs) = spawn(listen, dir, &extra, &log);
         AgentProc {
             child: Some(child),
-            addr,
+            addr: addrs[0],
+            addrs,
             dir: dir.to_path_buf(),
             log,
             extra,
@@ -50,9 +53,13 @@ impl AgentProc {
     /// Kills the agent and starts it again on the same address and directory.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addr) = spawn(self.addr, &self.dir, &self.extra, &self.log);
-        assert_eq!(addr, self.addr);
+        let (child, addrs) = spawn(self.addr, &self.dir, &self.extra, &self.log);
+        assert_eq!(addrs[0], self.addr);
         self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("agent running")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -82,7 +89,8 @@ impl Drop for AgentProc {
     }
 }
 
-fn spawn(listen: SocketAddr, dir: &Path, extra: &[String], log: &Path) -> (Child, SocketAddr) {
+/// Starts the agent; returns it and every address it reports listening on, in order.
+fn spawn(listen: SocketAddr, dir: &Path, extra: &[String], log: &Path) -> (Child, Vec<SocketAddr>) {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -101,34 +109,40 @@ fn spawn(listen: SocketAddr, dir: &Path, extra: &[String], log: &Path) -> (Child
         .expect("spawn mirror-agent");
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
+    // Reads every line until the agent exits, so the agent never writes into a closed pipe.
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mirror-agent did not report its address; log: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
         }
-    };
-    let addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
-    match addr {
-        Some(addr) => (child, addr),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "unexpected first line {line:?}; log: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
+    });
+    let listens = 1 + extra.iter().filter(|a| *a == "--listen").count();
+    let mut addrs = Vec::new();
+    for _ in 0..listens {
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "mirror-agent did not report its addresses; log: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        };
+        match line.trim().rsplit(' ').next().and_then(|a| a.parse().ok()) {
+            Some(addr) => addrs.push(addr),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "unexpected line {line:?}; log: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            }
         }
     }
+    (child, addrs)
 }
 
 pub fn volume(n: u8) -> VolumeId {
@@ -264,6 +278,7 @@ impl RawConn {
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -272,8 +287,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (cut2, streams2) = (Arc::clone(&cut), Arc::clone(&streams));
+        let frozen2 = Arc::clone(&frozen);
         std::thread::spawn(move || {
             for incoming in listener.incoming() {
                 let Ok(client) = incoming else { continue };
@@ -288,11 +305,26 @@ impl Proxy {
                 list.push(client.try_clone().unwrap());
                 list.push(upstream.try_clone().unwrap());
                 drop(list);
-                pump(client.try_clone().unwrap(), upstream.try_clone().unwrap());
-                pump(upstream, client);
+                pump(
+                    client.try_clone().unwrap(),
+                    upstream.try_clone().unwrap(),
+                    Arc::clone(&frozen2),
+                );
+                pump(upstream, client, Arc::clone(&frozen2));
             }
         });
-        Proxy { addr, cut, streams }
+        Proxy {
+            addr,
+            cut,
+            frozen,
+            streams,
+        }
+    }
+
+    /// Black-holes the route: connections stay open but every byte is silently dropped,
+    /// so only heartbeat timeouts can tell.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
     }
 
     /// Breaks every connection through the proxy and refuses new ones.
@@ -304,9 +336,21 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if frozen.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
     });
 }
