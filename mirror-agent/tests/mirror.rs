@@ -611,3 +611,31 @@ fn fsync_mode_round_trip_and_restart() {
         entries("s", 1..=300)
     );
 }
+
+#[test]
+fn an_agent_that_lost_acknowledged_entries_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let mut agent = AgentProc::start(&dir, &[]);
+    let cfg = config(vec![agent.addr], volume(19), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    submit_all(&client, &entries("l", 1..=50));
+    client.wait_acked(50, WAIT).unwrap();
+    // The agent's copy disappears (a wiped DIR) while the node is connected.
+    agent.kill();
+    std::fs::remove_dir_all(&dir).unwrap();
+    agent.restart();
+    client.submit(51, entry("l", 51)).unwrap();
+    let err = client.wait_acked(51, WAIT).unwrap_err();
+    assert_eq!(
+        err,
+        MirrorError::AgentLost {
+            held: None,
+            acked: 50
+        }
+    );
+    assert!(err.to_string().contains("resynchronise"), "{err}");
+    assert!(!client.status().protected);
+    // Nothing half-written was left at the agent by the refused connection.
+    assert!(MirrorClient::read_back(&cfg, 0).unwrap().is_empty());
+}

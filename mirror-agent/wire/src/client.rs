@@ -100,6 +100,8 @@ pub enum MirrorError {
         "the mirror agent is missing entries: it expects seq {expected} but was sent seq {got}"
     )]
     Gap { expected: u64, got: u64 },
+    #[error("the mirror agent lost acknowledged entries: it holds through {held:?} but had acknowledged through {acked}; resynchronise it from the local ring")]
+    AgentLost { held: Option<u64>, acked: u64 },
     #[error("mirror agent refused ({code:?}): {reason}")]
     Refused { code: ErrorCode, reason: String },
     #[error("bad frame from the mirror agent: {0}")]
@@ -130,6 +132,7 @@ impl MirrorError {
                 | MirrorError::AuthFailed { .. }
                 | MirrorError::Fenced { .. }
                 | MirrorError::Gap { .. }
+                | MirrorError::AgentLost { .. }
         )
     }
 }
@@ -834,16 +837,33 @@ fn drive(
             let first = (route_index + 1) % cfg.routes.len();
             match open_any(cfg, Mode::Writer, first) {
                 Ok((i, session)) => {
-                    if shared.lock().closing {
+                    let mut st = shared.lock();
+                    if st.closing {
                         break;
                     }
+                    // The agent's log only grows; holding less than it acknowledged means
+                    // it lost entries (a wiped DIR, a host that lost unsynced writes).
+                    let held = session.welcome.next_seq.and_then(|n| n.checked_sub(1));
+                    if let Some(acked) = st.acked {
+                        if held.is_none_or(|h| h < acked) {
+                            let e = MirrorError::AgentLost { held, acked };
+                            log::error!("mirror: {e}");
+                            let _ = session.stream.shutdown(Shutdown::Both);
+                            st.fatal = Some(e);
+                            shared.changed.notify_all();
+                            break;
+                        }
+                    }
+                    drop(st);
                     match install(&shared, session) {
                         Ok((w, t)) => {
                             route_index = i;
                             writer = Some(w);
                             reader_thread = Some(t);
                             pause_ms = RECONNECT_FIRST_MS;
-                            last_ping = Instant::now() - heartbeat;
+                            last_ping = Instant::now()
+                                .checked_sub(heartbeat)
+                                .unwrap_or_else(Instant::now);
                         }
                         Err(e) => shared.lock().last_error = Some(format!("socket clone: {e}")),
                     }
