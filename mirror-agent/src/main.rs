@@ -27,8 +27,12 @@ use store::Volumes;
 )]
 struct Args {
     /// Address to listen on; repeat for several routes (e.g. one per network).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "inspect")]
     listen: Vec<SocketAddr>,
+    /// Print what DIR holds (volumes, epochs, checkpoints, segments, damage) and exit
+    /// without changing anything; exit status 2 if any volume is damaged.
+    #[arg(long)]
+    inspect: bool,
     /// Directory holding one sub-directory per volume.
     #[arg(long)]
     dir: PathBuf,
@@ -63,6 +67,10 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.inspect {
+        let damaged = inspect(&args.dir)?;
+        std::process::exit(if damaged { 2 } else { 0 });
+    }
     if args.max_connections == 0 || args.stall_timeout_ms == 0 || args.idle_timeout_ms == 0 {
         bail!("--max-connections, --stall-timeout-ms and --idle-timeout-ms must be positive");
     }
@@ -145,6 +153,40 @@ fn run(args: Args) -> Result<()> {
     }
     drop(lock);
     Ok(())
+}
+
+/// Prints every volume under `dir`; returns whether any is damaged.
+fn inspect(dir: &std::path::Path) -> Result<bool> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list --dir {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vol-"))
+        .collect();
+    names.sort();
+    let mut damaged = false;
+    let mut out = String::new();
+    for name in &names {
+        let Some(volume_id) = store::parse_hex(&name["vol-".len()..]) else {
+            out.push_str(&format!("{name}: not a volume directory name\n"));
+            continue;
+        };
+        match store::VolumeStore::inspect(dir, volume_id) {
+            Ok(volume) => out.push_str(&volume.describe()),
+            Err(e) => {
+                damaged = true;
+                out.push_str(&format!("volume {}: DAMAGED: {e}\n", &name["vol-".len()..]));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "{} volume(s) in {}{}\n",
+        names.len(),
+        dir.display(),
+        if damaged { "; some DAMAGED" } else { "" }
+    ));
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(damaged)
 }
 
 /// Creates DIR if needed, proves it writable, and takes its lock so that two agents never

@@ -130,3 +130,103 @@ fn corrupt_volume_is_reported_and_others_are_served() {
     // The damaged file was left as it was: nothing overwritten.
     assert_eq!(std::fs::read(&meta).unwrap(), damaged);
 }
+
+fn fill(dir: &std::path::Path, vols: &[smlog_wire::VolumeId], through: u64) {
+    let agent = common::AgentProc::start(dir, &[]);
+    for vol in vols {
+        let cfg = common::config(vec![agent.addr], *vol, 3);
+        let client = smlog_wire::MirrorClient::connect(cfg).unwrap();
+        for seq in 1..=through {
+            client.submit(seq, common::entry("i", seq)).unwrap();
+        }
+        client
+            .wait_acked(through, std::time::Duration::from_secs(10))
+            .unwrap();
+    }
+}
+
+fn vol_dir(dir: &std::path::Path, vol: &smlog_wire::VolumeId) -> std::path::PathBuf {
+    let hex: String = vol.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("vol-{hex}"))
+}
+
+fn tree_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    for vol in std::fs::read_dir(dir).unwrap() {
+        let vol = vol.unwrap().path();
+        if vol.is_dir() {
+            for f in std::fs::read_dir(&vol).unwrap() {
+                let f = f.unwrap().path();
+                all.push((f.clone(), std::fs::read(&f).unwrap()));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn inspect_reports_volumes_and_damage_without_changing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let (a, b) = (common::volume(1), common::volume(2));
+    fill(&dir, &[a, b], 20);
+    // A torn tail on volume a: half a record at the end of its last segment.
+    let seg_a = std::fs::read_dir(vol_dir(&dir, &a))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".log"))
+        .unwrap();
+    let mut raw = std::fs::read(&seg_a).unwrap();
+    raw.extend_from_slice(b"SMLE\x15\x00");
+    std::fs::write(&seg_a, &raw).unwrap();
+    let before = tree_bytes(&dir);
+
+    let out = run_agent(&["--inspect", "--dir", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("epoch 3, no checkpoint, entries 1..=20 (20), next seq 21"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("torn tail"), "{stdout}");
+    assert!(stdout.contains("2 volume(s)"), "{stdout}");
+    assert_eq!(tree_bytes(&dir), before, "inspect changed files");
+
+    // Damage volume b's metadata: reported, exit status 2, still nothing changed.
+    let meta = vol_dir(&dir, &b).join("volume.meta");
+    let mut raw = std::fs::read(&meta).unwrap();
+    raw[24] ^= 0x40;
+    std::fs::write(&meta, &raw).unwrap();
+    let before = tree_bytes(&dir);
+    let out = run_agent(&["--inspect", "--dir", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("DAMAGED") && stdout.contains("volume.meta"),
+        "{stdout}"
+    );
+    assert_eq!(tree_bytes(&dir), before, "inspect changed files");
+}
+
+#[test]
+fn a_volume_directory_holding_another_volume_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let (a, b) = (common::volume(1), common::volume(2));
+    fill(&dir, &[a], 5);
+    // Someone copies volume a's directory in under volume b's name.
+    std::fs::create_dir_all(vol_dir(&dir, &b)).unwrap();
+    for f in std::fs::read_dir(vol_dir(&dir, &a)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, vol_dir(&dir, &b).join(f.file_name().unwrap())).unwrap();
+    }
+    let agent = common::AgentProc::start(&dir, &[]);
+    let err = smlog_wire::MirrorClient::connect(common::config(vec![agent.addr], b, 3))
+        .expect_err("volume b's directory holds volume a");
+    assert!(err.to_string().contains("belongs to volume"), "{err}");
+    assert!(agent.log_text().contains("belongs to volume"));
+    let back =
+        smlog_wire::MirrorClient::read_back(&common::config(vec![agent.addr], a, 3), 0).unwrap();
+    assert_eq!(back, common::entries("i", 1..=5));
+}

@@ -94,6 +94,10 @@ pub struct VolumeStore {
     dirty: bool,
     poisoned: Option<String>,
     sync_each_batch: bool,
+    /// Opened by `inspect`: nothing is created, cut, deleted or written.
+    read_only: bool,
+    /// What a read-only scan would have repaired.
+    notes: Vec<String>,
 }
 
 impl VolumeStore {
@@ -104,8 +108,24 @@ impl VolumeStore {
         volume_id: VolumeId,
         sync_each_batch: bool,
     ) -> Result<VolumeStore, StoreError> {
+        Self::open_with(root, volume_id, sync_each_batch, false)
+    }
+
+    /// Opens an existing store without changing anything on disk, for `--inspect`.
+    pub fn inspect(root: &Path, volume_id: VolumeId) -> Result<VolumeStore, StoreError> {
+        Self::open_with(root, volume_id, false, true)
+    }
+
+    fn open_with(
+        root: &Path,
+        volume_id: VolumeId,
+        sync_each_batch: bool,
+        read_only: bool,
+    ) -> Result<VolumeStore, StoreError> {
         let dir = root.join(format!("vol-{}", hex(&volume_id)));
-        fs::create_dir_all(&dir).map_err(io_err("create volume directory", &dir))?;
+        if !read_only {
+            fs::create_dir_all(&dir).map_err(io_err("create volume directory", &dir))?;
+        }
         let meta_path = dir.join("volume.meta");
         let meta = match fs::read(&meta_path) {
             Ok(raw) => {
@@ -126,6 +146,13 @@ impl VolumeStore {
                     });
                 }
                 meta
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && read_only => {
+                return Err(StoreError::Corrupt {
+                    what: "volume.meta is missing".into(),
+                    path: meta_path,
+                    at: 0,
+                })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let meta = Meta {
@@ -148,6 +175,8 @@ impl VolumeStore {
             dirty: false,
             poisoned: None,
             sync_each_batch,
+            read_only,
+            notes: Vec::new(),
         };
         store.scan()?;
         Ok(store)
@@ -221,6 +250,13 @@ impl VolumeStore {
             // Wholly behind the checkpoint: a checkpoint whose deletions did not finish.
             let behind =
                 checkpoint.is_some_and(|c| segment.last_seq.unwrap_or(segment.first_seq) <= c);
+            if behind && !last_file && self.read_only {
+                self.notes.push(format!(
+                    "{}: wholly behind the checkpoint; would be deleted",
+                    segment.path.display()
+                ));
+                continue;
+            }
             if behind && !last_file {
                 fs::remove_file(&segment.path).map_err(io_err("remove", &segment.path))?;
                 continue;
@@ -233,7 +269,7 @@ impl VolumeStore {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        if let Some(last) = self.segments.last() {
+        if let Some(last) = self.segments.last().filter(|_| !self.read_only) {
             let file = OpenOptions::new()
                 .append(true)
                 .open(&last.path)
@@ -246,7 +282,7 @@ impl VolumeStore {
     /// Checks one segment; cuts a torn tail off the last one. `None`: an empty last
     /// segment whose header never made it to disk, now removed.
     fn scan_segment(
-        &self,
+        &mut self,
         first_seq: u64,
         path: PathBuf,
         last_file: bool,
@@ -271,6 +307,13 @@ impl VolumeStore {
                         0,
                     ));
                 }
+            }
+            Err(_) if last_file && raw.len() < SEGMENT_HEADER_BYTES && self.read_only => {
+                self.notes.push(format!(
+                    "{}: header never completed; would be removed",
+                    path.display()
+                ));
+                return Ok(None);
             }
             Err(_) if last_file && raw.len() < SEGMENT_HEADER_BYTES => {
                 log::warn!(
@@ -317,6 +360,19 @@ impl VolumeStore {
             if !last_file {
                 return Err(corrupt(what, bad_at));
             }
+            if self.read_only {
+                self.notes.push(format!(
+                    "{}: torn tail at byte {bad_at} ({what}); {} bytes would be cut",
+                    path.display(),
+                    raw.len() - bad_at
+                ));
+                return Ok(Some(Segment {
+                    first_seq,
+                    last_seq,
+                    path,
+                    bytes: bad_at as u64,
+                }));
+            }
             log::warn!(
                 "{}: cutting a torn tail at byte {bad_at} ({what}); {} bytes dropped, none of them acknowledged",
                 path.display(),
@@ -337,6 +393,50 @@ impl VolumeStore {
             path,
             bytes: at as u64,
         }))
+    }
+
+    /// A report for a person: the volume's epoch, checkpoint, entries and segments, and
+    /// what a read-only scan found to repair.
+    pub fn describe(&self) -> String {
+        let mut out = format!("volume {}: epoch {}", hex(&self.volume_id), self.meta.epoch);
+        match self.meta.checkpoint_through {
+            Some(c) => out.push_str(&format!(", checkpoint through {c}")),
+            None => out.push_str(", no checkpoint"),
+        }
+        let first = self.segments.iter().find(|s| s.last_seq.is_some());
+        let last = self.segments.iter().rev().find_map(|s| s.last_seq);
+        match (first, last) {
+            (Some(f), Some(l)) => {
+                let from = f
+                    .first_seq
+                    .max(self.meta.checkpoint_through.map_or(0, |c| c + 1));
+                out.push_str(&format!(", entries {from}..={l} ({})", l + 1 - from));
+            }
+            _ => out.push_str(", no entries"),
+        }
+        match self.next_seq {
+            Some(n) => out.push_str(&format!(", next seq {n}\n")),
+            None => out.push_str(", accepts any first seq\n"),
+        }
+        for seg in &self.segments {
+            let seqs = match seg.last_seq {
+                Some(l) => format!("seqs {}..={l}", seg.first_seq),
+                None => "empty".to_string(),
+            };
+            let name = seg
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            out.push_str(&format!(
+                "  {}  {seqs}  {} bytes\n",
+                name.unwrap_or_default(),
+                seg.bytes
+            ));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("  note: {note}\n"));
+        }
+        out
     }
 
     fn poison(&mut self, e: StoreError) -> StoreError {
@@ -670,7 +770,7 @@ impl Volumes {
     }
 }
 
-fn parse_hex(text: &str) -> Option<VolumeId> {
+pub fn parse_hex(text: &str) -> Option<VolumeId> {
     if text.len() != 32 || !text.is_ascii() {
         return None;
     }
