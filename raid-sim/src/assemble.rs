@@ -33,7 +33,7 @@ use crate::format::{
     block_crc, decode_csum_page, encode_csum_page, round_up_page, MemberState, Superblock,
     CSUMS_PER_PAGE, NO_MEMBER, PAGE_BYTES, ROLE_SPARE, SB_BYTES,
 };
-use crate::journal::{Journal, JOURNAL_FILE};
+use crate::journal::{Journal, JOURNAL_FILE, RECORDS_FILE};
 use crate::layout::Geometry;
 use crate::member::{FileMember, IoWrapper, MemberIo};
 use crate::raid::{ArrayState, Inner, Member, RaidOptions, RaidVolume, Spare, Stats, STRIPE_LOCKS};
@@ -567,11 +567,10 @@ pub fn create(
             opts.spares
         )));
     }
-    let min_journal = crate::format::JOURNAL_START
-        + 4 * (geometry.disks as u64 * geometry.chunk_bytes + PAGE_BYTES);
-    if ropts.journal_bytes < min_journal || ropts.journal_bytes % PAGE_BYTES != 0 {
+    let min_ring = crate::journal::min_ring_bytes(&geometry);
+    if ropts.journal_bytes < min_ring || ropts.journal_bytes % PAGE_BYTES != 0 {
         return Err(invalid(format!(
-            "journal size {} is unaligned or below {min_journal} (four full stripes)",
+            "journal size {} is unaligned or below {min_ring} (four full stripes)",
             ropts.journal_bytes
         )));
     }
@@ -617,26 +616,38 @@ pub fn create(
             };
             create_member_file(&dir.join(spare_name(j)), &geometry, &sb)?;
         }
-        let jpath = dir.join(JOURNAL_FILE);
-        let jfile = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&jpath)
-            .map_err(io_err(&jpath))?;
-        jfile.set_len(ropts.journal_bytes).map_err(io_err(&jpath))?;
-        Journal::create(
-            &jpath,
-            Box::new(FileMember::new(jfile)),
-            array_id,
-            ropts.journal_bytes,
-        )?;
+        create_journal_files(dir, array_id, ropts.journal_bytes, &geometry)?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
     }
     open(dir, ropts)
+}
+
+fn create_journal_files(
+    dir: &Path,
+    array_id: u128,
+    ring_bytes: u64,
+    g: &Geometry,
+) -> Result<(), VolumeError> {
+    let create = |p: &Path, len: u64| -> Result<File, VolumeError> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .map_err(io_err(p))?;
+        f.set_len(len).map_err(io_err(p))?;
+        Ok(f)
+    };
+    let rpath = dir.join(RECORDS_FILE);
+    create(&rpath, ring_bytes)?
+        .sync_all()
+        .map_err(io_err(&rpath))?;
+    let jpath = dir.join(JOURNAL_FILE);
+    let jfile = create(&jpath, 0)?;
+    Journal::create(&jpath, &FileMember::new(jfile), array_id, ring_bytes, g)
 }
 
 /// Loads a member's checksum table; pages that fail their own checksum are recomputed
@@ -733,40 +744,34 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
         log::warn!("{}: ignored: {why}", p.display());
     }
     let jpath = dir.join(JOURNAL_FILE);
-    let wrap_journal = |file: File| wrap(&jpath, file, ropts.wrap_io.as_ref());
-    let journal_file = match OpenOptions::new().read(true).write(true).open(&jpath) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            log::warn!(
-                "{}: journal missing; creating a new one{}",
-                jpath.display(),
-                if inspection.array_active {
-                    " (the array was not closed cleanly: stripes in flight then are not protected)"
-                } else {
-                    ""
-                }
-            );
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&jpath)
-                .map_err(io_err(&jpath))?;
-            f.set_len(ropts.journal_bytes).map_err(io_err(&jpath))?;
-            Journal::create(
-                &jpath,
-                Box::new(FileMember::new(f.try_clone().map_err(io_err(&jpath))?)),
-                inspection.array_id,
-                ropts.journal_bytes,
-            )?;
-            f
-        }
-        Err(e) => return Err(VolumeError::io(&jpath, e)),
+    let rpath = dir.join(RECORDS_FILE);
+    let mut resync_all = false;
+    if !jpath.exists() || !rpath.exists() {
+        log::warn!(
+            "{}: journal missing; creating a new one{}",
+            jpath.display(),
+            if inspection.array_active {
+                " and resyncing every stripe (the array was not closed cleanly)"
+            } else {
+                ""
+            }
+        );
+        resync_all = inspection.array_active;
+        create_journal_files(dir, inspection.array_id, ropts.journal_bytes, &g)?;
+    }
+    let open_rw = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .map_err(io_err(p))
+            .map(|f| wrap(p, f, ropts.wrap_io.as_ref()))
     };
-    let (journal, records) = Journal::open(
+    let (journal, recovery) = Journal::open(
         &jpath,
-        wrap_journal(journal_file),
+        open_rw(&jpath)?,
+        &rpath,
+        open_rw(&rpath)?,
         inspection.array_id,
         &g,
         ropts.journal_sync,
@@ -806,14 +811,15 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
         let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
         inner.write_superblocks(&mut st, true)?;
     }
+    let records = &recovery.records;
     if !records.is_empty() {
         log::warn!(
             "{}: replaying {} stripe update(s) left open by a crash",
-            jpath.display(),
+            rpath.display(),
             records.len()
         );
         let view = inner.view();
-        for r in &records {
+        for r in records {
             match inner.apply_record(&view, r) {
                 Ok(()) => {}
                 Err(crate::raid::OpError::Volume(e)) => return Err(e),
@@ -822,7 +828,34 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
             inner.stats.replayed_records.fetch_add(1, Ordering::Relaxed);
         }
     }
-    inner.checkpoint_journal()?;
+    let dirty: Vec<u64> = if resync_all {
+        (0..g.stripes).collect()
+    } else {
+        recovery.dirty_stripes.clone()
+    };
+    if !dirty.is_empty() {
+        log::info!(
+            "{}: checking {} stripe(s) of regions dirty at the last shutdown",
+            jpath.display(),
+            dirty.len()
+        );
+        let mut unsure = Vec::new();
+        for s in dirty {
+            if !inner.resync_stripe(s)? {
+                unsure.push(s);
+            }
+        }
+        if !unsure.is_empty() {
+            log::warn!(
+                "{}: {} stripe(s) were being written at the last shutdown and a member is missing; \
+                 their parity cannot be checked (first: {:?})",
+                dir.display(),
+                unsure.len(),
+                &unsure[..unsure.len().min(8)]
+            );
+        }
+    }
+    inner.checkpoint_journal(true)?;
     log::info!(
         "assembled {}: {} disks, {}{}",
         dir.display(),

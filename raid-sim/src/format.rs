@@ -345,18 +345,23 @@ pub fn block_crc(block: &[u8]) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Journal file (`raid.journal`).
+// Journal: two files. `raid.journal` is small and synced: two header slots and the dirty
+// stripe bitmap. `raid.records` is the ring of redo records; it is synced only in strict
+// mode (`journal_sync`), so that its pages rarely reach the disk.
 //
-// | offset          | bytes         | content                                  |
-// |-----------------|---------------|------------------------------------------|
-// | 0               | PAGE_BYTES    | journal header slot 0 (even generation)  |
-// | PAGE_BYTES      | PAGE_BYTES    | journal header slot 1 (odd generation)   |
-// | JOURNAL_START   | journal_bytes - JOURNAL_START | ring of records          |
+// raid.journal:
+// | offset      | bytes                     | content                                  |
+// |-------------|---------------------------|------------------------------------------|
+// | 0           | PAGE_BYTES                | journal header slot 0 (even generation)  |
+// | PAGE_BYTES  | PAGE_BYTES                | journal header slot 1 (odd generation)   |
+// | BITMAP_START| bitmap_pages * PAGE_BYTES | one bit per region of `region_stripes`   |
 //
 // Journal header: magic 8 | version 4 | pad 4 | array_id 16 | generation 8 |
-// journal_bytes 8 | applied_seq 8 | tail_offset 8 | zero … | crc32c 4 (last 4 bytes).
+// ring_bytes 8 | applied_seq 8 | tail_offset 8 | region_stripes 8 | bitmap_pages 4 |
+// zero … | crc32c 4 (last 4 bytes).
 //
-// Record (a multiple of PAGE_BYTES, first page is its header):
+// raid.records: records back to back from offset 0, wrapping at `ring_bytes`. A record
+// is a multiple of PAGE_BYTES, its first page the record header:
 // magic 4 | crc32c 4 (over every byte of the record after this field) | seq 8 |
 // array_id_low 8 | stripe 8 | record_bytes 4 | range_count 4 |
 // range_count × (member 4 | chunk_offset 4 | len 4) | zero … |
@@ -365,7 +370,9 @@ pub fn block_crc(block: &[u8]) -> u32 {
 
 pub const JOURNAL_MAGIC: [u8; 8] = *b"SMLRJRNL";
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RJRC");
-pub const JOURNAL_START: u64 = 2 * PAGE_BYTES;
+pub const BITMAP_START: u64 = 2 * PAGE_BYTES;
+pub const BITS_PER_PAGE: u64 = PAGE_BYTES * 8;
+pub const MAX_BITMAP_PAGES: u64 = 8;
 pub const RECORD_HEADER_FIXED: usize = 40;
 pub const RANGE_ENTRY_BYTES: usize = 12;
 pub const MAX_RECORD_RANGES: usize =
@@ -376,14 +383,20 @@ const _: () = assert!(MAX_RECORD_RANGES >= MAX_DISKS);
 pub struct JournalHeader {
     pub array_id: u128,
     pub generation: u64,
-    pub journal_bytes: u64,
+    pub ring_bytes: u64,
     pub applied_seq: u64,
     pub tail_offset: u64,
+    pub region_stripes: u64,
+    pub bitmap_pages: u32,
 }
 
 impl JournalHeader {
     pub fn slot_offset(&self) -> u64 {
         (self.generation % 2) * PAGE_BYTES
+    }
+
+    pub fn journal_file_bytes(&self) -> u64 {
+        BITMAP_START + self.bitmap_pages as u64 * PAGE_BYTES
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -397,9 +410,11 @@ impl JournalHeader {
         p.u32(0);
         p.bytes(&self.array_id.to_le_bytes());
         p.u64(self.generation);
-        p.u64(self.journal_bytes);
+        p.u64(self.ring_bytes);
         p.u64(self.applied_seq);
         p.u64(self.tail_offset);
+        p.u64(self.region_stripes);
+        p.u32(self.bitmap_pages);
         let end = PAGE_BYTES as usize - 4;
         let crc = crc32c::crc32c(&buf[..end]);
         buf[end..].copy_from_slice(&crc.to_le_bytes());
@@ -428,19 +443,23 @@ impl JournalHeader {
         let h = JournalHeader {
             array_id: g.u128(),
             generation: g.u64(),
-            journal_bytes: g.u64(),
+            ring_bytes: g.u64(),
             applied_seq: g.u64(),
             tail_offset: g.u64(),
+            region_stripes: g.u64(),
+            bitmap_pages: g.u32(),
         };
-        if h.journal_bytes < JOURNAL_START + 4 * PAGE_BYTES
-            || h.journal_bytes % PAGE_BYTES != 0
-            || h.tail_offset < JOURNAL_START
-            || h.tail_offset >= h.journal_bytes
+        if h.ring_bytes < 4 * PAGE_BYTES
+            || h.ring_bytes % PAGE_BYTES != 0
+            || h.tail_offset >= h.ring_bytes
             || h.tail_offset % PAGE_BYTES != 0
+            || h.region_stripes == 0
+            || h.bitmap_pages == 0
+            || h.bitmap_pages as u64 > MAX_BITMAP_PAGES
         {
             return Err(format!(
-                "journal header geometry out of range (size {}, tail {})",
-                h.journal_bytes, h.tail_offset
+                "journal header fields out of range (ring {}, tail {}, region {}, bitmap pages {})",
+                h.ring_bytes, h.tail_offset, h.region_stripes, h.bitmap_pages
             ));
         }
         Ok(h)

@@ -16,7 +16,7 @@ mod rebuild;
 mod single;
 
 pub use assemble::{in_use, inspect, member_name, spare_name, Inspection, MemberReport};
-pub use journal::JOURNAL_FILE;
+pub use journal::{JOURNAL_FILE, RECORDS_FILE};
 pub use layout::Geometry;
 pub use raid::{RaidOptions, RaidVolume, Stats};
 pub use rebuild::{ScrubFinding, ScrubReport, REQUEST_FILE, SCRUB_REPORT_FILE};

@@ -98,6 +98,16 @@ enum Cmd {
         bytes: u64,
         #[arg(long, default_value_t = 4)]
         disks: u32,
+        /// Also measure sequential I/O and rebuild of a RAID volume against a plain file,
+        /// both created in this directory (removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Bytes written and read in the volume measurement.
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        /// Bytes per write/read call in the volume measurement.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        io: u64,
     },
 }
 
@@ -343,6 +353,93 @@ fn bench(bytes: u64, disks: u32) -> Result<(), String> {
     Ok(())
 }
 
+fn mb_s(bytes: u64, t: Instant) -> f64 {
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// Sequential write and read of a plain file and of a RAID-5 volume of the same usable
+/// size in `dir`, then an unthrottled rebuild of one member.
+fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), String> {
+    use raid_sim::BlockVolume;
+    if io == 0 || io % 4096 != 0 || size < io {
+        return Err("--io must be a positive multiple of 4096 no larger than --size".into());
+    }
+    let size = size / io * io;
+    let work = dir.join(format!("raid-sim-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let result = (|| -> Result<(), String> {
+        let buf: Vec<u8> = (0..io).map(|i| (i * 131 % 251) as u8).collect();
+        let mut back = vec![0u8; io as usize];
+        // Native file.
+        let native = work.join("native.img");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&native)
+            .map_err(|e| format!("{}: {e}", native.display()))?;
+        use std::os::unix::fs::FileExt;
+        let t = Instant::now();
+        for off in (0..size).step_by(io as usize) {
+            f.write_all_at(&buf, off).map_err(|e| e.to_string())?;
+        }
+        f.sync_all().map_err(|e| e.to_string())?;
+        let native_w = mb_s(size, t);
+        let t = Instant::now();
+        for off in (0..size).step_by(io as usize) {
+            f.read_exact_at(&mut back, off).map_err(|e| e.to_string())?;
+        }
+        let native_r = mb_s(size, t);
+        drop(f);
+        let _ = std::fs::remove_file(&native);
+        // RAID-5.
+        let vdir = work.join("raid");
+        let opts = CreateOptions {
+            capacity_bytes: size,
+            disks,
+            chunk_bytes: 64 << 10,
+            spares: 0,
+        };
+        let vol =
+            raid_sim::create_raid(&vdir, &opts, &offline_opts()).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for off in (0..size).step_by(io as usize) {
+            vol.write_at(off, &buf).map_err(|e| e.to_string())?;
+        }
+        vol.flush().map_err(|e| e.to_string())?;
+        let raid_w = mb_s(size, t);
+        let t = Instant::now();
+        for off in (0..size).step_by(io as usize) {
+            vol.read_at(off, &mut back).map_err(|e| e.to_string())?;
+        }
+        let raid_r = mb_s(size, t);
+        if back != buf {
+            return Err("RAID volume read back different data".into());
+        }
+        vol.fail_member(1, "bench").map_err(|e| e.to_string())?;
+        vol.start_rebuild(1, None).map_err(|e| e.to_string())?;
+        let member_bytes = vol.geometry().stripes * vol.geometry().chunk_bytes;
+        let t = Instant::now();
+        vol.run_rebuild(|_, _| {}).map_err(|e| e.to_string())?;
+        let rebuild = mb_s(member_bytes, t);
+        println!("sequential, {} KiB per call, {} MiB:", io >> 10, size >> 20);
+        println!("  native file  write {native_w:8.1} MB/s   read {native_r:8.1} MB/s");
+        println!(
+            "  raid5 x{disks}     write {raid_w:8.1} MB/s   read {raid_r:8.1} MB/s   ({:.2}x / {:.2}x of native)",
+            raid_w / native_w,
+            raid_r / native_r
+        );
+        println!(
+            "  rebuild      {rebuild:8.1} MB/s of member data ({:.2}x of native write)",
+            rebuild / native_w
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let err = |e: VolumeError| e.to_string();
     match cli.cmd {
@@ -522,7 +619,19 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("member {member} rebuilt; the array is clean");
             Ok(())
         }
-        Cmd::Bench { bytes, disks } => bench(bytes, disks),
+        Cmd::Bench {
+            bytes,
+            disks,
+            dir,
+            size,
+            io,
+        } => {
+            bench(bytes, disks)?;
+            match dir {
+                Some(d) => bench_volume(&d, disks, size, io),
+                None => Ok(()),
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::format::{
     block_crc, encode_csum_page, MemberState, Record, RecordRange, Superblock, CSUMS_PER_PAGE,
     NO_MEMBER, PAGE_BYTES, ROLE_SPARE,
 };
-use crate::journal::{Journal, DEFAULT_JOURNAL_BYTES};
+use crate::journal::{Journal, DEFAULT_RING_BYTES};
 use crate::layout::Geometry;
 use crate::member::{IoWrapper, MemberIo};
 use crate::parity::{xor_into, xor_many};
@@ -30,8 +30,10 @@ const CSUM_PAGE_LOCKS: usize = 64;
 /// Knobs of a RAID volume that are not part of its on-disk geometry.
 #[derive(Clone)]
 pub struct RaidOptions {
-    /// Sync the journal before writing members (needed against power loss; a process
-    /// crash alone is covered without it).
+    /// Strict mode: sync the journal's record ring before writing members, so that a
+    /// power loss together with a member loss still replays every stripe update. Off, a
+    /// process crash is fully covered and a power loss falls back to resyncing the
+    /// stripes of dirty regions (see `journal`).
     pub journal_sync: bool,
     /// Run the background worker (automatic rebuild onto spares, online requests).
     pub background: bool,
@@ -41,7 +43,7 @@ pub struct RaidOptions {
     pub rebuild_rate_bytes_per_s: Option<u64>,
     /// Stripes rebuilt between two progress checkpoints.
     pub rebuild_checkpoint_stripes: u64,
-    /// Journal size for `create`.
+    /// Size of the journal's record ring for `create`.
     pub journal_bytes: u64,
     /// Rate limit written into the superblock at `create` (KiB/s, 0 = unlimited).
     pub create_rebuild_rate_kib_s: u32,
@@ -52,12 +54,12 @@ pub struct RaidOptions {
 impl Default for RaidOptions {
     fn default() -> Self {
         RaidOptions {
-            journal_sync: true,
+            journal_sync: false,
             background: true,
             csum_error_limit: 256,
             rebuild_rate_bytes_per_s: None,
             rebuild_checkpoint_stripes: 64,
-            journal_bytes: DEFAULT_JOURNAL_BYTES,
+            journal_bytes: DEFAULT_RING_BYTES,
             create_rebuild_rate_kib_s: 0,
             wrap_io: None,
         }
@@ -433,21 +435,25 @@ impl Inner {
     }
 
     pub fn flush_all(&self) -> Result<(), VolumeError> {
-        let _g = lock_write(&self.gate);
-        let view = self.view();
-        for (i, m) in view.members.iter().enumerate() {
-            let Some(m) = m else { continue };
-            if view.states[i] == MemberState::Failed {
-                continue;
+        loop {
+            let view = self.view();
+            let mut failed = None;
+            for (i, m) in view.members.iter().enumerate() {
+                let Some(m) = m else { continue };
+                if view.states[i] == MemberState::Failed {
+                    continue;
+                }
+                if let Err(e) = m.io.sync() {
+                    failed = Some((i as u32, e));
+                    break;
+                }
             }
-            if let Err(e) = m.io.sync() {
-                drop(_g);
-                self.fail_member(i as u32, &format!("sync failed: {e}"))?;
-                return self.flush_all();
+            match failed {
+                Some((i, e)) => self.fail_member(i, &format!("sync failed: {e}"))?,
+                None => break,
             }
         }
-        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        j.checkpoint().map_err(|e| self.poison(e))
+        self.checkpoint_journal(true)
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<(), VolumeError> {
@@ -882,15 +888,21 @@ impl Inner {
     }
 
     fn journal_and_apply(&self, view: &View, mut records: Vec<Record>) -> Result<(), OpError> {
+        let stripes: Vec<u64> = records.iter().map(|r| r.stripe).collect();
         loop {
             let gate = lock_read(&self.gate);
-            let appended = {
+            let (appended, strict) = {
                 let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-                j.append(&mut records).map_err(|e| self.poison(e))?
+                j.mark_dirty(&stripes).map_err(|e| self.poison(e))?;
+                let a = j.append(&mut records).map_err(|e| self.poison(e))?;
+                (a, j.strict())
             };
             if appended.is_err() {
                 drop(gate);
-                self.checkpoint_journal()?;
+                // Strict mode keeps a record until its stripe is durable; otherwise the
+                // dirty bitmap covers power loss and the ring only has to outlive a
+                // process crash, which it does once the records are applied.
+                self.checkpoint_journal(strict)?;
                 continue;
             }
             for r in &records {
@@ -900,19 +912,96 @@ impl Inner {
         }
     }
 
-    /// Syncs the members and frees the journal (every appended record has been applied:
-    /// writers hold the gate from append to the end of their member writes).
-    pub fn checkpoint_journal(&self) -> Result<(), VolumeError> {
+    /// Frees the journal (every appended record has been applied: writers hold the gate
+    /// from append to the end of their member writes). With `sync_members`, the members
+    /// are synced first and the dirty bitmap is cleared.
+    pub fn checkpoint_journal(&self, sync_members: bool) -> Result<(), VolumeError> {
         let _g = lock_write(&self.gate);
-        let view = self.view();
-        for (i, m) in view.members.iter().enumerate() {
-            if let (Some(m), false) = (m, view.states[i] == MemberState::Failed) {
-                m.io.sync()
-                    .map_err(|e| self.poison(VolumeError::io(&m.path, e)))?;
+        if sync_members {
+            let view = self.view();
+            for (i, m) in view.members.iter().enumerate() {
+                if let (Some(m), false) = (m, view.states[i] == MemberState::Failed) {
+                    m.io.sync()
+                        .map_err(|e| self.poison(VolumeError::io(&m.path, e)))?;
+                }
             }
         }
         let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        j.checkpoint().map_err(|e| self.poison(e))
+        j.checkpoint(sync_members).map_err(|e| self.poison(e))
+    }
+
+    /// After a crash: makes a stripe of a dirty region consistent when no journal record
+    /// covered it (records lost with a power failure). The data is taken as truth: block
+    /// checksums that disagree are recomputed, then the parity. Returns false when the
+    /// stripe is degraded and its parity cannot be vouched for.
+    pub fn resync_stripe(&self, stripe: u64) -> Result<bool, VolumeError> {
+        let g = self.geometry;
+        let _l = lock_write(self.stripe_lock(stripe));
+        let view = self.view();
+        let p = g.parity_member(stripe);
+        let at = g.member_offset(stripe, 0);
+        let first = g.member_block(stripe, 0);
+        let nblocks = g.blocks_per_chunk();
+        let bs = BLOCK_BYTES as usize;
+        let mut chunks: Vec<Option<Vec<u8>>> = Vec::new();
+        for m in 0..g.disks {
+            match view.usable(m, stripe) {
+                Some(mem) => {
+                    let mut b = vec![0u8; g.chunk_bytes as usize];
+                    mem.io
+                        .read_at(at, &mut b)
+                        .map_err(|e| VolumeError::io(&mem.path, e))?;
+                    chunks.push(Some(b));
+                }
+                None => chunks.push(None),
+            }
+        }
+        let missing: Vec<u32> = (0..g.disks)
+            .filter(|m| chunks[*m as usize].is_none())
+            .collect();
+        let fix_csums = |m: u32, data: &[u8]| -> Result<(), VolumeError> {
+            let mem = view.members[m as usize].as_ref().expect("usable");
+            let mut changed = false;
+            for (i, b) in data.chunks_exact(bs).enumerate() {
+                let c = block_crc(b);
+                if mem.csums[first as usize + i].swap(c, Ordering::AcqRel) != c {
+                    changed = true;
+                }
+            }
+            if changed {
+                mem.write_csum_pages(&g, first, first + nblocks - 1)
+                    .map_err(|e| VolumeError::io(&mem.path, e))?;
+            }
+            Ok(())
+        };
+        for m in 0..g.disks {
+            if m != p {
+                if let Some(d) = &chunks[m as usize] {
+                    fix_csums(m, d)?;
+                }
+            }
+        }
+        if !missing.is_empty() {
+            if let Some(par) = &chunks[p as usize] {
+                fix_csums(p, par)?;
+            }
+            return Ok(missing == [p]);
+        }
+        let data: Vec<&[u8]> = (0..g.disks)
+            .filter(|m| *m != p)
+            .map(|m| chunks[m as usize].as_deref().expect("present"))
+            .collect();
+        let mut par = vec![0u8; g.chunk_bytes as usize];
+        xor_many(&mut par, &data);
+        if chunks[p as usize].as_deref() != Some(&par[..]) {
+            let mem = view.members[p as usize].as_ref().expect("usable");
+            mem.io
+                .write_at(at, &par)
+                .map_err(|e| VolumeError::io(&mem.path, e))?;
+            log::info!("stripe {stripe}: parity resynced after an unclean shutdown");
+        }
+        fix_csums(p, &par)?;
+        Ok(true)
     }
 
     /// Writes a record's ranges to the members it names and updates their checksums.

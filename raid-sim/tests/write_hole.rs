@@ -92,11 +92,11 @@ fn torn_journal_record_is_not_replayed() {
     let model = fill(&vol, &mut rng);
     vol.flush().unwrap();
     plan.add(FaultRule::new(
-        "raid.journal",
+        "raid.records",
         FaultOp::Write,
         FaultAction::Tear { keep: 4096 + 100 },
     ));
-    plan.add(FaultRule::new("raid.journal", FaultOp::Write, FaultAction::HaltBefore).skip(1));
+    plan.add(FaultRule::new("raid.records", FaultOp::Write, FaultAction::HaltBefore).skip(1));
     assert!(vol.write_at(8192, &rng.bytes(8192)).is_err());
     vol.abandon();
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
