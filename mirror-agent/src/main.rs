@@ -42,6 +42,9 @@ struct Args {
     /// Most connections served at once; further ones are refused with "busy".
     #[arg(long, default_value_t = 64)]
     max_connections: usize,
+    /// Most volumes stored; a writer for a new volume beyond it is refused.
+    #[arg(long, default_value_t = 256)]
+    max_volumes: usize,
     /// Drop an authenticated connection silent for this long (clients heartbeat).
     #[arg(long, default_value_t = 15_000)]
     idle_timeout_ms: u64,
@@ -85,7 +88,7 @@ fn run(args: Args) -> Result<()> {
             TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(listener);
     }
-    let volumes = Volumes::new(args.dir.clone(), args.fsync);
+    let volumes = Volumes::new(args.dir.clone(), args.fsync, args.max_volumes);
     let opened = volumes
         .open_existing()
         .with_context(|| format!("cannot list {}", args.dir.display()))?;

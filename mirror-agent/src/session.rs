@@ -16,8 +16,11 @@ use smlog_wire::{ErrorCode, WireError};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A volume's store, shared by the connections that serve it.
+type SharedStore = Arc<Mutex<store::VolumeStore>>;
 
 /// Limits on one connection.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +122,9 @@ fn from_store(e: StoreError) -> Hangup {
         StoreError::Gap { expected, got } => Hangup::Gap { expected, got },
         StoreError::Fenced { ours, current } => Hangup::Fenced { ours, current },
         StoreError::Corrupt { .. } => Hangup::Corrupt(e.to_string()),
-        StoreError::Io { .. } | StoreError::Poisoned(_) => Hangup::Storage(e.to_string()),
+        StoreError::Io { .. } | StoreError::Poisoned(_) | StoreError::TooManyVolumes { .. } => {
+            Hangup::Storage(e.to_string())
+        }
     }
 }
 
@@ -296,13 +301,13 @@ impl<'a> Session<'a> {
             s.set_write_timeout(Some(Duration::from_millis(limits.stall_ms)))
         };
         setup(&self.stream).map_err(|e| Hangup::Io(format!("socket setup: {e}")))?;
-        let (volume_id, store) = self.handshake()?;
+        let (volume_id, mut store) = self.handshake()?;
         loop {
             let frame = self.next_frame()?;
             match frame.message {
                 Message::Append { entries } => {
-                    self.writer_only("Append")?;
-                    let mut s = store::lock(store.as_ref());
+                    let store = self.writer_only("Append", &store)?;
+                    let mut s = store::lock(store);
                     if self.epoch < s.epoch() {
                         return Err(Hangup::Fenced {
                             ours: self.epoch,
@@ -314,8 +319,8 @@ impl<'a> Session<'a> {
                     }
                 }
                 Message::Checkpoint { through_seq } => {
-                    self.writer_only("Checkpoint")?;
-                    let mut s = store::lock(store.as_ref());
+                    let store = self.writer_only("Checkpoint", &store)?;
+                    let mut s = store::lock(store);
                     if self.epoch < s.epoch() {
                         return Err(Hangup::Fenced {
                             ours: self.epoch,
@@ -325,7 +330,9 @@ impl<'a> Session<'a> {
                     s.checkpoint(through_seq).map_err(from_store)?;
                     self.pending_ack = s.held_through();
                 }
-                Message::ReadBack { after_seq } => self.read_back(&volume_id, &store, after_seq)?,
+                Message::ReadBack { after_seq } => {
+                    self.read_back(&volume_id, store.as_deref(), after_seq)?
+                }
                 Message::Heartbeat {
                     stamp_us,
                     reply: false,
@@ -338,8 +345,18 @@ impl<'a> Session<'a> {
                 )?,
                 Message::Heartbeat { reply: true, .. } => {}
                 Message::RaiseEpoch { epoch } => {
+                    if store.is_none() {
+                        store = self
+                            .agent
+                            .volumes
+                            .get(volume_id, true)
+                            .map_err(from_store)?;
+                    }
+                    let Some(raised) = store.as_deref() else {
+                        return Err(Hangup::Storage("volume could not be created".into()));
+                    };
                     let current = {
-                        let mut s = store::lock(store.as_ref());
+                        let mut s = store::lock(raised);
                         s.raise_epoch(epoch).map_err(from_store)?;
                         s.epoch()
                     };
@@ -357,18 +374,22 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn writer_only(&self, what: &str) -> Result<(), Hangup> {
-        match self.mode {
-            Mode::Writer => Ok(()),
-            Mode::Reader => Err(Hangup::Protocol(format!(
+    /// The store, for a frame only a writer may send (a writer's store always exists).
+    fn writer_only<'s>(
+        &self,
+        what: &str,
+        store: &'s Option<SharedStore>,
+    ) -> Result<&'s Mutex<store::VolumeStore>, Hangup> {
+        match (self.mode, store.as_deref()) {
+            (Mode::Writer, Some(store)) => Ok(store),
+            (Mode::Writer, None) => Err(Hangup::Storage("writer without a store".into())),
+            (Mode::Reader, _) => Err(Hangup::Protocol(format!(
                 "{what} on a read-only connection"
             ))),
         }
     }
 
-    fn handshake(
-        &mut self,
-    ) -> Result<(VolumeId, std::sync::Arc<Mutex<store::VolumeStore>>), Hangup> {
+    fn handshake(&mut self) -> Result<(VolumeId, Option<SharedStore>), Hangup> {
         let hello = self.next_frame()?;
         let volume_id = hello.volume_id;
         let Message::Hello {
@@ -430,22 +451,34 @@ impl<'a> Session<'a> {
             }
         }
         self.authenticated = true;
-        let store = self.agent.volumes.get(volume_id).map_err(from_store)?;
-        let welcome = {
-            let mut s = store::lock(store.as_ref());
-            if mode == Mode::Writer {
-                if epoch < s.epoch() {
-                    return Err(Hangup::Fenced {
-                        ours: epoch,
-                        current: s.epoch(),
-                    });
+        let store = self
+            .agent
+            .volumes
+            .get(volume_id, mode == Mode::Writer)
+            .map_err(from_store)?;
+        let welcome = match store.as_deref() {
+            // A reader of a volume never seen: nothing stored, nothing created.
+            None => Message::Welcome {
+                epoch: 0,
+                next_seq: None,
+                checkpoint_through: None,
+            },
+            Some(store) => {
+                let mut s = store::lock(store);
+                if mode == Mode::Writer {
+                    if epoch < s.epoch() {
+                        return Err(Hangup::Fenced {
+                            ours: epoch,
+                            current: s.epoch(),
+                        });
+                    }
+                    s.raise_epoch(epoch).map_err(from_store)?;
                 }
-                s.raise_epoch(epoch).map_err(from_store)?;
-            }
-            Message::Welcome {
-                epoch: s.epoch(),
-                next_seq: s.next_seq(),
-                checkpoint_through: s.checkpoint_through(),
+                Message::Welcome {
+                    epoch: s.epoch(),
+                    next_seq: s.next_seq(),
+                    checkpoint_through: s.checkpoint_through(),
+                }
             }
         };
         log::info!("{}: {mode:?} connected, epoch {epoch}", self.describe());
@@ -458,13 +491,13 @@ impl<'a> Session<'a> {
     fn read_back(
         &mut self,
         volume_id: &VolumeId,
-        store: &Mutex<store::VolumeStore>,
+        store: Option<&Mutex<store::VolumeStore>>,
         after_seq: u64,
     ) -> Result<(), Hangup> {
         let mut cursor = ReadCursor::after(after_seq);
         let mut sent = 0u64;
         let mut through = after_seq;
-        loop {
+        while let Some(store) = store {
             let chunk = store::lock(store)
                 .read_chunk(&mut cursor, MAX_BODY_BYTES, MAX_BATCH_ENTRIES)
                 .map_err(from_store)?;

@@ -639,3 +639,75 @@ fn an_agent_that_lost_acknowledged_entries_is_reported() {
     // Nothing half-written was left at the agent by the refused connection.
     assert!(MirrorClient::read_back(&cfg, 0).unwrap().is_empty());
 }
+
+#[test]
+fn volume_limit_and_readers_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let agent = AgentProc::start(&dir, &["--max-volumes", "2"]);
+    let volume_dirs = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count()
+    };
+    // Reading an unknown volume finds nothing and creates nothing.
+    assert!(
+        MirrorClient::read_back(&config(vec![agent.addr], volume(40), 1), 0)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(volume_dirs(), 0);
+    let a = MirrorClient::connect(config(vec![agent.addr], volume(41), 1)).unwrap();
+    let b = MirrorClient::connect(config(vec![agent.addr], volume(42), 1)).unwrap();
+    let err = MirrorClient::connect(config(vec![agent.addr], volume(43), 1)).unwrap_err();
+    assert!(err.to_string().contains("limit of 2 volumes"), "{err}");
+    assert_eq!(volume_dirs(), 2);
+    for client in [&a, &b] {
+        client.submit(1, b"x".to_vec()).unwrap();
+        client.wait_acked(1, WAIT).unwrap();
+    }
+}
+
+#[test]
+fn giveback_the_original_owner_returns_under_a_newer_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let a1 = config(vec![agent.addr], volume(20), 1);
+    let b2 = config(vec![agent.addr], volume(20), 2);
+    let a3 = config(vec![agent.addr], volume(20), 3);
+    {
+        let a = MirrorClient::connect(a1.clone()).unwrap();
+        submit_all(&a, &entries("a", 1..=10));
+        a.wait_acked(10, WAIT).unwrap();
+    } // node A dies
+    MirrorClient::raise_epoch(&b2, 2).unwrap();
+    let b = MirrorClient::connect(b2.clone()).unwrap();
+    assert_eq!(b.acked_through(), Some(10));
+    submit_all(&b, &entries("b", 11..=20));
+    b.wait_acked(20, WAIT).unwrap();
+    // Giveback: B checkpoints everything; A comes back under epoch 3.
+    b.checkpoint(20);
+    let deadline = Instant::now() + WAIT;
+    while !MirrorClient::read_back(&b2, 0).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "giveback checkpoint not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a = MirrorClient::connect(a3.clone()).unwrap();
+    assert_eq!(a.acked_through(), Some(20));
+    submit_all(&a, &entries("a", 21..=25));
+    a.wait_acked(25, WAIT).unwrap();
+    // B, still connected under epoch 2, can no longer write.
+    b.submit(21, entry("b", 21)).unwrap();
+    assert_eq!(
+        b.wait_acked(21, WAIT),
+        Err(MirrorError::Fenced {
+            ours: 2,
+            current: 3
+        })
+    );
+    assert_eq!(
+        MirrorClient::read_back(&a3, 0).unwrap(),
+        entries("a", 21..=25)
+    );
+}

@@ -41,6 +41,8 @@ pub enum StoreError {
     Fenced { ours: u64, current: u64 },
     #[error("store refuses writes after an earlier I/O failure: {0}")]
     Poisoned(String),
+    #[error("the agent already holds its limit of {max} volumes")]
+    TooManyVolumes { max: usize },
 }
 
 fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
@@ -696,6 +698,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StoreError> {
 pub struct Volumes {
     root: PathBuf,
     sync_each_batch: bool,
+    max_volumes: usize,
     open: Mutex<HashMap<VolumeId, Arc<Mutex<VolumeStore>>>>,
 }
 
@@ -705,18 +708,35 @@ pub fn lock(store: &Mutex<VolumeStore>) -> MutexGuard<'_, VolumeStore> {
 }
 
 impl Volumes {
-    pub fn new(root: PathBuf, sync_each_batch: bool) -> Volumes {
+    pub fn new(root: PathBuf, sync_each_batch: bool, max_volumes: usize) -> Volumes {
         Volumes {
             root,
             sync_each_batch,
+            max_volumes,
             open: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn get(&self, volume_id: VolumeId) -> Result<Arc<Mutex<VolumeStore>>, StoreError> {
+    /// The store of `volume_id`, opened if needed. A volume the agent has never seen is
+    /// created only when `create` (a writer, an epoch raise) and while under the volume
+    /// limit; otherwise `None`, so that readers and strangers leave nothing on disk.
+    pub fn get(
+        &self,
+        volume_id: VolumeId,
+        create: bool,
+    ) -> Result<Option<Arc<Mutex<VolumeStore>>>, StoreError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(store) = open.get(&volume_id) {
-            return Ok(Arc::clone(store));
+            return Ok(Some(Arc::clone(store)));
+        }
+        let exists = self.root.join(format!("vol-{}", hex(&volume_id))).exists();
+        if !exists && !create {
+            return Ok(None);
+        }
+        if !exists && open.len() >= self.max_volumes {
+            return Err(StoreError::TooManyVolumes {
+                max: self.max_volumes,
+            });
         }
         let store = Arc::new(Mutex::new(VolumeStore::open(
             &self.root,
@@ -725,7 +745,7 @@ impl Volumes {
         )?));
         log::info!("volume {}: opened", hex(&volume_id));
         open.insert(volume_id, Arc::clone(&store));
-        Ok(store)
+        Ok(Some(store))
     }
 
     /// Opens every volume directory found under the root, so that damage is reported at
@@ -745,7 +765,7 @@ impl Volumes {
                 );
                 continue;
             };
-            match self.get(volume_id) {
+            match self.get(volume_id, true) {
                 Ok(_) => opened += 1,
                 Err(e) => log::error!("volume {hex_id}: not served: {e}"),
             }
