@@ -874,6 +874,59 @@ mod tests {
     }
 
     #[test]
+    fn several_segments_checkpoint_and_corruption_in_an_earlier_one() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = VolumeStore::open(root.path(), [4; 16], false).unwrap();
+        let big: Vec<(u64, Vec<u8>)> = (1..=200u64)
+            .map(|s| (s, vec![s as u8; 64 * 1024]))
+            .collect();
+        for batch in big.chunks(10) {
+            store.append(batch).unwrap();
+        }
+        assert!(
+            store.segments.len() >= 2,
+            "{} segments",
+            store.segments.len()
+        );
+        let first_path = store.segments[0].path.clone();
+        let first_last = store.segments[0].last_seq.unwrap();
+        drop(store);
+        let store = VolumeStore::open(root.path(), [4; 16], false).unwrap();
+        let mut cursor = ReadCursor::after(0);
+        let mut seqs = Vec::new();
+        loop {
+            let chunk = store.read_chunk(&mut cursor, 1024 * 1024, 100).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            seqs.extend(chunk.iter().map(|e| e.0));
+        }
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        drop(store);
+        // Damage inside the first (not last) segment is corruption, not a torn tail.
+        let mut raw = fs::read(&first_path).unwrap();
+        raw[SEGMENT_HEADER_BYTES + RECORD_HEAD_BYTES + 5] ^= 1;
+        fs::write(&first_path, &raw).unwrap();
+        match VolumeStore::open(root.path(), [4; 16], false) {
+            Err(StoreError::Corrupt { path, at, .. }) => {
+                assert_eq!(path, first_path);
+                assert_eq!(at, SEGMENT_HEADER_BYTES as u64);
+            }
+            other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(fs::read(&first_path).unwrap(), raw, "nothing rewritten");
+        // Repair it, then a checkpoint past the first segment deletes that file.
+        raw[SEGMENT_HEADER_BYTES + RECORD_HEAD_BYTES + 5] ^= 1;
+        fs::write(&first_path, &raw).unwrap();
+        let mut store = VolumeStore::open(root.path(), [4; 16], false).unwrap();
+        store.checkpoint(first_last + 1).unwrap();
+        assert!(!first_path.exists());
+        let mut cursor = ReadCursor::after(0);
+        let chunk = store.read_chunk(&mut cursor, 1024 * 1024, 1).unwrap();
+        assert_eq!(chunk[0].0, first_last + 2);
+    }
+
+    #[test]
     fn epoch_only_rises_and_survives_reopen() {
         let root = tempfile::tempdir().unwrap();
         let mut store = VolumeStore::open(root.path(), [3; 16], false).unwrap();
