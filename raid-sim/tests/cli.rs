@@ -1,6 +1,12 @@
 //! The `raid-sim` command line: create, status --json, corrupt, scrub, fail, replace,
 //! bench, and one-line errors with non-zero exits on bad input.
+mod common;
+
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use raid_sim::RaidOptions;
 
 fn raid_sim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_raid-sim"))
@@ -110,4 +116,49 @@ fn bad_input_gives_one_line_errors() {
 fn bench_reports_throughput() {
     let out = ok(&["bench", "--bytes", "64M"]);
     assert!(out.contains("GB/s"), "{out}");
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// While a process has the volume open (as smlogfs would), `fail`, `scrub` and `replace`
+/// from the command line are handed to it and carried out online.
+#[test]
+fn commands_reach_a_running_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vol");
+    let d = dir.to_str().unwrap();
+    let o = RaidOptions {
+        background: true,
+        ..quiet()
+    };
+    let vol = create(&dir, 4, 16 << 10, 2 << 20, 1, &o);
+    let model = fill(&vol, &mut Rng(31));
+    let out = ok(&["fail", d, "--member", "1"]);
+    assert!(out.contains("handed to it"), "{out}");
+    // The spare takes over by itself.
+    wait_for("the spare rebuild", || {
+        dir.join("member-1.img.failed").exists() && !vol.is_degraded()
+    });
+    assert!(!dir.join("spare-0.img").exists());
+    ok(&[
+        "corrupt", d, "--member", "2", "--offset", "20000", "--len", "3",
+    ]);
+    let rep = ok(&["scrub", d]);
+    assert!(
+        rep.contains("1 finding(s), 1 repaired") && rep.contains("member 2"),
+        "{rep}"
+    );
+    ok(&["replace", d, "--member", "0"]);
+    wait_for("the replacement rebuild", || {
+        dir.join("member-0.img.failed").exists() && !vol.is_degraded()
+    });
+    assert_reads(&vol, &model);
+    let rep = vol.scrub(false, |_, _| {}).unwrap();
+    assert!(rep.findings.is_empty(), "{}", rep.to_text());
 }
