@@ -3,20 +3,21 @@
 //! Assembly first inspects every `member-K.img` and `spare-J.img` without writing, and
 //! decides per member (decision table, first matching row wins):
 //!
-//! | row | finding                                         | member is            |
-//! |-----|-------------------------------------------------|----------------------|
-//! | 1   | no `member-K.img`                               | missing              |
-//! | 2   | cannot open or read it                          | unreadable           |
-//! | 3   | neither superblock slot valid                   | corrupt superblock   |
-//! | 4   | array id differs from the majority              | from another array   |
-//! | 5   | superblock says spare                           | a spare, K missing   |
-//! | 6   | superblock role is not K                        | misplaced            |
-//! | 7   | geometry differs from the array's               | wrong geometry       |
-//! | 8   | file shorter than the layout needs              | truncated            |
-//! | 9   | events + 1 < the array's newest events          | stale                |
-//! | 10  | the array's member table says failed            | failed (earlier)     |
-//! | 11  | the table says rebuilding                       | rebuilding (partial) |
-//! | 12  | otherwise                                       | active               |
+//! | row | finding                                          | member is            |
+//! |-----|--------------------------------------------------|----------------------|
+//! | 1   | no `member-K.img`                                | missing              |
+//! | 2   | shorter than the layout and no valid superblock  | truncated            |
+//! | 3   | cannot open or read it                           | unreadable           |
+//! | 4   | neither superblock slot valid                    | corrupt superblock   |
+//! | 5   | array id differs from the majority               | from another array   |
+//! | 6   | geometry differs from the majority's             | wrong geometry       |
+//! | 7   | file shorter than the layout needs               | truncated            |
+//! | 8   | superblock says spare                            | a spare, K missing   |
+//! | 9   | superblock role is not K                         | misplaced            |
+//! | 10  | events + 1 < the array's newest events           | stale                |
+//! | 11  | the array's member table says failed             | failed (earlier)     |
+//! | 12  | the table says rebuilding                        | rebuilding (partial) |
+//! | 13  | otherwise                                        | active               |
 //!
 //! Then for the array: no unusable member → clean; one (and no rebuild running) → runs
 //! degraded, the member is marked failed on the survivors; two or more, or one while a

@@ -646,6 +646,27 @@ mod tests {
         }
     }
 
+    /// The byte table in docs/format-raid.md.
+    #[test]
+    fn superblock_field_offsets_match_the_doc() {
+        let b = sample().encode();
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(&b[0..8], b"SMLRAID5");
+        assert_eq!(u32_at(8), 1);
+        assert_eq!(u32_at(12), 4096);
+        assert_eq!(u64_at(32), 7); // events
+        assert_eq!(u32_at(40), 4); // disks
+        assert_eq!(u32_at(44), 65536); // chunk_bytes
+        assert_eq!(u64_at(48), 100); // stripes
+        assert_eq!(u32_at(60), 2); // role
+        assert_eq!(u32_at(72), 1); // rebuild_member
+        assert_eq!(u64_at(76), 40); // rebuild_next_stripe
+        assert_eq!(&b[84..88], &[0, 2, 0, 1]); // member_states
+        assert!(b[148..SB_CRC_AT].iter().all(|x| *x == 0));
+        assert_eq!(u32_at(SB_CRC_AT), crc32c::crc32c(&b[..SB_CRC_AT]));
+    }
+
     #[test]
     fn newer_slot_wins_and_torn_slot_is_skipped() {
         let mut a = sample();
