@@ -189,7 +189,13 @@ impl<'a> Session<'a> {
 
     fn describe(&self) -> String {
         match (&self.node, &self.volume_id) {
-            (Some(node), Some(v)) => format!("{} (node {node}, volume {})", self.peer, hex(v)),
+            // The node name comes from the peer: escaped, so it cannot forge log lines.
+            (Some(node), Some(v)) => format!(
+                "{} (node {}, volume {})",
+                self.peer,
+                node.escape_debug(),
+                hex(v)
+            ),
             _ => format!("{}", self.peer),
         }
     }

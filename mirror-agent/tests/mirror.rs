@@ -711,3 +711,30 @@ fn giveback_the_original_owner_returns_under_a_newer_epoch() {
         entries("a", 21..=25)
     );
 }
+
+#[test]
+fn a_checkpoint_while_the_agent_is_away_shrinks_the_resend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let cfg = config(vec![agent.addr], volume(21), 1);
+    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    submit_all(&client, &entries("d", 1..=10));
+    client.wait_acked(10, WAIT).unwrap();
+    agent.kill();
+    // Degraded: the node goes on and checkpoints while the agent is away.
+    submit_all(&client, &entries("d", 11..=100));
+    client.checkpoint(80);
+    assert_eq!(client.status().unacked_entries, 20);
+    agent.restart();
+    client.wait_acked(100, WAIT).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !client.status().protected {
+        assert!(Instant::now() < deadline, "{:?}", client.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The agent holds exactly what the checkpoint does not cover.
+    assert_eq!(
+        MirrorClient::read_back(&cfg, 0).unwrap(),
+        entries("d", 81..=100)
+    );
+}

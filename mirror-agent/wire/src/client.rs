@@ -526,10 +526,21 @@ impl MirrorClient {
     }
 
     /// Tells the agent it may drop entries up to `through_seq` (they are on the volume).
+    /// Queued entries it covers are dropped here too: they need no mirroring any more,
+    /// and the driver always sends the checkpoint before any later append, so the agent
+    /// (which then expects `through_seq + 1`) sees no gap.
     pub fn checkpoint(&self, through_seq: u64) {
         let mut st = self.shared.lock();
         if st.checkpoint_wanted.is_none_or(|c| c < through_seq) {
             st.checkpoint_wanted = Some(through_seq);
+            while let Some((seq, bytes)) = st.queue.front() {
+                if *seq > through_seq {
+                    break;
+                }
+                let len = bytes.len();
+                st.queue_bytes -= len;
+                st.queue.pop_front();
+            }
             self.shared.changed.notify_all();
         }
     }
