@@ -568,13 +568,16 @@ pub fn create(
             opts.spares
         )));
     }
-    let min_ring = crate::journal::min_ring_bytes(&geometry);
-    if ropts.journal_bytes < min_ring || ropts.journal_bytes % PAGE_BYTES != 0 {
+    if ropts.journal_bytes % PAGE_BYTES != 0 {
         return Err(invalid(format!(
-            "journal size {} is unaligned or below {min_ring} (four full stripes)",
+            "journal size {} is not a multiple of {PAGE_BYTES}",
             ropts.journal_bytes
         )));
     }
+    // The ring must take a few full-stripe records; large chunks get a larger ring.
+    let ring_bytes = ropts
+        .journal_bytes
+        .max(crate::journal::min_ring_bytes(&geometry));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     {
         let _lock = take_lock(dir)?;
@@ -617,7 +620,7 @@ pub fn create(
             };
             create_member_file(&dir.join(spare_name(j)), &geometry, &sb)?;
         }
-        create_journal_files(dir, array_id, ropts.journal_bytes, &geometry)?;
+        create_journal_files(dir, array_id, ring_bytes, &geometry)?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -758,7 +761,8 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
             }
         );
         resync_all = inspection.array_active;
-        create_journal_files(dir, inspection.array_id, ropts.journal_bytes, &g)?;
+        let ring_bytes = ropts.journal_bytes.max(crate::journal::min_ring_bytes(&g));
+        create_journal_files(dir, inspection.array_id, ring_bytes, &g)?;
     }
     let open_rw = |p: &Path| {
         OpenOptions::new()

@@ -714,6 +714,45 @@ mod tests {
         assert_eq!(Record::decode(&out, &g), None);
     }
 
+    proptest::proptest! {
+        /// Decoders return errors on any input, never panic.
+        #[test]
+        fn decoders_survive_garbage(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000),
+                                    patch in 0usize..9000, magic in 0u8..4) {
+            let mut b = bytes;
+            // Steer some inputs past the magic checks.
+            if b.len() >= 8 && magic == 1 { b[..8].copy_from_slice(&SB_MAGIC); }
+            if b.len() >= 8 && magic == 2 { b[..8].copy_from_slice(&JOURNAL_MAGIC); }
+            if b.len() >= 4 && magic == 3 { b[..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes()); }
+            if !b.is_empty() { let i = patch % b.len(); b[i] = b[i].wrapping_add(1); }
+            let _ = Superblock::decode(&b);
+            let _ = Superblock::decode_slots(&b);
+            let _ = JournalHeader::decode(&b);
+            let _ = JournalHeader::decode_slots(&b);
+            let g = Geometry { disks: 4, chunk_bytes: 65536, stripes: 10 };
+            let _ = Record::decode(&b, &g);
+            if b.len() >= PAGE_BYTES as usize {
+                let _ = Record::peek(&b, 1);
+                let _ = decode_csum_page(0, &b, CSUMS_PER_PAGE as usize);
+            }
+        }
+
+        /// A valid record with any content round-trips; a flipped payload byte is caught.
+        #[test]
+        fn records_round_trip(stripe in 0u64..10, member in 0u32..4, off in 0u32..13,
+                              len in 1usize..4, seed in proptest::prelude::any::<u8>(), flip in 0usize..1000) {
+            let g = Geometry { disks: 4, chunk_bytes: 65536, stripes: 10 };
+            let data: Vec<u8> = (0..len * 4096).map(|i| (i as u8).wrapping_mul(seed)).collect();
+            let rec = Record { seq: 9, stripe, ranges: vec![RecordRange { member, chunk_offset: off * 4096, data }] };
+            let mut out = Vec::new();
+            rec.encode_into(5, &mut out);
+            proptest::prop_assert!(Record::decode(&out, &g) == Some(rec), "round trip failed");
+            let at = 8 + flip % (out.len() - 8);
+            out[at] ^= 0x40;
+            proptest::prop_assert!(Record::decode(&out, &g).is_none(), "flip at {} not detected", at);
+        }
+    }
+
     #[test]
     fn csum_page_detects_misplacement() {
         let entries: Vec<u32> = (0..CSUMS_PER_PAGE as u32).collect();

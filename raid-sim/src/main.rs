@@ -88,7 +88,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_size)]
         rate: Option<u64>,
         /// Stripes between two progress checkpoints.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 256)]
         checkpoint_stripes: u64,
     },
     /// Measure XOR parity and checksum throughput of this CPU.

@@ -58,7 +58,7 @@ impl Default for RaidOptions {
             background: true,
             csum_error_limit: 256,
             rebuild_rate_bytes_per_s: None,
-            rebuild_checkpoint_stripes: 64,
+            rebuild_checkpoint_stripes: 256,
             journal_bytes: DEFAULT_RING_BYTES,
             create_rebuild_rate_kib_s: 0,
             wrap_io: None,

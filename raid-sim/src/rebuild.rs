@@ -268,9 +268,9 @@ impl Inner {
             done_bytes += g.chunk_bytes;
             if rate > 0 {
                 let due = Duration::from_secs_f64(done_bytes as f64 / rate as f64);
-                let spent = started.elapsed();
-                if due > spent {
-                    std::thread::sleep(due - spent);
+                // Short sleeps, so that closing the volume never waits long.
+                while started.elapsed() < due && !self.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep((due - started.elapsed()).min(Duration::from_millis(50)));
                 }
             }
         }
