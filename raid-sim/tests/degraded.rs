@@ -252,3 +252,79 @@ fn open_volume_is_exclusive() {
         Err(VolumeError::InUse { .. })
     ));
 }
+
+/// A member that tears a write (part written, then EIO) is failed; the stripe stays
+/// readable through parity, and after a reopen the member stays out.
+#[test]
+fn torn_member_write_fails_the_member_not_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = fresh(dir.path());
+    let plan = FaultPlan::new();
+    let o = RaidOptions {
+        wrap_io: Some(plan.wrapper()),
+        ..quiet()
+    };
+    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    let g = vol.geometry();
+    let stripe = 7;
+    let m = g.data_member(stripe, 1);
+    let at = g.member_offset(stripe, 0);
+    plan.add(
+        FaultRule::new(
+            &member_name(m),
+            FaultOp::Write,
+            FaultAction::Tear { keep: 1000 },
+        )
+        .range(at, at + g.chunk_bytes)
+        .times(1),
+    );
+    let logical = g.logical(stripe, 1, 0);
+    let data = Rng(8).bytes(8192);
+    vol.write_at(logical, &data).unwrap();
+    model[logical as usize..logical as usize + data.len()].copy_from_slice(&data);
+    assert_eq!(plan.fired(), 1);
+    assert_eq!(vol.member_states()[m as usize], MemberState::Failed);
+    assert_reads(&vol, &model);
+    drop(vol);
+    let i = inspect(dir.path()).unwrap();
+    assert_eq!(i.members[m as usize].state, "failed");
+    assert!(i.members[m as usize].problem.is_some());
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    assert_reads(&vol, &model);
+}
+
+/// Checksum failures past the limit mark the member failed; every read stays correct.
+#[test]
+fn checksum_failures_past_the_limit_fail_the_member() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh(dir.path());
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    let g = vol.geometry();
+    drop(vol);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(member_name(1)))
+        .unwrap();
+    let mut damaged = 0;
+    for s in 0..g.stripes {
+        if g.data_index(s, 1).is_some() && damaged < 6 {
+            f.write_all_at(&[0x55; 64], g.member_offset(s, 4096))
+                .unwrap();
+            damaged += 1;
+        }
+    }
+    let o = RaidOptions {
+        csum_error_limit: 3,
+        ..quiet()
+    };
+    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    assert_reads(&vol, &model);
+    assert_eq!(vol.member_states()[1], MemberState::Failed);
+    assert!(
+        vol.stats()
+            .csum_mismatches
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 4
+    );
+}
