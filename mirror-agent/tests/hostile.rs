@@ -337,3 +337,62 @@ fn corrupted_body_checksum() {
     assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
     bed.assert_survived("body checksum mismatch");
 }
+
+/// A fake agent that answers every connection with `reply` and then holds it open.
+fn fake_agent(reply: Vec<u8>) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let reply = reply.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = stream.write_all(&reply);
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_client_survives_a_hostile_agent() {
+    let mut welcome_for_another_volume = Vec::new();
+    encode_frame(
+        &volume(99),
+        &Message::Welcome {
+            epoch: 1,
+            next_seq: None,
+            checkpoint_through: None,
+        },
+        &mut welcome_for_another_volume,
+    );
+    let mut oversized = FrameHeader {
+        version: Version::V1,
+        kind: smlog_wire::FrameKind::Welcome,
+        volume_id: volume(GOOD),
+        body_len: MAX_BODY_BYTES as u32 + 1,
+        body_crc: 0,
+    }
+    .encode()
+    .to_vec();
+    oversized.extend_from_slice(&[0; 64]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", garbage(1000, 7), "bad magic"),
+        ("oversized", oversized, "frame too large"),
+        ("other volume", welcome_for_another_volume, "another volume"),
+        ("silence", Vec::new(), "timed out"),
+    ];
+    for (name, reply, expected) in cases {
+        let addr = fake_agent(reply);
+        let mut cfg = config(vec![addr], volume(GOOD), 1);
+        cfg.heartbeat_ms = 100;
+        cfg.timeout_ms = 500;
+        let err = MirrorClient::connect(cfg.clone()).expect_err(name);
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+        let err = MirrorClient::read_back(&cfg, 0).expect_err(name);
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+    }
+}
