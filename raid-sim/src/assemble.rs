@@ -434,6 +434,9 @@ fn classify(dir: &Path, found: Vec<Found>) -> Result<Classified, VolumeError> {
             events,
         });
     }
+    for (_, (path, why, _)) in role_problem.drain() {
+        ignored.push((path, why));
+    }
     for (k, f) in by_role.drain() {
         ignored.push((
             f.path.clone(),

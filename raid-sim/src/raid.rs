@@ -1009,7 +1009,7 @@ impl Inner {
     /// parity already reflects the new data.
     pub fn apply_record(&self, view: &View, r: &Record) -> Result<(), OpError> {
         let g = self.geometry;
-        let mut failed: Option<(u32, String)> = None;
+        let mut failed: Vec<(u32, String)> = Vec::new();
         for range in &r.ranges {
             let Some(m) = view.usable(range.member, r.stripe) else {
                 continue;
@@ -1025,11 +1025,12 @@ impl Inner {
                 m.io.write_at(at, &range.data)
                     .and_then(|_| m.write_csum_pages(&g, first, first + nblocks.max(1) - 1));
             if let Err(e) = res {
-                failed.get_or_insert((range.member, format!("write error: {e}")));
+                failed.push((range.member, format!("write error: {e}")));
             }
         }
-        if let Some((m, why)) = failed {
-            // Fail it now, then carry on: the record is complete without it.
+        // Fail them now, then carry on: the record is complete without one member (a
+        // second failure poisons the volume and ends here).
+        for (m, why) in failed {
             self.fail_member(m, &why)?;
         }
         Ok(())
