@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 /// A volume's store, shared by the connections that serve it.
 type SharedStore = Arc<Mutex<store::VolumeStore>>;
 
+/// A whole frame must arrive within this many stall periods.
+const FRAME_STALLS: u32 = 4;
+
 /// Limits on one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -48,6 +51,7 @@ pub enum Hangup {
     BadFrame(WireError),
     Idle(u64),
     Stalled(u64),
+    SlowFrame(u64),
     HandshakeTimeout(u64),
     Protocol(String),
     AuthFailed(String),
@@ -67,6 +71,7 @@ impl fmt::Display for Hangup {
             Hangup::BadFrame(e) => write!(f, "bad frame: {e}"),
             Hangup::Idle(ms) => write!(f, "idle for more than {ms} ms"),
             Hangup::Stalled(ms) => write!(f, "stalled mid-frame for more than {ms} ms"),
+            Hangup::SlowFrame(ms) => write!(f, "a frame took more than {ms} ms to arrive"),
             Hangup::HandshakeTimeout(ms) => write!(f, "no complete handshake within {ms} ms"),
             Hangup::Protocol(r) => write!(f, "protocol violation: {r}"),
             Hangup::AuthFailed(r) => write!(f, "authentication failed: {r}"),
@@ -93,9 +98,10 @@ impl Hangup {
         let (code, a, b) = match self {
             Hangup::PeerClosed | Hangup::PeerError(_) | Hangup::Io(_) => return None,
             Hangup::BadFrame(_) => (ErrorCode::BadFrame, 0, 0),
-            Hangup::Idle(_) | Hangup::Stalled(_) | Hangup::HandshakeTimeout(_) => {
-                (ErrorCode::Protocol, 0, 0)
-            }
+            Hangup::Idle(_)
+            | Hangup::Stalled(_)
+            | Hangup::SlowFrame(_)
+            | Hangup::HandshakeTimeout(_) => (ErrorCode::Protocol, 0, 0),
             Hangup::Protocol(_) => (ErrorCode::Protocol, 0, 0),
             Hangup::AuthFailed(_) => (ErrorCode::AuthFailed, 0, 0),
             Hangup::WrongVolume { .. } => (ErrorCode::WrongVolume, 0, 0),
@@ -162,6 +168,8 @@ struct Session<'a> {
     started: Instant,
     last_rx: Instant,
     last_tx: Instant,
+    /// When the partial frame now buffered began to arrive.
+    frame_started: Option<Instant>,
     pending_ack: Option<u64>,
 }
 
@@ -183,6 +191,7 @@ impl<'a> Session<'a> {
             started: now,
             last_rx: now,
             last_tx: now,
+            frame_started: None,
             pending_ack: None,
         }
     }
@@ -233,6 +242,7 @@ impl<'a> Session<'a> {
         let limits = self.limits();
         let stall = Duration::from_millis(limits.stall_ms);
         let idle = Duration::from_millis(limits.idle_ms);
+        let waiting_since = Instant::now();
         loop {
             if let Some(frame) = self.reader.next_buffered().map_err(Hangup::BadFrame)? {
                 if let Some(expected) = self.volume_id {
@@ -243,6 +253,7 @@ impl<'a> Session<'a> {
                         });
                     }
                 }
+                self.frame_started = self.reader.mid_frame().then(Instant::now);
                 return Ok(frame);
             }
             // Nothing complete is buffered: acknowledge before waiting, so that acks
@@ -259,11 +270,11 @@ impl<'a> Session<'a> {
             if !self.authenticated && now - self.started > stall {
                 return Err(Hangup::HandshakeTimeout(limits.stall_ms));
             }
-            if self.reader.mid_frame() && now - self.last_rx > stall {
-                return Err(Hangup::Stalled(limits.stall_ms));
-            }
-            if now - self.last_rx > idle {
-                return Err(Hangup::Idle(limits.idle_ms));
+            // A peer trickling a frame a byte at a time makes progress but must not hold
+            // a connection forever: a whole frame gets FRAME_STALLS stall periods.
+            let frame_limit = stall * FRAME_STALLS;
+            if self.frame_started.is_some_and(|t| now - t > frame_limit) {
+                return Err(Hangup::SlowFrame(frame_limit.as_millis() as u64));
             }
             if let (true, Some(volume)) = (self.authenticated, self.volume_id) {
                 if now - self.last_tx >= self.heartbeat {
@@ -284,14 +295,31 @@ impl<'a> Session<'a> {
                     ))
                 }
                 Ok(0) => return Err(Hangup::PeerClosed),
-                Ok(_) => self.last_rx = Instant::now(),
+                Ok(_) => {
+                    self.last_rx = Instant::now();
+                    if self.frame_started.is_none() && self.reader.mid_frame() {
+                        self.frame_started = Some(self.last_rx);
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock
                             | io::ErrorKind::TimedOut
                             | io::ErrorKind::Interrupted
-                    ) => {}
+                    ) =>
+                {
+                    // Silence is measured only while we wait: time spent serving the
+                    // previous frame (a long read-back) is not the peer's silence.
+                    let now = Instant::now();
+                    let silent = now - self.last_rx.max(waiting_since);
+                    if self.reader.mid_frame() && silent > stall {
+                        return Err(Hangup::Stalled(limits.stall_ms));
+                    }
+                    if silent > idle {
+                        return Err(Hangup::Idle(limits.idle_ms));
+                    }
+                }
                 Err(e) => return Err(Hangup::Io(format!("read: {e}"))),
             }
         }

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use smlog_wire::format::{FrameHeader, HEADER_BYTES, HEADER_CRC_AT, MAX_BODY_BYTES, VERSION_AT};
 use smlog_wire::{encode_frame, ErrorCode, Message, MirrorClient, MirrorConfig, Version};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -395,4 +396,35 @@ fn the_client_survives_a_hostile_agent() {
         let err = MirrorClient::read_back(&cfg, 0).expect_err(name);
         assert!(err.to_string().contains(expected), "{name}: {err}");
     }
+}
+
+#[test]
+fn a_frame_trickled_byte_by_byte() {
+    let bed = bed(&[], None);
+    let mut raw = RawConn::connect(bed.agent.addr);
+    assert!(matches!(
+        raw.hello(&volume(52), 1, true),
+        Some(Message::Welcome { .. })
+    ));
+    // Each byte comes well within the stall limit, but the frame as a whole takes
+    // longer than the 4 stall periods (1600 ms) a frame is given.
+    let frame = evil_append(&volume(52));
+    let t = Instant::now();
+    for byte in &frame {
+        if raw.stream.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        if t.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(raw.wait_closed(WAIT).is_some(), "trickling peer kept");
+    assert!(t.elapsed() >= Duration::from_millis(STALL_MS * 4));
+    assert!(
+        MirrorClient::read_back(&config(vec![bed.agent.addr], volume(52), 1), 0)
+            .unwrap()
+            .is_empty()
+    );
+    bed.assert_survived("a frame took more than 1600 ms to arrive");
 }
