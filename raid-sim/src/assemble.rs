@@ -814,6 +814,7 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
         stats: Stats::default(),
         _lock_file: lock,
         busy: Mutex::new(None),
+        unaligned: Mutex::new(()),
     });
     {
         let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());

@@ -184,6 +184,8 @@ pub(crate) struct Inner {
     pub _lock_file: File,
     /// Set while a rebuild or scrub runs, for `status` in this process.
     pub busy: Mutex<Option<String>>,
+    /// Serialises unaligned writes (read-modify-write of their edge blocks).
+    pub unaligned: Mutex<()>,
 }
 
 /// Errors inside one stripe operation: a member to fail, or a final error.
@@ -477,6 +479,31 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// For an access that is not block aligned, the aligned range enclosing it.
+    pub fn enclosing_blocks(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(u64, usize)>, VolumeError> {
+        let cap = self.geometry.capacity_bytes();
+        let end = match offset.checked_add(len as u64) {
+            Some(end) if end <= cap => end,
+            _ => {
+                return Err(VolumeError::OutOfRange {
+                    offset,
+                    len: len as u64,
+                    capacity_bytes: cap,
+                })
+            }
+        };
+        if offset % BLOCK_BYTES == 0 && len as u64 % BLOCK_BYTES == 0 {
+            return Ok(None);
+        }
+        let start = offset / BLOCK_BYTES * BLOCK_BYTES;
+        let end = end.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        Ok(Some((start, (end - start) as usize)))
     }
 
     // ---------------------------------------------------------------------------------
@@ -1066,11 +1093,36 @@ impl BlockVolume for RaidVolume {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
-        self.inner.read(offset, buf)
+        match self.inner.enclosing_blocks(offset, buf.len())? {
+            None => self.inner.read(offset, buf),
+            Some((start, len)) => {
+                let mut whole = vec![0u8; len];
+                self.inner.read(start, &mut whole)?;
+                let at = (offset - start) as usize;
+                buf.copy_from_slice(&whole[at..at + buf.len()]);
+                Ok(())
+            }
+        }
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
-        self.inner.write(offset, data)
+        match self.inner.enclosing_blocks(offset, data.len())? {
+            None => self.inner.write(offset, data),
+            Some((start, len)) => {
+                // Unaligned writes read and rewrite their edge blocks; they are serialised
+                // among themselves so that two of them never lose each other's bytes.
+                let _one = self
+                    .inner
+                    .unaligned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let mut whole = vec![0u8; len];
+                self.inner.read(start, &mut whole)?;
+                let at = (offset - start) as usize;
+                whole[at..at + data.len()].copy_from_slice(data);
+                self.inner.write(start, &whole)
+            }
+        }
     }
 
     fn flush(&self) -> Result<(), VolumeError> {
