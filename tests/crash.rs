@@ -155,8 +155,9 @@ impl Model {
                 off,
                 len,
                 seed,
+                skip,
             } => {
-                let data = pattern(*seed, *len);
+                let data = write_data(*seed, *skip, *len);
                 let f = self.file_mut(path);
                 let end = *off as usize + len;
                 if f.len() < end {
@@ -254,11 +255,14 @@ enum Op {
         path: String,
         target: String,
     },
+    /// Writes bytes `skip..skip + len` of `pattern(seed, ..)` at `off` (skip > 0 only for
+    /// the unacknowledged rest of a short write).
     Write {
         path: String,
         off: u64,
         len: usize,
         seed: u64,
+        skip: usize,
     },
     Truncate {
         path: String,
@@ -372,6 +376,7 @@ fn gen_op(m: &Model, rng: &mut StdRng) -> Op {
                     off,
                     len,
                     seed: rng.gen(),
+                    skip: 0,
                 }
             }),
             46..=51 => pick(rng, &files).map(|path| Op::Truncate {
@@ -474,6 +479,13 @@ fn gen_op(m: &Model, rng: &mut StdRng) -> Op {
     }
 }
 
+/// `exec` reports a short write of n bytes as Err(SHORT_WRITE_BASE + n).
+const SHORT_WRITE_BASE: i32 = 1 << 24;
+
+fn write_data(seed: u64, skip: usize, len: usize) -> Vec<u8> {
+    pattern(seed, skip + len)[skip..].to_vec()
+}
+
 fn neg(rc: i64) -> Result<(), i32> {
     if rc < 0 {
         Err(errno())
@@ -505,17 +517,21 @@ fn exec(root: &Path, op: &Op) -> Result<(), i32> {
                 off,
                 len,
                 seed,
+                skip,
             } => {
                 let fd = libc::open(p(path).as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 neg(fd as i64)?;
-                let data = pattern(*seed, *len);
+                let data = write_data(*seed, *skip, *len);
                 let n = libc::pwrite(fd, data.as_ptr().cast(), data.len(), *off as i64);
                 let e = errno();
                 libc::close(fd);
                 if n < 0 {
                     return Err(e);
                 }
-                assert_eq!(n as usize, *len, "short write on {path}");
+                if (n as usize) < *len {
+                    // The kernel split the write into several requests and a later one failed.
+                    return Err(SHORT_WRITE_BASE + n as i32);
+                }
                 Ok(())
             }
             Op::Truncate { path, len } => neg(libc::truncate(p(path).as_ptr(), *len as i64) as i64),
@@ -739,13 +755,44 @@ fn workload(root: PathBuf, mut model: Model, seed: u64, killed: Arc<AtomicBool>)
                 inflight: None,
             };
         }
-        let op = gen_op(&model, &mut rng);
+        let mut op = gen_op(&model, &mut rng);
         match exec(&root, &op) {
             Ok(()) => {
                 model.apply(&op);
                 acked += 1;
             }
             Err(e) => {
+                let e = if e >= SHORT_WRITE_BASE {
+                    // The first n bytes were acknowledged; the rest is in flight.
+                    let n = (e - SHORT_WRITE_BASE) as usize;
+                    if let Op::Write {
+                        path,
+                        off,
+                        len,
+                        seed,
+                        skip,
+                    } = op.clone()
+                    {
+                        model.apply(&Op::Write {
+                            path: path.clone(),
+                            off,
+                            len: n,
+                            seed,
+                            skip,
+                        });
+                        acked += 1;
+                        op = Op::Write {
+                            path,
+                            off: off + n as u64,
+                            len: len - n,
+                            seed,
+                            skip: skip + n,
+                        };
+                    }
+                    libc::EIO
+                } else {
+                    e
+                };
                 let after_kill = killed.load(Ordering::SeqCst);
                 if !after_kill {
                     // An error while the daemon was alive: a bug, not the crash.
