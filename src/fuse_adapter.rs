@@ -81,7 +81,15 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 fn time_arg(t: Option<TimeOrNow>) -> Option<Ts> {
     t.map(|t| match t {
-        TimeOrNow::SpecificTime(st) => Ts::from_system_time(st),
+        TimeOrNow::SpecificTime(st) => match st.duration_since(std::time::UNIX_EPOCH) {
+            Ok(_) => Ts::from_system_time(st),
+            // fuser 0.18 turns the kernel's (sec < 0, nsec) into EPOCH - (|sec|, nsec);
+            // undo that so times before 1970 keep their exact nanoseconds.
+            Err(e) => Ts {
+                sec: -(e.duration().as_secs() as i64),
+                nsec: e.duration().subsec_nanos(),
+            },
+        },
         TimeOrNow::Now => Ts::now(),
     })
 }
@@ -448,8 +456,8 @@ impl Filesystem for FuseAdapter {
         xattr_reply(reply, size, self.fs.getxattr(ino.0, name.as_bytes()));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.fs.listxattr(ino.0));
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, self.fs.listxattr(caller(req), ino.0));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -106,9 +106,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// The pid recorded in `VOLDIR/daemon.pid`, if that process is alive.
 pub fn live_daemon(voldir: &std::path::Path) -> Option<(u32, String)> {
     let text = std::fs::read_to_string(voldir.join("daemon.pid")).ok()?;
-    let mut lines = text.lines();
-    let pid: u32 = lines.next()?.trim().parse().ok()?;
-    let mnt = lines.next().unwrap_or("").to_string();
+    let pid: u32 = text.trim().parse().ok()?;
+    let mnt = std::fs::read_to_string(voldir.join("daemon.mountpoint"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     process_alive(pid).then_some((pid, mnt))
 }
 

@@ -346,9 +346,10 @@ fn serve(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
     })?;
     let pid_path = voldir.join("daemon.pid");
     std::fs::write(
-        &pid_path,
-        format!("{}\n{}\n", std::process::id(), mnt.display()),
+        voldir.join("daemon.mountpoint"),
+        format!("{}\n", mnt.display()),
     )
+    .and_then(|()| std::fs::write(&pid_path, format!("{}\n", std::process::id())))
     .map_err(|e| {
         CliError::new(
             exit::IO,

@@ -188,6 +188,7 @@ impl Fs {
         build: impl Fn(&FsState) -> FsResult<FsOp>,
         answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
     ) -> FsResult<T> {
+        let mut checkpoints_forced = 0;
         loop {
             let mut core = self.lock();
             if core.poisoned.is_some() {
@@ -218,6 +219,14 @@ impl Fs {
                 continue;
             };
             if let Err(e) = core.state.apply(&op) {
+                if e == Errno::NEED_CHECKPOINT {
+                    drop(core);
+                    checkpoints_forced += 1;
+                    if checkpoints_forced > 2 || self.checkpoint().is_err() {
+                        return Err(Errno::ENOSPC);
+                    }
+                    continue;
+                }
                 if e == Errno::EIO {
                     core.poisoned = Some("a volume read failed while applying an op".into());
                 }
@@ -405,11 +414,15 @@ impl Fs {
         node.rec.xattrs.get(name).cloned().ok_or(Errno::ENODATA)
     }
 
-    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+    /// Names of the xattrs, NUL-terminated; `trusted.` names only for root, as on ext4.
+    pub fn listxattr(&self, caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
         let core = self.lock();
         let node = core.state.get(ino)?;
         let mut out = Vec::new();
         for k in node.rec.xattrs.keys() {
+            if caller.uid != 0 && k.starts_with(b"trusted.") {
+                continue;
+            }
             out.extend_from_slice(k);
             out.push(0);
         }
@@ -446,7 +459,9 @@ impl Fs {
     pub fn statfs(&self) -> StatFs {
         let core = self.lock();
         let s = &core.state;
-        let held = s.used_blocks + s.pending_free.len() as u64;
+        // Blocks freed since the last checkpoint count as free, as on ext4: the next
+        // checkpoint releases them (writers that need them wait for it).
+        let held = s.used_blocks;
         StatFs {
             blocks: s.capacity_blocks,
             bfree: s.capacity_blocks.saturating_sub(held),
@@ -797,10 +812,14 @@ impl Fs {
             }
         }
         for (parent, name) in dirty.dirents {
-            let Some(p) = core.state.inodes.get(&parent) else {
-                continue;
-            };
-            match p.dir.as_ref().and_then(|d| d.entries.get(&name)) {
+            // A removed directory's entries were removed before it: record those too.
+            let entry = core
+                .state
+                .inodes
+                .get(&parent)
+                .and_then(|p| p.dir.as_ref())
+                .and_then(|d| d.entries.get(&name));
+            match entry {
                 Some(&(ino, cookie)) => records.push(MetaRecord::Dirent {
                     parent,
                     name,

@@ -693,9 +693,12 @@ impl FsState {
         if self.replaying {
             return Ok(());
         }
-        let held = self.used_blocks + self.pending_free.len() as u64;
-        if held + new_blocks > self.capacity_blocks {
+        if self.used_blocks + new_blocks > self.capacity_blocks {
             return Err(Errno::ENOSPC);
+        }
+        if self.used_blocks + self.pending_free.len() as u64 + new_blocks > self.capacity_blocks {
+            // There is room once the next checkpoint releases the blocks freed since the last.
+            return Err(Errno::NEED_CHECKPOINT);
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const EROFS: Errno = Errno(libc::EROFS);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
+    /// Internal, never returned to a caller: retry after a checkpoint frees blocks.
+    pub const NEED_CHECKPOINT: Errno = Errno(-1000);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
