@@ -67,6 +67,8 @@ pub(crate) struct Journal {
     bitmap: Vec<u8>,
     dirty_regions: u64,
     strict: bool,
+    /// Encoding buffer kept between appends (no fresh, page-faulting allocation per write).
+    scratch: Vec<u8>,
 }
 
 /// Outcome of `append` when the ring has no room: the caller checkpoints and retries.
@@ -194,6 +196,7 @@ impl Journal {
             bitmap,
             dirty_regions,
             strict,
+            scratch: Vec::new(),
         };
         let records = j.scan(g)?;
         Ok((
@@ -324,16 +327,35 @@ impl Journal {
                 None => return Ok(Err(Full)),
             }
         }
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.scratch);
+        // Records placed back to back go out in one write.
+        let mut run_at = None;
         for (r, at) in records.iter_mut().zip(&placed) {
             r.seq = self.next_seq;
             self.next_seq += 1;
-            buf.clear();
+            match run_at {
+                Some(start) if start + buf.len() as u64 == *at => {}
+                Some(start) => {
+                    self.ring
+                        .write_at(start, &buf)
+                        .map_err(|e| VolumeError::io(&self.ring_path, e))?;
+                    buf.clear();
+                    run_at = Some(*at);
+                }
+                None => run_at = Some(*at),
+            }
             r.encode_into(self.array_id, &mut buf);
+        }
+        if let Some(start) = run_at {
             self.ring
-                .write_at(*at, &buf)
+                .write_at(start, &buf)
                 .map_err(|e| VolumeError::io(&self.ring_path, e))?;
         }
+        buf.clear();
+        if buf.capacity() > 64 << 20 {
+            buf = Vec::new();
+        }
+        self.scratch = buf;
         if self.strict {
             self.ring
                 .sync()

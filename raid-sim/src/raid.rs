@@ -872,18 +872,25 @@ impl Inner {
             let rcw_reads = (0..g.data_disks()).filter(|i| !covers(*i)).count();
             if rcw_reads <= rmw_reads {
                 self.stats.rcw_stripes.fetch_add(1, Ordering::Relaxed);
-                let mut images: Vec<Vec<u8>> = Vec::new();
+                // Covering pieces are used in place; only partly covered chunks are read.
+                let mut read: Vec<Option<Vec<u8>>> = Vec::new();
                 for i in 0..g.data_disks() {
                     if covers(i) {
-                        images.push(piece_of(i).map(|x| x.2.to_vec()).unwrap_or_default());
+                        read.push(None);
                         continue;
                     }
                     let mut img = vec![0u8; ulen];
                     self.read_verified(view, stripe, g.data_member(stripe, i), u0, &mut img)?;
                     overlay(&mut img, u0, piece_of(i));
-                    images.push(img);
+                    read.push(Some(img));
                 }
-                let refs: Vec<&[u8]> = images.iter().map(|v| v.as_slice()).collect();
+                let refs: Vec<&[u8]> = (0..g.data_disks())
+                    .map(|i| match (&read[i as usize], piece_of(i)) {
+                        (Some(img), _) => img.as_slice(),
+                        (None, Some(piece)) => piece.2,
+                        (None, None) => unreachable!("a covered chunk has a piece"),
+                    })
+                    .collect();
                 let mut par = vec![0u8; ulen];
                 xor_many(&mut par, &refs);
                 par

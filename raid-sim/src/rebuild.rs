@@ -209,12 +209,18 @@ impl Inner {
         let mut done_bytes = 0u64;
         let mut s = next;
         let bs = BLOCK_BYTES as usize;
+        // Stripes per group: about 1 MiB per member and read call.
+        let group_stripes = ((1u64 << 20) / g.chunk_bytes).clamp(1, 16);
         while s < end {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
+            let n = group_stripes.min(end - s);
+            let bytes = (n * g.chunk_bytes) as usize;
             {
-                let _l = lockw(self.stripe_lock(s));
+                // Ascending stripe order, like writers (groups are far shorter than the
+                // lock table, so no two of a group's stripes share a lock).
+                let _l: Vec<_> = (s..s + n).map(|t| lockw(self.stripe_lock(t))).collect();
                 let view = self.view();
                 let Some(target) = view.members[k as usize].clone() else {
                     return Ok(true);
@@ -222,6 +228,8 @@ impl Inner {
                 if view.rebuild.map(|r| r.0) != Some(k) {
                     return Ok(true);
                 }
+                let at = g.member_offset(s, 0);
+                let first = g.member_block(s, 0) as usize;
                 let mut srcs = Vec::new();
                 for o in (0..g.disks).filter(|o| *o != k) {
                     let Some(m) = view.usable(o, s) else {
@@ -232,40 +240,38 @@ impl Inner {
                             ),
                         });
                     };
-                    let mut buf = vec![0u8; g.chunk_bytes as usize];
-                    if let Err(e) = m.io.read_at(g.member_offset(s, 0), &mut buf) {
+                    let mut buf = vec![0u8; bytes];
+                    if let Err(e) = m.io.read_at(at, &mut buf) {
                         self.fail_member(o, &format!("read error during rebuild: {e}"))?;
                         return Err(VolumeError::io(&m.path, e));
                     }
-                    let first = g.member_block(s, 0) as usize;
                     for (i, b) in buf.chunks_exact(bs).enumerate() {
                         if block_crc(b) != m.csums[first + i].load(Ordering::Acquire) {
                             log::error!(
                                 "{}: block at byte {} fails its checksum during rebuild of member {k}; \
-                                 the rebuilt block of stripe {s} is unreliable",
+                                 the rebuilt block is unreliable",
                                 m.path.display(),
-                                g.member_offset(s, (i * bs) as u64)
+                                at + (i * bs) as u64
                             );
                         }
                     }
                     srcs.push(buf);
                 }
                 let refs: Vec<&[u8]> = srcs.iter().map(|v| v.as_slice()).collect();
-                let mut out = vec![0u8; g.chunk_bytes as usize];
+                let mut out = vec![0u8; bytes];
                 xor_many(&mut out, &refs);
-                let first = g.member_block(s, 0) as usize;
                 for (i, b) in out.chunks_exact(bs).enumerate() {
                     target.csums[first + i].store(block_crc(b), Ordering::Release);
                 }
-                if let Err(e) = target.io.write_at(g.member_offset(s, 0), &out) {
+                if let Err(e) = target.io.write_at(at, &out) {
                     self.fail_member(k, &format!("write error during rebuild: {e}"))?;
                     return Ok(true);
                 }
                 let mut st = lockw(&self.state);
-                st.rebuild = Some((k, s + 1));
+                st.rebuild = Some((k, s + n));
             }
-            s += 1;
-            done_bytes += g.chunk_bytes;
+            s += n;
+            done_bytes += bytes as u64;
             if rate > 0 {
                 let due = Duration::from_secs_f64(done_bytes as f64 / rate as f64);
                 // Short sleeps, so that closing the volume never waits long.
