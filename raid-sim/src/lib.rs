@@ -19,7 +19,9 @@ pub use assemble::{in_use, inspect, member_name, spare_name, Inspection, MemberR
 pub use journal::{JOURNAL_FILE, RECORDS_FILE};
 pub use layout::Geometry;
 pub use raid::{RaidOptions, RaidVolume, Stats};
-pub use rebuild::{ScrubFinding, ScrubReport, REQUEST_FILE, SCRUB_REPORT_FILE};
+pub use rebuild::{
+    scrub_progress, ScrubFinding, ScrubReport, REQUEST_FILE, SCRUB_PROGRESS_FILE, SCRUB_REPORT_FILE,
+};
 pub use single::SingleFileVolume;
 
 use std::path::{Path, PathBuf};

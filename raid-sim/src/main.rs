@@ -244,10 +244,14 @@ fn status_json(i: &Inspection, busy: bool) -> String {
             s as f64 * 100.0 / g.stripes as f64
         ),
     };
+    let scrub = match raid_sim::scrub_progress(&i.dir) {
+        None => "null".to_string(),
+        Some((d, t)) => format!("{{\"next_stripe\":{d},\"stripes\":{t}}}"),
+    };
     format!(
         "{{\"kind\":\"raid5\",\"array_id\":\"{:032x}\",\"disks\":{},\"chunk_bytes\":{},\"stripes\":{},\
          \"capacity_bytes\":{},\"events\":{},\"degraded\":{},\"in_use\":{busy},\"members\":[{}],\
-         \"spares\":[{}],\"rebuild\":{rebuild},\"rebuild_rate_bytes_per_s\":{}}}",
+         \"spares\":[{}],\"rebuild\":{rebuild},\"scrub\":{scrub},\"rebuild_rate_bytes_per_s\":{}}}",
         i.array_id,
         g.disks,
         g.chunk_bytes,
@@ -306,6 +310,9 @@ fn status_text(i: &Inspection, busy: bool) -> String {
             next as f64 * 100.0 / g.stripes as f64
         )),
         None => s.push_str("rebuild: none\n"),
+    }
+    if let Some((d, t)) = raid_sim::scrub_progress(&i.dir) {
+        s.push_str(&format!("scrub: {d}/{t} stripes\n"));
     }
     s
 }

@@ -16,6 +16,21 @@ use crate::{VolumeError, BLOCK_BYTES};
 
 pub const REQUEST_FILE: &str = "raid.request";
 pub const SCRUB_REPORT_FILE: &str = "raid.scrub-report";
+/// "DONE TOTAL" stripes of a running scrub.
+pub const SCRUB_PROGRESS_FILE: &str = "raid.scrub-progress";
+
+/// Progress (done, total stripes) of a scrub running in the process holding the volume.
+pub fn scrub_progress(dir: &Path) -> Option<(u64, u64)> {
+    if !crate::assemble::in_use(dir) {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(SCRUB_PROGRESS_FILE)).ok()?;
+    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    match (it.next().flatten(), it.next().flatten()) {
+        (Some(d), Some(t)) if d <= t => Some((d, t)),
+        _ => None,
+    }
+}
 
 /// One finding of a scrub, by member and byte offset in the member file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -472,7 +487,15 @@ impl Inner {
             }
             report.stripes += 1;
             progress(s + 1, g.stripes);
+            if s % 64 == 0 {
+                // For `raid-sim status` in another process; best effort.
+                let _ = std::fs::write(
+                    self.dir.join(SCRUB_PROGRESS_FILE),
+                    format!("{} {}\n", s + 1, g.stripes),
+                );
+            }
         }
+        let _ = std::fs::remove_file(self.dir.join(SCRUB_PROGRESS_FILE));
         Ok(report)
     }
 

@@ -46,7 +46,10 @@ fn command_line_lifecycle() {
     let json = ok(&["status", d, "--json"]);
     assert!(json.contains("\"degraded\":false"), "{json}");
     assert_eq!(json.matches("\"state\":\"active\"").count(), 4, "{json}");
-    assert!(json.contains("\"rebuild\":null"), "{json}");
+    assert!(
+        json.contains("\"rebuild\":null") && json.contains("\"scrub\":null"),
+        "{json}"
+    );
     assert!(
         json.contains("\"index\":3") && json.contains("member-3.img"),
         "{json}"
