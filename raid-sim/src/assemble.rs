@@ -571,7 +571,7 @@ pub fn create(
             opts.spares
         )));
     }
-    if ropts.journal_bytes % PAGE_BYTES != 0 {
+    if !ropts.journal_bytes.is_multiple_of(PAGE_BYTES) {
         return Err(invalid(format!(
             "journal size {} is not a multiple of {PAGE_BYTES}",
             ropts.journal_bytes

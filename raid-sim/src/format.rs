@@ -47,7 +47,7 @@ pub const NO_MEMBER: u32 = u32::MAX;
 /// Checksum entries in one checksum page; the last 4 bytes hold the page's own crc.
 pub const CSUMS_PER_PAGE: u64 = (PAGE_BYTES - 4) / 4;
 
-const _: () = assert!(DATA_START % PAGE_BYTES == 0);
+const _: () = assert!(DATA_START.is_multiple_of(PAGE_BYTES));
 const _: () = assert!(CSUMS_PER_PAGE * 4 + 4 == PAGE_BYTES);
 
 /// Format versions; capability methods keep version checks in one place.
@@ -450,9 +450,9 @@ impl JournalHeader {
             bitmap_pages: g.u32(),
         };
         if h.ring_bytes < 4 * PAGE_BYTES
-            || h.ring_bytes % PAGE_BYTES != 0
+            || !h.ring_bytes.is_multiple_of(PAGE_BYTES)
             || h.tail_offset >= h.ring_bytes
-            || h.tail_offset % PAGE_BYTES != 0
+            || !h.tail_offset.is_multiple_of(PAGE_BYTES)
             || h.region_stripes == 0
             || h.bitmap_pages == 0
             || h.bitmap_pages as u64 > MAX_BITMAP_PAGES
@@ -549,7 +549,7 @@ impl Record {
         }
         g.u64();
         let total = g.u32() as u64;
-        if total < PAGE_BYTES || total % PAGE_BYTES != 0 {
+        if total < PAGE_BYTES || !total.is_multiple_of(PAGE_BYTES) {
             return None;
         }
         Some((seq, total))

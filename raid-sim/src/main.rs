@@ -386,7 +386,7 @@ fn mb_s(bytes: u64, t: Instant) -> f64 {
 /// size in `dir`, then an unthrottled rebuild of one member.
 fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), String> {
     use raid_sim::BlockVolume;
-    if io == 0 || io % 4096 != 0 || size < io {
+    if io == 0 || !io.is_multiple_of(4096) || size < io {
         return Err("--io must be a positive multiple of 4096 no larger than --size".into());
     }
     let size = size / io * io;

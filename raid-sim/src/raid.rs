@@ -470,7 +470,7 @@ impl Inner {
                 })
             }
         }
-        if offset % BLOCK_BYTES != 0 || len as u64 % BLOCK_BYTES != 0 {
+        if !offset.is_multiple_of(BLOCK_BYTES) || !(len as u64).is_multiple_of(BLOCK_BYTES) {
             return Err(VolumeError::Invalid {
                 path: self.dir.clone(),
                 detail: format!(
@@ -498,7 +498,7 @@ impl Inner {
                 })
             }
         };
-        if offset % BLOCK_BYTES == 0 && len as u64 % BLOCK_BYTES == 0 {
+        if offset.is_multiple_of(BLOCK_BYTES) && (len as u64).is_multiple_of(BLOCK_BYTES) {
             return Ok(None);
         }
         let start = offset / BLOCK_BYTES * BLOCK_BYTES;
@@ -767,7 +767,7 @@ impl Inner {
     fn write_batch(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         let g = self.geometry;
         // Split into per-stripe pieces: (stripe, [(data_index, chunk_offset, bytes)]).
-        let mut stripes: Vec<(u64, Vec<(u32, u64, &[u8])>)> = Vec::new();
+        let mut stripes: Vec<(u64, Vec<Piece>)> = Vec::new();
         let mut done = 0usize;
         while done < data.len() {
             let loc = g.locate(offset + done as u64);
@@ -1071,7 +1071,10 @@ impl Inner {
     }
 }
 
-fn overlay(img: &mut [u8], u0: u64, piece: Option<&(u32, u64, &[u8])>) {
+/// New bytes for one chunk of a stripe: (data index, offset in the chunk, bytes).
+type Piece<'a> = (u32, u64, &'a [u8]);
+
+fn overlay(img: &mut [u8], u0: u64, piece: Option<&Piece>) {
     if let Some((_, off, bytes)) = piece {
         let at = (*off - u0) as usize;
         img[at..at + bytes.len()].copy_from_slice(bytes);

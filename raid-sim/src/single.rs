@@ -25,7 +25,7 @@ impl SingleFileVolume {
 
     pub fn create(dir: &Path, capacity_bytes: u64) -> Result<Self, VolumeError> {
         let path = dir.join(FILE_NAME);
-        if capacity_bytes == 0 || capacity_bytes % BLOCK_BYTES != 0 {
+        if capacity_bytes == 0 || !capacity_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(VolumeError::Invalid {
                 path,
                 detail: format!(
