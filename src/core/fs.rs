@@ -121,6 +121,45 @@ pub struct Fs {
     voldir: PathBuf,
     pub recovery: RecoveryReport,
     pub checkpoints: AtomicU64,
+    counters: OpCounters,
+    last_checkpoint_at: Mutex<Instant>,
+}
+
+/// Running totals of ops by the state they reached (for `status`).
+#[derive(Default)]
+struct OpCounters {
+    accepted: AtomicU64,
+    applied: AtomicU64,
+    /// Accepted but failed (never applied, discarded by recovery).
+    failed: AtomicU64,
+    /// Applied ops covered by a completed checkpoint.
+    committed: AtomicU64,
+}
+
+/// A point-in-time view of the running file system (`smlogfs status`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FsStatus {
+    /// Ops now in each state: logged but not applied, applied (answered) but not yet on the
+    /// volume, and on the volume (since mount).
+    pub ops_accepted: u64,
+    pub ops_mirrored: u64,
+    pub ops_applied: u64,
+    pub ops_committed: u64,
+    pub ring_used_bytes: u64,
+    pub ring_area_bytes: u64,
+    pub ring_fill_percent: u64,
+    pub ring_checkpoint_fill_percent: u64,
+    pub next_seq: u64,
+    pub flushed_seq: u64,
+    pub checkpoint_seq: u64,
+    pub checkpoint_generation: u64,
+    pub checkpoint_age_ms: u64,
+    pub checkpoints_since_mount: u64,
+    pub epoch: u64,
+    pub volume: String,
+    pub poisoned: Option<String>,
+    pub inodes: u64,
+    pub dirty_blocks: u64,
 }
 
 impl Fs {
@@ -166,6 +205,8 @@ impl Fs {
             voldir: voldir.to_path_buf(),
             recovery: r.report,
             checkpoints: AtomicU64::new(0),
+            counters: OpCounters::default(),
+            last_checkpoint_at: Mutex::new(Instant::now()),
         })
     }
 
@@ -218,7 +259,9 @@ impl Fs {
                 self.log.wait_for_space(need, Duration::from_millis(200));
                 continue;
             };
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = core.state.apply(&op) {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 if e == Errno::NEED_CHECKPOINT {
                     drop(core);
                     checkpoints_forced += 1;
@@ -767,6 +810,7 @@ impl Fs {
             });
         }
         let generation = guard.sb.generation + 1;
+        let applied_at_snapshot = self.counters.applied.load(Ordering::Relaxed);
         let dirty = guard.state.take_dirty();
         let core = &mut *guard;
         let mut records = Vec::new();
@@ -932,6 +976,13 @@ impl Fs {
         drop(core);
         self.log.reclaim(begun)?;
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .committed
+            .store(applied_at_snapshot, Ordering::Relaxed);
+        *self
+            .last_checkpoint_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let report = CheckpointReport {
             covers_seq: covers,
             data_blocks: jobs.len() as u64,
@@ -985,6 +1036,42 @@ impl Fs {
 
     pub fn ring_stats(&self) -> crate::statelog::RingStats {
         self.log.stats()
+    }
+
+    /// What `smlogfs status` shows.
+    pub fn status(&self) -> FsStatus {
+        let ring = self.log.stats();
+        let core = self.lock();
+        let accepted = self.counters.accepted.load(Ordering::Relaxed);
+        let applied = self.counters.applied.load(Ordering::Relaxed);
+        let failed = self.counters.failed.load(Ordering::Relaxed);
+        let committed = self.counters.committed.load(Ordering::Relaxed);
+        FsStatus {
+            ops_accepted: accepted.saturating_sub(applied + failed),
+            ops_mirrored: 0,
+            ops_applied: applied.saturating_sub(committed),
+            ops_committed: committed,
+            ring_used_bytes: ring.used_bytes,
+            ring_area_bytes: ring.area_bytes,
+            ring_fill_percent: ring.used_bytes * 100 / ring.area_bytes.max(1),
+            ring_checkpoint_fill_percent: self.config.checkpoint_fill_percent,
+            next_seq: ring.next_seq,
+            flushed_seq: ring.flushed_seq,
+            checkpoint_seq: core.sb.covers_seq,
+            checkpoint_generation: core.sb.generation,
+            checkpoint_age_ms: self
+                .last_checkpoint_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                .as_millis() as u64,
+            checkpoints_since_mount: self.checkpoints.load(Ordering::Relaxed),
+            epoch: core.sb.epoch,
+            volume: self.vol.describe(),
+            poisoned: core.poisoned.clone(),
+            inodes: core.state.inodes.len() as u64,
+            dirty_blocks: core.state.dirty.blocks.len() as u64,
+        }
     }
 
     pub fn is_poisoned(&self) -> bool {
