@@ -246,6 +246,8 @@ impl Inner {
                 let at = g.member_offset(s, 0);
                 let first = g.member_block(s, 0) as usize;
                 let mut srcs = Vec::new();
+                // Block rows whose sources fail their checksums cannot be rebuilt.
+                let mut lost_rows: Vec<usize> = Vec::new();
                 for o in (0..g.disks).filter(|o| *o != k) {
                     let Some(m) = view.usable(o, s) else {
                         return Err(VolumeError::Invalid {
@@ -264,10 +266,11 @@ impl Inner {
                         if block_crc(b) != m.csums[first + i].load(Ordering::Acquire) {
                             log::error!(
                                 "{}: block at byte {} fails its checksum during rebuild of member {k}; \
-                                 the rebuilt block is unreliable",
+                                 that block of member {k} cannot be rebuilt and will read as an error",
                                 m.path.display(),
                                 at + (i * bs) as u64
                             );
+                            lost_rows.push(i);
                         }
                     }
                     srcs.push(buf);
@@ -276,7 +279,10 @@ impl Inner {
                 let mut out = vec![0u8; bytes];
                 xor_many(&mut out, &refs);
                 for (i, b) in out.chunks_exact(bs).enumerate() {
-                    target.csums[first + i].store(block_crc(b), Ordering::Release);
+                    // A lost row gets an entry that can never match, so the garbage
+                    // rebuilt there is reported on read instead of returned as data.
+                    let c = block_crc(b) ^ if lost_rows.contains(&i) { u32::MAX } else { 0 };
+                    target.csums[first + i].store(c, Ordering::Release);
                 }
                 if let Err(e) = target.io.write_at(at, &out) {
                     self.fail_member(k, &format!("write error during rebuild: {e}"))?;

@@ -106,3 +106,38 @@ fn double_damage_in_one_stripe_is_an_error_not_wrong_data() {
     let rep = vol.scrub(true, |_, _| {}).unwrap();
     assert!(rep.unrepaired() >= 1);
 }
+
+/// A source block that fails its checksum while another member is rebuilt: that row is
+/// lost, and reading it gives an error naming a member — never the garbage rebuilt there.
+#[test]
+fn damage_found_during_rebuild_is_reported_not_blessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(77);
+    let (g, model) = {
+        let vol = create(dir.path(), 4, 4096, 1 << 20, 0, &quiet());
+        (vol.geometry(), fill(&vol, &mut rng))
+    };
+    let s = 10;
+    let lost = g.data_member(s, 0);
+    let bad = g.data_member(s, 1);
+    flip(dir.path(), &g, bad, s, &mut rng);
+    std::fs::remove_file(dir.path().join(member_name(lost))).unwrap();
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    vol.start_rebuild(lost, None).unwrap();
+    vol.run_rebuild(|_, _| {}).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = vol.read_at(g.logical(s, 0, 0), &mut buf).unwrap_err();
+    assert!(err.to_string().contains("member-"), "{err}");
+    // Every other block is intact.
+    for b in 0..vol.capacity_bytes() / 4096 {
+        let at = b * 4096;
+        if g.locate(at).stripe == s && g.locate(at).data_index <= 1 {
+            continue;
+        }
+        vol.read_at(at, &mut buf).unwrap();
+        assert!(
+            buf[..] == model[at as usize..at as usize + 4096],
+            "block {b}"
+        );
+    }
+}
