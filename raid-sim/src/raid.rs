@@ -284,7 +284,7 @@ impl RaidVolume {
                 ),
             });
         }
-        self.inner.fail_member(member, reason)
+        self.inner.fail_member_on_request(member, reason)
     }
 }
 
@@ -379,6 +379,28 @@ impl Inner {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// An operator's request to fail `m`: refused (without harm) when another member is
+    /// already down, since the array would not survive it.
+    pub fn fail_member_on_request(&self, m: u32, reason: &str) -> Result<(), VolumeError> {
+        {
+            let st = lock_read(&self.state);
+            if let Some(o) = (0..st.states.len())
+                .find(|o| *o != m as usize && st.states[*o] != MemberState::Active)
+            {
+                if st.states[m as usize] != MemberState::Failed {
+                    return Err(VolumeError::Invalid {
+                        path: self.dir.join(crate::assemble::member_name(m)),
+                        detail: format!(
+                            "member {o} is already {}; failing member {m} too would lose the array",
+                            st.states[o].name()
+                        ),
+                    });
+                }
+            }
+        }
+        self.fail_member(m, reason)
     }
 
     /// Marks `m` failed and records it on the survivors. A second failure poisons the volume.

@@ -548,7 +548,7 @@ impl Inner {
             let res = match words.first().copied() {
                 Some("fail") => match member(1) {
                     Some(k) if k < self.geometry.disks => {
-                        self.fail_member(k, "failed on request (raid-sim fail)")
+                        self.fail_member_on_request(k, "failed on request (raid-sim fail)")
                     }
                     _ => Err(VolumeError::Invalid {
                         path: path.clone(),
@@ -566,7 +566,7 @@ impl Inner {
                         let r = if failed {
                             Ok(())
                         } else {
-                            self.fail_member(k, "replaced on request (raid-sim replace)")
+                            self.fail_member_on_request(k, "replaced on request (raid-sim replace)")
                         };
                         r.and_then(|_| self.start_rebuild(k, with.as_deref()))
                     }

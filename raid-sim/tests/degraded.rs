@@ -328,3 +328,22 @@ fn checksum_failures_past_the_limit_fail_the_member() {
             >= 4
     );
 }
+
+/// An operator failing a second member is refused without harm: the volume keeps serving.
+#[test]
+fn failing_a_second_member_on_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh(dir.path());
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    vol.fail_member(0, "test").unwrap();
+    let err = vol.fail_member(3, "test").unwrap_err();
+    assert!(
+        err.to_string().contains("member 0 is already failed"),
+        "{err}"
+    );
+    assert_eq!(vol.member_states()[3], MemberState::Active);
+    vol.write_at(0, &[5u8; 4096]).unwrap();
+    let mut m = model.clone();
+    m[..4096].fill(5);
+    assert_reads(&vol, &m);
+}
