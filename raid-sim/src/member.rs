@@ -17,6 +17,11 @@ pub trait MemberIo: Send + Sync {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     fn sync(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    /// (device, inode) of the open file, to notice a member file removed or replaced
+    /// under a running volume.
+    fn identity(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 pub struct FileMember {
@@ -41,6 +46,10 @@ impl MemberIo for FileMember {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+    fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| (m.dev(), m.ino()))
     }
 }
 
@@ -265,5 +274,9 @@ impl MemberIo for FaultyMember {
 
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
+    }
+
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.inner.identity()
     }
 }

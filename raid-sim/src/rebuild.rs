@@ -598,6 +598,43 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Fails a member whose file was removed, replaced or truncated under the running
+    /// volume (the open descriptor would otherwise keep serving an unlinked file).
+    pub fn check_member_files(&self) {
+        let view = self.view();
+        for (i, m) in view.members.iter().enumerate() {
+            let Some(m) = m else { continue };
+            if view.states[i] == MemberState::Failed {
+                continue;
+            }
+            let problem = match (std::fs::metadata(&m.path), m.io.identity()) {
+                (Err(e), _) => Some(format!("member file is gone: {e}")),
+                (Ok(meta), Some(id)) => {
+                    use std::os::unix::fs::MetadataExt;
+                    if (meta.dev(), meta.ino()) != id {
+                        Some("member file was replaced by another file".to_string())
+                    } else if meta.len() < self.geometry.member_bytes() {
+                        Some(format!(
+                            "member file was truncated to {} bytes (needs {})",
+                            meta.len(),
+                            self.geometry.member_bytes()
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                (Ok(_), None) => None,
+            };
+            if let Some(why) = problem {
+                if let Err(e) = self.fail_member(i as u32, &why) {
+                    log::error!("{}: {e}", m.path.display());
+                }
+            }
+        }
+    }
+}
+
 fn set_busy(inner: &Inner, what: Option<String>) {
     *inner.busy.lock().unwrap_or_else(|e| e.into_inner()) = what;
 }
@@ -612,8 +649,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The background worker: requests, automatic rebuild onto a spare, rebuild steps.
 pub(crate) fn worker_loop(inner: Arc<Inner>) {
     let mut last_error: Option<Instant> = None;
+    let mut last_check = Instant::now();
     while !inner.stop.load(Ordering::Relaxed) {
         inner.handle_requests();
+        if last_check.elapsed() >= Duration::from_millis(500) {
+            last_check = Instant::now();
+            inner.check_member_files();
+        }
         if inner.poisoned.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
             continue;

@@ -149,3 +149,44 @@ fn rebuild_resumes_after_the_process_is_killed() {
     let rep = vol.scrub(false, |_, _| {}).unwrap();
     assert!(rep.findings.is_empty(), "{}", rep.to_text());
 }
+
+/// A member file deleted, or truncated, under the running volume is noticed: the member
+/// is failed, the spare takes over, and the data stays identical.
+#[test]
+fn member_file_deleted_or_truncated_while_open_triggers_spare_rebuild() {
+    for truncate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = RaidOptions {
+            background: true,
+            ..quiet()
+        };
+        let vol = create(dir.path(), 4, 16 << 10, 2 << 20, 1, &o);
+        let model = fill(&vol, &mut Rng(61));
+        let victim = dir.path().join(member_name(2));
+        if truncate {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&victim)
+                .unwrap();
+            f.set_len(4096).unwrap();
+        } else {
+            std::fs::remove_file(&victim).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dir.path().join(spare_name(0)).exists() || vol.is_degraded() {
+            assert!(
+                Instant::now() < deadline,
+                "spare did not take over (truncate={truncate})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_reads(&vol, &model);
+        let rep = vol.scrub(false, |_, _| {}).unwrap();
+        assert!(rep.findings.is_empty(), "{}", rep.to_text());
+        drop(vol);
+        let i = inspect(dir.path()).unwrap();
+        assert!(!i.degraded(), "truncate={truncate}");
+        let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+        assert_reads(&vol, &model);
+    }
+}
