@@ -459,6 +459,8 @@ impl Inner {
     }
 
     pub fn flush_all(&self) -> Result<(), VolumeError> {
+        // Syncing an unlinked member file would promise durability that is not there.
+        self.check_member_files();
         loop {
             let view = self.view();
             let mut failed = None;
