@@ -702,7 +702,19 @@ fn load_csums(
 }
 
 pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> {
-    let lock = take_lock(dir)?;
+    let lock = match take_lock(dir) {
+        Err(VolumeError::InUse { path }) if ropts.take_over_lock => {
+            log::warn!(
+                "{}: held by another process; taking the volume over anyway (the caller fences the old owner)",
+                path.display()
+            );
+            OpenOptions::new()
+                .read(true)
+                .open(&path)
+                .map_err(io_err(&path))?
+        }
+        other => other?,
+    };
     let Classified {
         inspection,
         mut usable,

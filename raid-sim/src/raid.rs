@@ -49,6 +49,9 @@ pub struct RaidOptions {
     pub create_rebuild_rate_kib_s: u32,
     /// Wraps every file's I/O (fault injection in tests).
     pub wrap_io: Option<IoWrapper>,
+    /// Assemble even while another process holds `raid.lock` (takeover of a node that is
+    /// fenced by other means). Never set it for an ordinary open.
+    pub take_over_lock: bool,
 }
 
 impl Default for RaidOptions {
@@ -62,6 +65,7 @@ impl Default for RaidOptions {
             journal_bytes: DEFAULT_RING_BYTES,
             create_rebuild_rate_kib_s: 0,
             wrap_io: None,
+            take_over_lock: false,
         }
     }
 }

@@ -251,6 +251,11 @@ fn open_volume_is_exclusive() {
         raid_sim::open_raid(dir.path(), &quiet()),
         Err(VolumeError::InUse { .. })
     ));
+    let o = RaidOptions {
+        take_over_lock: true,
+        ..quiet()
+    };
+    assert!(raid_sim::open_raid(dir.path(), &o).is_ok());
 }
 
 /// A member that tears a write (part written, then EIO) is failed; the stripe stays
