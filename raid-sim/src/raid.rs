@@ -338,7 +338,35 @@ impl Inner {
     }
 
     /// Writes the member table to every present member (and spare), bumping `events`.
+    /// A member whose superblock cannot be written is failed (when the array can spare
+    /// it) and the update is written again to the rest.
     pub fn write_superblocks(&self, st: &mut ArrayState, active: bool) -> Result<(), VolumeError> {
+        loop {
+            let failed = self.write_superblocks_once(st, active);
+            let Some((i, e)) = failed.into_iter().next() else {
+                return Ok(());
+            };
+            let others_down = (0..st.states.len())
+                .filter(|o| *o != i && st.states[*o] != MemberState::Active)
+                .count();
+            if others_down > 0 {
+                return Err(e);
+            }
+            log::warn!("member {i}: superblock write failed ({e}); marking it failed");
+            st.states[i] = MemberState::Failed;
+            st.reasons[i] = Some(format!("superblock write failed: {e}"));
+            if matches!(st.rebuild, Some((r, _)) if r as usize == i) {
+                st.rebuild = None;
+            }
+        }
+    }
+
+    /// Writes one superblock update; returns the members that failed to take it.
+    fn write_superblocks_once(
+        &self,
+        st: &mut ArrayState,
+        active: bool,
+    ) -> Vec<(usize, VolumeError)> {
         st.events += 1;
         let (rebuild_member, rebuild_next_stripe) = st.rebuild.unwrap_or((NO_MEMBER, 0));
         let base = Superblock {
@@ -353,7 +381,7 @@ impl Inner {
             rebuild_next_stripe,
             member_states: st.states.clone(),
         };
-        let mut first_err = None;
+        let mut failed = Vec::new();
         for (i, m) in st.members.iter().enumerate() {
             let Some(m) = m else { continue };
             if st.states[i] == MemberState::Failed {
@@ -367,7 +395,7 @@ impl Inner {
                 m.io.write_at(sb.slot_offset(), &sb.encode())
                     .and_then(|_| m.io.sync())
             {
-                first_err.get_or_insert(VolumeError::io(&m.path, e));
+                failed.push((i, VolumeError::io(&m.path, e)));
             }
         }
         for s in &st.spares {
@@ -379,10 +407,7 @@ impl Inner {
                 log::warn!("spare {}: {e}", s.path.display());
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        failed
     }
 
     /// An operator's request to fail `m`: refused (without harm) when another member is

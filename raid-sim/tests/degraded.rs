@@ -352,3 +352,25 @@ fn failing_a_second_member_on_request_is_refused() {
     m[..4096].fill(5);
     assert_reads(&vol, &m);
 }
+
+/// A member that cannot take a superblock update is failed; the others carry on.
+#[test]
+fn superblock_write_failure_fails_that_member_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh(dir.path());
+    let plan = FaultPlan::new();
+    plan.add(FaultRule::new(&member_name(3), FaultOp::Write, FaultAction::Eio).range(0, 8192));
+    let o = RaidOptions {
+        wrap_io: Some(plan.wrapper()),
+        ..quiet()
+    };
+    // Assembly's superblock update hits the fault.
+    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    assert!(plan.fired() >= 1);
+    assert_eq!(vol.member_states()[3], MemberState::Failed);
+    assert_reads(&vol, &model);
+    vol.write_at(4096, &[7u8; 4096]).unwrap();
+    drop(vol);
+    let i = inspect(dir.path()).unwrap();
+    assert_eq!(i.members[3].state, "failed");
+}
