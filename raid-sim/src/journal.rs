@@ -120,7 +120,10 @@ impl Journal {
             what: "journal",
             path: path.to_path_buf(),
             at,
-            detail,
+            detail: format!(
+                "{detail} (removing {JOURNAL_FILE} and {RECORDS_FILE} makes the next assembly \
+                 start a new journal and resync every stripe)"
+            ),
         };
         let len = io.len().map_err(|e| VolumeError::io(path, e))?;
         if len < BITMAP_START {
