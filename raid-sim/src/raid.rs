@@ -86,18 +86,44 @@ pub(crate) struct Member {
     /// crc32c of every block of the member, as stored in its checksum area.
     pub csums: Vec<AtomicU32>,
     page_locks: Vec<Mutex<()>>,
+    /// Checksum pages changed by journaled writes and not written yet. They are written
+    /// at the next member sync (journal checkpoint); until then the journal and the dirty
+    /// bitmap let assembly recompute those entries after a crash.
+    dirty_pages: Vec<AtomicBool>,
     pub csum_errors: AtomicU32,
 }
 
 impl Member {
     pub fn new(path: PathBuf, io: Box<dyn MemberIo>, csums: Vec<u32>) -> Self {
+        let pages = (csums.len() as u64).div_ceil(CSUMS_PER_PAGE) as usize;
         Member {
             path,
             io,
             csums: csums.into_iter().map(AtomicU32::new).collect(),
             page_locks: (0..CSUM_PAGE_LOCKS).map(|_| Mutex::new(())).collect(),
+            dirty_pages: (0..pages).map(|_| AtomicBool::new(false)).collect(),
             csum_errors: AtomicU32::new(0),
         }
+    }
+
+    pub fn mark_csum_pages(&self, first: u64, last: u64) {
+        for page in first / CSUMS_PER_PAGE..=last / CSUMS_PER_PAGE {
+            self.dirty_pages[page as usize].store(true, Ordering::Release);
+        }
+    }
+
+    /// Writes every checksum page marked dirty.
+    pub fn write_dirty_csum_pages(&self, g: &Geometry) -> std::io::Result<()> {
+        for (page, d) in self.dirty_pages.iter().enumerate() {
+            if d.swap(false, Ordering::AcqRel) {
+                let first = page as u64 * CSUMS_PER_PAGE;
+                if let Err(e) = self.write_csum_pages(g, first, first) {
+                    d.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the checksum pages covering blocks `[first, last]`.
@@ -1008,7 +1034,8 @@ impl Inner {
             let view = self.view();
             for (i, m) in view.members.iter().enumerate() {
                 if let (Some(m), false) = (m, view.states[i] == MemberState::Failed) {
-                    m.io.sync()
+                    m.write_dirty_csum_pages(&self.geometry)
+                        .and_then(|_| m.io.sync())
                         .map_err(|e| self.poison(VolumeError::io(&m.path, e)))?;
                 }
             }
@@ -1108,10 +1135,8 @@ impl Inner {
                 m.csums[first as usize + i].store(block_crc(b), Ordering::Release);
             }
             let nblocks = range.data.len() as u64 / BLOCK_BYTES;
-            let res =
-                m.io.write_at(at, &range.data)
-                    .and_then(|_| m.write_csum_pages(&g, first, first + nblocks.max(1) - 1));
-            if let Err(e) = res {
+            m.mark_csum_pages(first, first + nblocks.max(1) - 1);
+            if let Err(e) = m.io.write_at(at, &range.data) {
                 failed.push((range.member, format!("write error: {e}")));
             }
         }
