@@ -6,7 +6,9 @@
 #![deny(unsafe_code)]
 
 pub mod cmd;
+pub mod control;
 pub mod core;
 pub mod fuse_adapter;
+pub mod mirror;
 pub mod progress;
 pub mod statelog;

@@ -1,4 +1,4 @@
-//! The `smlogfs` command: mkfs, mount, umount, fsck, inspect.
+//! The `smlogfs` command: mkfs, mount, umount, status, fsck, inspect.
 
 use std::path::PathBuf;
 
@@ -53,13 +53,52 @@ enum Command {
         /// Mount options, comma-separated (see docs/operations.md).
         #[arg(short = 'o')]
         options: Vec<String>,
+        #[command(flatten)]
+        mirror: cmd::failover::MirrorArgs,
+        /// Internal: recover from the mirror agent's copy only (set by takeover).
+        #[arg(long, hide = true)]
+        takeover: bool,
     },
+    /// Replay the mirror agent's copy of the ring onto the volume (local ring lost or damaged).
+    Recover {
+        voldir: PathBuf,
+        #[command(flatten)]
+        mirror: cmd::failover::MirrorArgs,
+    },
+    /// On the peer: take a failed node's volume over (raise its epoch, replay from the mirror, mount).
+    Takeover {
+        voldir: PathBuf,
+        mountpoint: PathBuf,
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        #[command(flatten)]
+        mirror: cmd::failover::MirrorArgs,
+    },
+    /// On the peer: checkpoint, unmount and release the volume so its node can mount it again.
+    Giveback { mountpoint: PathBuf },
     /// Unmount cleanly (final checkpoint) and wait for the daemon to exit.
     Umount { mountpoint: PathBuf },
     /// Check a volume offline: exit 0 clean, 1 problems found, 2 unreadable.
     Fsck { voldir: PathBuf },
     /// Print the state log ring in words and what recovery would do.
     Inspect { voldir: PathBuf },
+    /// Show ops by state, ring, checkpoint, mirror, RAID: live from the daemon, else offline.
+    Status {
+        /// A mountpoint or a volume directory.
+        target: PathBuf,
+        /// One JSON object per refresh (fields in docs/operations.md).
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// With --watch: stop after N refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 fn size(flag: &str, s: &str) -> Result<u64, CliError> {
@@ -95,15 +134,50 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             mountpoint,
             foreground,
             options,
+            mirror,
+            takeover,
         } => {
-            cmd::mount::mount(
-                &voldir,
-                &mountpoint,
-                &cmd::mount::MountOptions {
-                    foreground,
-                    options,
-                },
-            )?;
+            let o = cmd::mount::MountOptions {
+                foreground,
+                options,
+                mirror,
+                takeover,
+            };
+            cmd::mount::mount(&voldir, &mountpoint, &o)?;
+            Ok(exit::OK)
+        }
+        Command::Recover { voldir, mirror } => {
+            println!("{}", cmd::failover::recover(&voldir, &mirror)?);
+            Ok(exit::OK)
+        }
+        Command::Takeover {
+            voldir,
+            mountpoint,
+            options,
+            mirror,
+        } => {
+            let epoch = cmd::failover::take_ownership(&voldir, &mirror)?;
+            let o = cmd::mount::MountOptions {
+                foreground: false,
+                options,
+                mirror,
+                takeover: true,
+            };
+            cmd::mount::mount(&voldir, &mountpoint, &o)?;
+            println!(
+                "took {} over at epoch {epoch}; mounted at {}",
+                voldir.display(),
+                mountpoint.display()
+            );
+            Ok(exit::OK)
+        }
+        Command::Giveback { mountpoint } => {
+            let voldir = cmd::mount::umount_volume(&mountpoint)?;
+            let epoch = cmd::failover::release_ownership(&voldir)?;
+            println!(
+                "gave {} back: checkpointed, unmounted, released at epoch {epoch}",
+                voldir.display()
+            );
             Ok(exit::OK)
         }
         Command::Umount { mountpoint } => {
@@ -111,6 +185,27 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(exit::OK)
         }
         Command::Fsck { voldir } => Ok(cmd::fsck::fsck(&voldir)),
+        Command::Status {
+            target,
+            json,
+            watch,
+            interval,
+            count,
+        } => {
+            if !(0.05..=3600.0).contains(&interval) {
+                return Err(CliError::new(
+                    exit::USAGE,
+                    format!("--interval {interval}: use 0.05 to 3600 seconds"),
+                ));
+            }
+            let o = cmd::status::StatusOptions {
+                json,
+                watch,
+                interval: std::time::Duration::from_secs_f64(interval),
+                count,
+            };
+            cmd::status::status(&target, &o)
+        }
         Command::Inspect { voldir } => {
             cmd::inspect::inspect(&voldir)?;
             Ok(exit::OK)

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use crate::core::{check, recover};
 use crate::progress::Progress;
-use crate::statelog::ScanEnd;
 
 pub fn fsck(voldir: &Path) -> i32 {
     if let Some((pid, mnt)) = super::live_daemon(voldir) {
@@ -12,7 +11,7 @@ pub fn fsck(voldir: &Path) -> i32 {
             "note: volume is mounted at {mnt} by daemon pid {pid}; checking its last checkpoint plus the ring"
         );
     }
-    let r = match recover(voldir, &Progress::new) {
+    let r = match recover(voldir, &Progress::new, None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
@@ -27,12 +26,6 @@ pub fn fsck(voldir: &Path) -> i32 {
         problems.push(format!(
             "{} op(s) in the ring could not be replayed on the checkpoint (see the log above)",
             r.report.replay_failures
-        ));
-    }
-    if let ScanEnd::Corrupt { file_offset, .. } = r.scan.end {
-        problems.push(format!(
-            "state log {} is damaged at byte {file_offset}",
-            r.ring_path.display()
         ));
     }
     // Every volume block is referenced at most once and lies inside the volume: the load

@@ -154,7 +154,7 @@ pub fn inspect(voldir: &Path) -> Result<(), CliError> {
         }
     );
     if plan.iter().any(|o| o.action == Action::Replay) {
-        if let Ok(r) = recover(voldir, &Progress::hidden) {
+        if let Ok(r) = recover(voldir, &Progress::hidden, None) {
             println!("after replay: {} inodes", r.state.inodes.len());
         }
     }

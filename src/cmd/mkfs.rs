@@ -156,6 +156,7 @@ pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
             crc,
         }],
         created: now,
+        owner: String::new(),
     };
     // Both slots, so that no older superblock can win over this one.
     let mut other = sb.clone();

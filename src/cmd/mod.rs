@@ -1,10 +1,12 @@
 //! Command-line entry points of the `smlogfs` binary. Each returns `CliError` with a
 //! documented exit code (docs/operations.md) and a one-line message.
 
+pub mod failover;
 pub mod fsck;
 pub mod inspect;
 pub mod mkfs;
 pub mod mount;
+pub mod status;
 
 use std::fmt;
 
@@ -31,6 +33,12 @@ pub mod exit {
     pub const IO: i32 = 9;
     /// The daemon failed after starting.
     pub const DAEMON: i32 = 10;
+    /// The volume was taken over by another node (fenced), or giveback is needed first.
+    pub const FENCED: i32 = 11;
+    /// The mirror agent is unreachable, refused us, or its copy is unusable.
+    pub const MIRROR: i32 = 12;
+    /// Permission denied on a backing file, the ring, the lock or the control socket.
+    pub const PERMISSION: i32 = 13;
 }
 
 #[derive(Debug)]
@@ -57,6 +65,9 @@ impl fmt::Display for CliError {
 /// Maps an error from opening a volume to an exit code and message.
 pub fn open_error(e: crate::core::FsError) -> CliError {
     use crate::core::FsError;
+    if let Some(path) = permission_denied(&e) {
+        return permission_error(path);
+    }
     match &e {
         FsError::Volume(raid_sim::VolumeError::NotAVolume { .. }) => {
             CliError::new(exit::NOT_A_VOLUME, e.to_string())
@@ -67,6 +78,7 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
             CliError::new(exit::NOT_A_VOLUME, e.to_string())
         }
         FsError::Volume(raid_sim::VolumeError::Io { .. }) => CliError::new(exit::IO, e.to_string()),
+        FsError::Mirror { .. } => CliError::new(exit::MIRROR, e.to_string()),
         FsError::Log(crate::statelog::LogError::Io { source, .. })
             if source.kind() != std::io::ErrorKind::NotFound =>
         {
@@ -76,10 +88,39 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
     }
 }
 
+/// The file an open failed on for lack of permission, if that is why it failed.
+fn permission_denied(e: &crate::core::FsError) -> Option<&std::path::Path> {
+    use crate::core::FsError;
+    let denied = |s: &std::io::Error| s.kind() == std::io::ErrorKind::PermissionDenied;
+    match e {
+        FsError::Volume(raid_sim::VolumeError::Io { path, source }) if denied(source) => Some(path),
+        FsError::Log(crate::statelog::LogError::Io { path, source }) if denied(source) => {
+            Some(path)
+        }
+        _ => None,
+    }
+}
+
+/// "Permission denied on PATH", with what to do about it.
+pub fn permission_error(path: &std::path::Path) -> CliError {
+    CliError::new(
+        exit::PERMISSION,
+        format!(
+            "permission denied on {}: run as the owner of the volume's files (usually root) or \
+             give this user access (ls -l, chown, chmod); nothing was changed",
+            path.display()
+        ),
+    )
+}
+
 /// Parses sizes like `4096`, `64K`, `64M`, `1G`, `1T` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    let not_a_number = || format!("size {s:?} is not a number with an optional K/M/G/T suffix");
     let (num, mult) = match t.char_indices().last() {
+        Some((i, _)) if i > 0 && !t[..i].bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(not_a_number())
+        }
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_uppercase() {
                 'K' => 1 << 10,
@@ -96,11 +137,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (t, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T suffix"))?;
+    let n: u64 = num.parse().map_err(|_| not_a_number())?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// This node's name: `--node`, else the host name.
+pub fn node_name(given: Option<&str>) -> String {
+    match given {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into()),
+    }
 }
 
 /// The pid recorded in `VOLDIR/daemon.pid`, if that process is alive.
@@ -142,7 +193,10 @@ impl VolumeLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| CliError::new(exit::IO, format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => permission_error(&path),
+                _ => CliError::new(exit::IO, format!("cannot open {}: {e}", path.display())),
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(VolumeLock { _file: file }),
             Err(_) => {
@@ -172,7 +226,9 @@ mod tests {
         assert_eq!(parse_size("64M"), Ok(64 << 20));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert!(parse_size("12Q").unwrap_err().contains("unknown suffix"));
-        assert!(parse_size("abc").is_err());
+        assert!(parse_size("abc").unwrap_err().contains("not a number"));
+        assert!(parse_size("").unwrap_err().contains("not a number"));
+        assert!(parse_size("M").unwrap_err().contains("not a number"));
         assert!(parse_size("99999999999T").is_err());
     }
 }

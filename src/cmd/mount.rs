@@ -20,6 +20,9 @@ pub struct MountOptions {
     pub foreground: bool,
     /// The -o list, comma-separated.
     pub options: Vec<String>,
+    pub mirror: super::failover::MirrorArgs,
+    /// Recover from the mirror agent's copy only (the peer taking a volume over).
+    pub takeover: bool,
 }
 
 struct Parsed {
@@ -237,11 +240,17 @@ pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError
         ));
     }
     check_fuse_available()?;
-    // Refuse early and clearly if a live daemon holds the volume.
+    let mirror = o.mirror.options()?;
+    // Refuse early and clearly if a live daemon holds the volume, or another node owns it.
     drop(VolumeLock::acquire(&voldir)?);
+    let node = mirror
+        .as_ref()
+        .map(|m| m.node.clone())
+        .unwrap_or_else(|| super::node_name(o.mirror.node.as_deref()));
+    super::failover::check_owner(&voldir, &node)?;
     let mnt = prepare_mountpoint(mnt)?;
     if o.foreground {
-        run_daemon(&voldir, &mnt, parsed)
+        run_daemon(&voldir, &mnt, parsed, mirror, o.takeover)
     } else {
         spawn_background(&voldir, &mnt, o)
     }
@@ -261,6 +270,10 @@ fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), C
     cmd.arg("mount").arg(voldir).arg(mnt).arg("-f");
     for opt in &o.options {
         cmd.arg("-o").arg(opt);
+    }
+    cmd.args(o.mirror.to_args());
+    if o.takeover {
+        cmd.arg("--takeover");
     }
     cmd.env(READY_ENV, "1")
         .stdin(Stdio::null())
@@ -308,17 +321,30 @@ fn report(line: &str) {
     }
 }
 
-fn run_daemon(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
-    let result = serve(voldir, mnt, parsed);
+fn run_daemon(
+    voldir: &Path,
+    mnt: &Path,
+    parsed: Parsed,
+    mirror: Option<crate::mirror::MirrorOptions>,
+    takeover: bool,
+) -> Result<(), CliError> {
+    let result = serve(voldir, mnt, parsed, mirror, takeover);
     if let Err(e) = &result {
         report(&format!("error {}", e.msg));
     }
     result
 }
 
-fn serve(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
+fn serve(
+    voldir: &Path,
+    mnt: &Path,
+    parsed: Parsed,
+    mirror: Option<crate::mirror::MirrorOptions>,
+    takeover: bool,
+) -> Result<(), CliError> {
     let _lock = VolumeLock::acquire(voldir)?;
-    let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new).map_err(open_error)?;
+    let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new, mirror, takeover)
+        .map_err(open_error)?;
     let fs = Arc::new(fs);
     let mut options = vec![
         fuser::MountOption::FSName(voldir.display().to_string()),
@@ -368,6 +394,12 @@ fn serve(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
     if fs.recovery.replayed > 0 {
         fs.request_checkpoint();
     }
+    // Answers `smlogfs status`; dropping it at return removes VOLDIR/control.sock.
+    let _control = crate::control::start(fs.clone(), mnt)
+        .map_err(|e| {
+            log::warn!("control socket not started ({e}); `smlogfs status` reads the files")
+        })
+        .ok();
     log::info!(
         "mounted {} at {} (pid {})",
         voldir.display(),
@@ -401,6 +433,11 @@ fn serve(voldir: &Path, mnt: &Path, parsed: Parsed) -> Result<(), CliError> {
 
 /// `smlogfs umount MOUNTPOINT`: unmounts and waits for the daemon's final checkpoint.
 pub fn umount(mnt: &Path) -> Result<(), CliError> {
+    umount_volume(mnt).map(|_| ())
+}
+
+/// Unmounts and returns the volume directory that was mounted.
+pub fn umount_volume(mnt: &Path) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let want = abs.to_string_lossy().to_string();
@@ -419,7 +456,8 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
             format!("{} is not a mounted smlogfs file system", mnt.display()),
         ));
     };
-    let daemon = live_daemon(Path::new(&voldir));
+    let voldir = PathBuf::from(voldir);
+    let daemon = live_daemon(&voldir);
     fusermount_unmount(&abs, false)?;
     if let Some((pid, _)) = daemon {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -433,5 +471,5 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    Ok(())
+    Ok(voldir)
 }

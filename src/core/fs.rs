@@ -123,6 +123,7 @@ pub struct Fs {
     pub checkpoints: AtomicU64,
     counters: OpCounters,
     last_checkpoint_at: Mutex<Instant>,
+    mirror: std::sync::OnceLock<Arc<crate::mirror::Mirror>>,
 }
 
 /// Running totals of ops by the state they reached (for `status`).
@@ -163,14 +164,46 @@ pub struct FsStatus {
 }
 
 impl Fs {
-    /// Opens the volume in `voldir`: loads the last checkpoint, replays the ring after it.
+    /// Opens the volume in `voldir`: loads the last checkpoint, replays the ring after it
+    /// (completed or replaced by the mirror agent's copy when `mirror` is given; `takeover`
+    /// uses the agent's copy only), and connects the mirror.
     pub fn open_volume(
         voldir: &Path,
         config: FsConfig,
         progress: &dyn Fn(&str, u64) -> Progress,
+        mirror: Option<crate::mirror::MirrorOptions>,
+        takeover: bool,
     ) -> Result<Fs, FsError> {
-        let r = recover(voldir, progress)?;
-        let log = StateLog::open(&r.ring_path, &r.scan)?;
+        let source = mirror.as_ref().map(|options| MirrorSource {
+            options,
+            force: takeover,
+        });
+        let r = recover(voldir, progress, source)?;
+        let rebuilt = r.scan.is_none();
+        let scan = match &r.scan {
+            Some(scan) => scan.clone(),
+            None => {
+                // The entries came (partly) from the mirror: start a fresh local ring after
+                // them, keeping the old file aside.
+                if r.ring_path.exists() {
+                    let aside = r
+                        .ring_path
+                        .with_extension(format!("replaced-{}", Ts::now().sec));
+                    std::fs::rename(&r.ring_path, &aside)
+                        .map_err(|e| crate::statelog::LogError::io(&r.ring_path, e))?;
+                    log::warn!("kept the previous local state log as {}", aside.display());
+                }
+                StateLog::create_from(
+                    &r.ring_path,
+                    r.sb.ring_bytes,
+                    r.sb.volume_id,
+                    r.next_seq,
+                    |_| {},
+                )?;
+                StateLog::scan_file(&r.ring_path)?
+            }
+        };
+        let log = StateLog::open(&r.ring_path, &scan)?;
         let rep = &r.report;
         log::info!(
             "recovered {}: checkpoint covers seq {}, {} entries scanned, {} ops replayed, {} discarded \
@@ -207,7 +240,59 @@ impl Fs {
             checkpoints: AtomicU64::new(0),
             counters: OpCounters::default(),
             last_checkpoint_at: Mutex::new(Instant::now()),
+            mirror: std::sync::OnceLock::new(),
         })
+        .and_then(|fs| {
+            if rebuilt {
+                // Put what was recovered from the mirror on the volume before serving.
+                fs.checkpoint()?;
+            }
+            if let Some(options) = mirror {
+                fs.attach_mirror(options)?;
+            }
+            Ok(fs)
+        })
+    }
+
+    /// Connects the mirror agent, resends the local entries it lacks, and from then on
+    /// forwards every appended entry.
+    /// Runs before the file system serves anything, so nothing appends meanwhile.
+    fn attach_mirror(&self, options: crate::mirror::MirrorOptions) -> Result<(), FsError> {
+        // What the ring holds now (a checkpoint may have run since recovery's scan).
+        let scan = StateLog::scan_file(self.log.path())?;
+        let (volume_id, epoch, covers) = {
+            let core = self.lock();
+            (core.sb.volume_id, core.sb.epoch, core.sb.covers_seq)
+        };
+        let routes = options.routes_text();
+        let mirror = crate::mirror::Mirror::connect(options, volume_id, epoch).map_err(|e| {
+            FsError::Mirror {
+                routes: routes.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let mirror = Arc::new(mirror);
+        // The agent may drop what the volume's checkpoint holds, and accepts entries after it.
+        mirror.checkpoint(covers);
+        let mut resent = 0;
+        for e in scan.entries.iter().filter(|e| e.header.seq > covers) {
+            mirror.submit(e.header.seq, e.to_bytes());
+            resent += 1;
+        }
+        if resent > 0 {
+            log::info!(
+                "mirror: resynchronising the agent with {resent} local entries after seq {covers}"
+            );
+        }
+        let sink = mirror.clone();
+        self.log
+            .set_sink(Box::new(move |seq, bytes| sink.submit(seq, bytes)));
+        let _ = self.mirror.set(mirror);
+        Ok(())
+    }
+
+    pub fn mirror(&self) -> Option<&Arc<crate::mirror::Mirror>> {
+        self.mirror.get()
     }
 
     pub fn voldir(&self) -> &Path {
@@ -291,9 +376,15 @@ impl Fs {
                 applied.is_some(),
                 "the Accepted entry reserved room for Applied"
             );
+            self.counters.applied.fetch_add(1, Ordering::Relaxed);
             let result = answer(&core.state, &op);
             let fill = self.fill_percent();
             drop(core);
+            if let (Some(m), Some(applied)) = (self.mirror.get(), applied) {
+                if let Err(e) = m.wait(applied.seq) {
+                    return Err(self.mirror_failed(e));
+                }
+            }
             if fill >= self.config.checkpoint_fill_percent {
                 self.request_checkpoint();
             }
@@ -733,8 +824,33 @@ impl Fs {
         self.lock().state.release(ino);
     }
 
-    /// Makes every logged entry durable on local media (msync of the ring).
+    /// A mirror failure while answering an op: fencing stops all writes for good.
+    fn mirror_failed(&self, e: crate::mirror::MirrorWaitError) -> Errno {
+        match e {
+            crate::mirror::MirrorWaitError::Fenced(why) => {
+                let mut core = self.lock();
+                if core.poisoned.is_none() {
+                    log::error!("FENCED: {why}; this node stops writing (remount after giveback)");
+                    core.poisoned = Some(format!("fenced: {why}"));
+                }
+                Errno::EROFS
+            }
+            crate::mirror::MirrorWaitError::Failed(why) => {
+                log::error!("mirror: {why}; answering EIO");
+                Errno::EIO
+            }
+        }
+    }
+
+    /// Makes every logged entry durable: on the mirror agent when a synchronous mirror
+    /// protects the node, else on local media (msync of the ring).
     pub fn fsync(&self) -> FsResult<()> {
+        if let Some(m) = self.mirror.get() {
+            let seq = self.log.stats().next_seq - 1;
+            if m.protected() && m.wait(seq).is_ok() {
+                return Ok(());
+            }
+        }
         self.log.flush().map(|_| ()).map_err(|e| {
             log::error!("fsync: {e}");
             Errno::EIO
@@ -975,6 +1091,9 @@ impl Fs {
         )?;
         drop(core);
         self.log.reclaim(begun)?;
+        if let Some(m) = self.mirror.get() {
+            m.checkpoint(covers);
+        }
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.counters
             .committed
@@ -1022,6 +1141,15 @@ impl Fs {
         }
         self.vol.write_at(blob_start * BLOCK_BYTES, blob)?;
         self.vol.flush()?;
+        // Fencing on the volume: a peer that took the volume over wrote a newer epoch.
+        if let Ok(on_disk) = Superblock::read(self.vol.as_ref()) {
+            if on_disk.epoch > sb.epoch {
+                return Err(FsError::Poisoned(format!(
+                    "fenced: the volume was taken over (epoch {} on the volume, ours {}); not writing the superblock",
+                    on_disk.epoch, sb.epoch
+                )));
+            }
+        }
         sb.write(self.vol.as_ref())?;
         Ok(())
     }
@@ -1089,11 +1217,16 @@ pub struct Recovered {
     pub state: FsState,
     pub alloc: Allocator,
     pub sb: Superblock,
-    pub scan: crate::statelog::ScanResult,
+    /// The local ring's scan, when the ring can be continued as it is (None: rebuild it).
+    pub scan: Option<crate::statelog::ScanResult>,
     pub plan: Vec<recovery::OpSummary>,
     pub report: RecoveryReport,
     pub ring_path: PathBuf,
     pub meta_bytes: u64,
+    /// Seq of the first entry after everything recovered.
+    pub next_seq: u64,
+    /// Entries recovered from the mirror agent.
+    pub from_mirror: usize,
 }
 
 /// Loads the last checkpoint of `voldir` and replays the ring after it, in memory. Writes
@@ -1101,6 +1234,7 @@ pub struct Recovered {
 pub fn recover(
     voldir: &Path,
     progress: &dyn Fn(&str, u64) -> Progress,
+    mirror: Option<MirrorSource<'_>>,
 ) -> Result<Recovered, FsError> {
     let started = Instant::now();
     let vol: Arc<dyn BlockVolume> = Arc::from(raid_sim::open_volume(voldir)?);
@@ -1135,60 +1269,18 @@ pub fn recover(
         });
     }
     let ring_path = ring_path_of(voldir, &sb);
-    let scan = StateLog::scan_file(&ring_path)?;
-    if scan.header.volume_id != sb.volume_id {
-        return Err(FsError::Corrupt {
-            what: "state log",
-            at: ring_path.display().to_string(),
-            detail: "it belongs to another volume (volume id mismatch)".into(),
-        });
-    }
     let mut report = RecoveryReport {
-        entries_scanned: scan.entries.len(),
         covers_seq: sb.covers_seq,
         ..Default::default()
     };
-    match scan.end {
-        ScanEnd::Corrupt {
-            file_offset,
-            later_seq,
-            later_file_offset,
-        } => {
-            return Err(FsError::Corrupt {
-                what: "state log",
-                at: format!("{} byte {}", ring_path.display(), file_offset),
-                detail: format!(
-                    "an entry is damaged but valid entries follow it (seq {later_seq} at byte \
-                     {later_file_offset}); acknowledged operations after the damage would be lost. \
-                     Restore the ring from a mirror or a copy; nothing was changed"
-                ),
-            });
-        }
-        ScanEnd::TornTail { file_offset } => {
-            log::warn!(
-                "state log {}: torn entry at byte {} (a write cut short by the crash); recovering \
-                 the {} entries before it",
-                ring_path.display(),
-                file_offset,
-                scan.entries.len()
-            );
-            report.torn_tail_at = Some(file_offset);
-        }
-        ScanEnd::Clean => {}
-    }
-    if let Some(len) = scan.truncated_len {
-        log::warn!(
-            "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
-            ring_path.display(),
-            len,
-            scan.header.ring_bytes
-        );
-    }
-    let plan = recovery::plan(&scan.entries, sb.covers_seq).map_err(|detail| FsError::Corrupt {
-        what: "state log",
-        at: ring_path.display().to_string(),
-        detail,
-    })?;
+    let gathered = gather_entries(&ring_path, &sb, mirror, &mut report)?;
+    report.entries_scanned = gathered.entries.len();
+    let plan =
+        recovery::plan(&gathered.entries, sb.covers_seq).map_err(|detail| FsError::Corrupt {
+            what: "state log",
+            at: ring_path.display().to_string(),
+            detail,
+        })?;
     let mut state = loaded.state;
     state.replaying = true;
     let to_replay = plan.iter().filter(|o| o.action == Action::Replay).count() as u64;
@@ -1227,17 +1319,183 @@ pub fn recover(
     state.replaying = false;
     report.orphans_purged = state.purge_orphans();
     report.elapsed_ms = started.elapsed().as_millis();
+    let next_seq = gathered
+        .entries
+        .last()
+        .map_or(sb.covers_seq + 1, |e| e.header.seq + 1)
+        .max(sb.covers_seq + 1);
     Ok(Recovered {
         vol,
         state,
         alloc: loaded.alloc,
         meta_bytes: loaded.meta_bytes,
         sb,
-        scan,
+        scan: gathered.scan,
         plan,
         report,
         ring_path,
+        next_seq,
+        from_mirror: gathered.from_mirror,
     })
+}
+
+/// Where recovery's entries came from.
+struct Gathered {
+    entries: Vec<crate::statelog::ScannedEntry>,
+    /// The local scan when the local ring can be appended to as it is.
+    scan: Option<crate::statelog::ScanResult>,
+    /// Entries taken from the mirror agent.
+    from_mirror: usize,
+}
+
+/// Where recovery gets the mirror from, and whether it must use it (takeover).
+pub struct MirrorSource<'a> {
+    pub options: &'a crate::mirror::MirrorOptions,
+    pub force: bool,
+}
+
+/// The entries after the checkpoint: from the local ring, completed (or replaced, when the
+/// ring is missing or damaged) by the mirror agent's copy when a mirror is configured.
+fn gather_entries(
+    ring_path: &Path,
+    sb: &Superblock,
+    mirror: Option<MirrorSource<'_>>,
+    report: &mut RecoveryReport,
+) -> Result<Gathered, FsError> {
+    let local = match StateLog::scan_file(ring_path) {
+        Ok(scan) if scan.header.volume_id != sb.volume_id => Err(FsError::Corrupt {
+            what: "state log",
+            at: ring_path.display().to_string(),
+            detail: "it belongs to another volume (volume id mismatch)".into(),
+        }),
+        Ok(scan) => match scan.end {
+            ScanEnd::Corrupt {
+                file_offset,
+                later_seq,
+                later_file_offset,
+            } => Err(FsError::Corrupt {
+                what: "state log",
+                at: format!("{} byte {}", ring_path.display(), file_offset),
+                detail: format!(
+                    "an entry is damaged but valid entries follow it (seq {later_seq} at byte \
+                     {later_file_offset}); acknowledged operations after the damage would be lost. \
+                     Recover from the mirror (smlogfs recover VOLDIR --mirror HOST:PORT) or restore \
+                     the ring from a copy; nothing was changed"
+                ),
+            }),
+            _ => Ok(scan),
+        },
+        Err(e) => Err(e.into()),
+    };
+    if let Ok(scan) = &local {
+        if let ScanEnd::TornTail { file_offset } = scan.end {
+            log::warn!(
+                "state log {}: torn entry at byte {} (a write cut short by the crash); recovering \
+                 the {} entries before it",
+                ring_path.display(),
+                file_offset,
+                scan.entries.len()
+            );
+            report.torn_tail_at = Some(file_offset);
+        }
+        if let Some(len) = scan.truncated_len {
+            log::warn!(
+                "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
+                ring_path.display(),
+                len,
+                scan.header.ring_bytes
+            );
+        }
+    }
+    let Some(mirror) = mirror else {
+        let scan = local?;
+        return Ok(Gathered {
+            entries: scan.entries.clone(),
+            scan: Some(scan),
+            from_mirror: 0,
+        });
+    };
+    let cfg = mirror.options.client_config(sb.volume_id, sb.epoch);
+    let remote =
+        smlog_wire::MirrorClient::read_back(&cfg, sb.covers_seq).map_err(|e| FsError::Mirror {
+            routes: mirror.options.routes_text(),
+            detail: format!("reading the entries after seq {} back: {e}", sb.covers_seq),
+        })?;
+    let mut remote_entries = Vec::with_capacity(remote.len());
+    for (seq, bytes) in remote {
+        match crate::statelog::ScannedEntry::from_bytes(&bytes) {
+            Some(e) if e.header.seq == seq => remote_entries.push(e),
+            _ => {
+                return Err(FsError::Corrupt {
+                    what: "mirrored entry",
+                    at: format!("seq {seq} at the agent {}", mirror.options.routes_text()),
+                    detail: "it fails its checksum or names another seq".into(),
+                })
+            }
+        }
+    }
+    if let Some(first) = remote_entries.first() {
+        if first.header.seq != sb.covers_seq + 1 {
+            return Err(FsError::Mirror {
+                routes: mirror.options.routes_text(),
+                detail: format!(
+                    "the agent's copy starts at seq {} but the volume's checkpoint covers only through {}: \
+                     entries in between are missing",
+                    first.header.seq, sb.covers_seq
+                ),
+            });
+        }
+    }
+    match local {
+        Ok(scan) if !mirror.force => {
+            let last_local = scan.next_seq - 1;
+            let extra: Vec<_> = remote_entries
+                .into_iter()
+                .filter(|e| e.header.seq > last_local)
+                .collect();
+            if extra.is_empty() {
+                return Ok(Gathered {
+                    entries: scan.entries.clone(),
+                    scan: Some(scan),
+                    from_mirror: 0,
+                });
+            }
+            log::warn!(
+                "the mirror agent holds {} entries after the local ring's last (seq {}): recovering them from the mirror",
+                extra.len(),
+                last_local
+            );
+            let from_mirror = extra.len();
+            let mut entries: Vec<_> = scan
+                .entries
+                .into_iter()
+                .filter(|e| e.header.seq > sb.covers_seq)
+                .collect();
+            entries.extend(extra);
+            Ok(Gathered {
+                entries,
+                scan: None,
+                from_mirror,
+            })
+        }
+        other => {
+            match other {
+                Err(e) => log::warn!(
+                    "local state log unusable ({e}); recovering {} entries from the mirror agent",
+                    remote_entries.len()
+                ),
+                Ok(_) => log::info!(
+                    "takeover: recovering {} entries from the mirror agent",
+                    remote_entries.len()
+                ),
+            }
+            Ok(Gathered {
+                from_mirror: remote_entries.len(),
+                entries: remote_entries,
+                scan: None,
+            })
+        }
+    }
 }
 
 /// The ring file of a volume: absolute as stored, or relative to the volume directory.

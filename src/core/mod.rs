@@ -34,6 +34,8 @@ pub enum FsError {
         at: String,
         detail: String,
     },
+    #[error("mirror agent {routes}: {detail}")]
+    Mirror { routes: String, detail: String },
     #[error("the file system stopped accepting changes after an earlier failure: {0}")]
     Poisoned(String),
 }

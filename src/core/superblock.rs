@@ -53,6 +53,8 @@ pub struct Superblock {
     /// The metadata: a full snapshot first, then deltas in checkpoint order.
     pub blobs: Vec<BlobRef>,
     pub created: Ts,
+    /// The node that took the volume over (empty: no takeover in force; any node mounts).
+    pub owner: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -44,11 +44,17 @@ struct Ring {
     tail_offset: u64,
     tail_seq: u64,
     next_seq: u64,
+    /// Entries written by the current append (seq, file offset, length), for the sink.
+    written: Vec<(u64, usize, usize)>,
     /// Position and seq up to which the area has been msync'ed.
     flushed_pos: u64,
     flushed_head: u64,
     flushed_seq: u64,
 }
+
+/// Receives a copy of every entry appended, in seq order, while the ring is locked (the
+/// mirror client queues it for the agent).
+pub type EntrySink = Box<dyn Fn(u64, Vec<u8>) + Send + Sync>;
 
 /// The state log: a memory-mapped ring of checksummed, seq-chained entries.
 pub struct StateLog {
@@ -56,6 +62,7 @@ pub struct StateLog {
     ring: Mutex<Ring>,
     /// Signalled when a reclaim frees space.
     space: Condvar,
+    sink: std::sync::OnceLock<EntrySink>,
 }
 
 impl StateLog {
@@ -65,6 +72,18 @@ impl StateLog {
         path: &Path,
         ring_bytes: u64,
         volume_id: [u8; 16],
+        progress: impl FnMut(u64),
+    ) -> Result<(), LogError> {
+        Self::create_from(path, ring_bytes, volume_id, 1, progress)
+    }
+
+    /// Like `create`, with the first entry to carry `first_seq` (a ring rebuilt after its
+    /// entries were recovered from the mirror continues their numbering).
+    pub fn create_from(
+        path: &Path,
+        ring_bytes: u64,
+        volume_id: [u8; 16],
+        first_seq: u64,
         mut progress: impl FnMut(u64),
     ) -> Result<(), LogError> {
         let io = |e| LogError::io(path, e);
@@ -87,7 +106,7 @@ impl StateLog {
             volume_id,
             generation: 1,
             tail_offset: 0,
-            tail_seq: 1,
+            tail_seq: first_seq,
         };
         use std::os::unix::fs::FileExt;
         f.write_all_at(&header.encode(), 0).map_err(io)?;
@@ -134,6 +153,7 @@ impl StateLog {
             tail_offset: scanned.header.tail_offset,
             tail_seq: scanned.header.tail_seq,
             next_seq: scanned.next_seq,
+            written: Vec::new(),
             flushed_pos: scanned.used_bytes,
             flushed_head: scanned.head_offset,
             flushed_seq: scanned.next_seq - 1,
@@ -142,7 +162,24 @@ impl StateLog {
             path: path.to_path_buf(),
             ring: Mutex::new(ring),
             space: Condvar::new(),
+            sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the receiver of every later append (once).
+    pub fn set_sink(&self, sink: EntrySink) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Hands the entries of the last append to the sink, still under the ring lock so
+    /// that they arrive in seq order.
+    fn forward(&self, ring: &mut Ring) {
+        let written = std::mem::take(&mut ring.written);
+        if let Some(sink) = self.sink.get() {
+            for (seq, start, len) in written {
+                sink(seq, ring.map.bytes_mut()[start..start + len].to_vec());
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -173,7 +210,9 @@ impl StateLog {
             return Err(LogError::TooLarge { payload_bytes });
         }
         let mut ring = self.lock();
-        Ok(ring.append(kind, op_id, state, parts, reserve_bytes))
+        let appended = ring.append(kind, op_id, state, parts, reserve_bytes);
+        self.forward(&mut ring);
+        Ok(appended)
     }
 
     /// Appends, waiting (up to `timeout` per round) for a reclaim when the ring is full.
@@ -188,6 +227,7 @@ impl StateLog {
         let mut ring = self.lock();
         loop {
             if let Some(a) = ring.append(kind, op_id, state, parts, 0) {
+                self.forward(&mut ring);
                 return Ok(a);
             }
             ring = self
@@ -308,6 +348,8 @@ impl Ring {
         };
         let encoded = header.encode(parts);
         let start = (HEADER_AREA_BYTES + self.head) as usize;
+        self.written
+            .push((seq, start, ENTRY_HEADER_BYTES + payload_bytes));
         let bytes = self.map.bytes_mut();
         // The header goes first so that a write cut short is recognisable as a torn entry.
         bytes[start..start + ENTRY_HEADER_BYTES].copy_from_slice(&encoded);

@@ -11,6 +11,28 @@ pub struct ScannedEntry {
     pub payload: Vec<u8>,
 }
 
+impl ScannedEntry {
+    /// The entry's bytes as they are in the ring (header and payload), as mirrored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.header.encode(&[&self.payload]).to_vec();
+        b.extend_from_slice(&self.payload);
+        b
+    }
+
+    /// Decodes an entry received from the mirror; None when it is not a valid entry.
+    pub fn from_bytes(bytes: &[u8]) -> Option<ScannedEntry> {
+        let header = EntryHeader::decode_checked(bytes)?;
+        if header.len as usize != bytes.len() {
+            return None;
+        }
+        Some(ScannedEntry {
+            header,
+            offset: 0,
+            payload: bytes[ENTRY_HEADER_BYTES..].to_vec(),
+        })
+    }
+}
+
 /// How the valid prefix ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanEnd {

@@ -1,0 +1,193 @@
+//! The daemon's side of mirroring: every ring entry goes to the mirror agent; in `sync`
+//! mode an op is answered only once the agent acknowledged its entries. What happens when
+//! the agent is unreachable is the user's policy (`wait` or `degrade`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use smlog_wire::{MirrorClient, MirrorConfig, MirrorError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorMode {
+    /// Answer only after the agent acknowledged.
+    Sync,
+    /// Send in the background; answer at once.
+    Async,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnLoss {
+    /// Writes block until the agent is back; after `loss_timeout_ms` they fail with EIO.
+    Wait,
+    /// Writes go on unprotected; the agent is resynchronised when it returns.
+    Degrade,
+}
+
+/// Everything `--mirror …` options say.
+#[derive(Clone, Debug)]
+pub struct MirrorOptions {
+    pub routes: Vec<SocketAddr>,
+    pub mode: MirrorMode,
+    pub on_loss: OnLoss,
+    pub loss_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub timeout_ms: u64,
+    pub secret: Option<Vec<u8>>,
+    pub node: String,
+}
+
+impl MirrorOptions {
+    /// Parses `HOST:PORT[,HOST:PORT…]`; every name must resolve.
+    pub fn parse_routes(list: &str) -> Result<Vec<SocketAddr>, String> {
+        let mut out = Vec::new();
+        for r in list.split(',').filter(|r| !r.is_empty()) {
+            let addr = r
+                .to_socket_addrs()
+                .map_err(|e| format!("--mirror {r}: {e} (expected HOST:PORT)"))?
+                .next()
+                .ok_or_else(|| format!("--mirror {r}: the name resolves to no address"))?;
+            out.push(addr);
+        }
+        if out.is_empty() {
+            return Err("--mirror: no HOST:PORT given".into());
+        }
+        Ok(out)
+    }
+
+    pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+        let s =
+            std::fs::read(path).map_err(|e| format!("--secret-file {}: {e}", path.display()))?;
+        let trimmed: Vec<u8> = s.trim_ascii().to_vec();
+        if trimmed.is_empty() {
+            return Err(format!("--secret-file {} is empty", path.display()));
+        }
+        Ok(trimmed)
+    }
+
+    pub fn client_config(&self, volume_id: [u8; 16], epoch: u64) -> MirrorConfig {
+        let mut c = MirrorConfig::new(self.routes.clone(), volume_id, &self.node, epoch);
+        c.secret = self.secret.clone();
+        c.heartbeat_ms = self.heartbeat_ms;
+        c.timeout_ms = self.timeout_ms;
+        c
+    }
+
+    pub fn routes_text(&self) -> String {
+        self.routes
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A live mirror link of one mounted volume.
+pub struct Mirror {
+    pub client: MirrorClient,
+    pub options: MirrorOptions,
+    /// Set once the link failed for good (fenced, auth, gap): the node stops writing.
+    fatal: AtomicBool,
+    warned_unprotected: AtomicBool,
+}
+
+/// Why an op could not be protected.
+#[derive(Debug)]
+pub enum MirrorWaitError {
+    /// The volume was taken over by a newer epoch: this node must stop writing.
+    Fenced(String),
+    /// Policy `wait` timed out, or the link failed for good.
+    Failed(String),
+}
+
+impl Mirror {
+    pub fn connect(
+        options: MirrorOptions,
+        volume_id: [u8; 16],
+        epoch: u64,
+    ) -> Result<Mirror, MirrorError> {
+        let client = MirrorClient::connect(options.client_config(volume_id, epoch))?;
+        log::info!(
+            "mirror: connected to the agent via {:?} (routes {}), mode {:?}, on loss {:?}",
+            client.status().route_in_use,
+            options.routes_text(),
+            options.mode,
+            options.on_loss
+        );
+        Ok(Mirror {
+            client,
+            options,
+            fatal: AtomicBool::new(false),
+            warned_unprotected: AtomicBool::new(false),
+        })
+    }
+
+    /// Queues one entry (called under the ring lock, in seq order).
+    pub fn submit(&self, seq: u64, entry: Vec<u8>) {
+        if let Err(e) = self.client.submit(seq, entry) {
+            if !self.fatal.swap(true, Ordering::AcqRel) {
+                log::error!("mirror: cannot queue seq {seq}: {e}");
+            }
+        }
+    }
+
+    /// Waits as the policy says until `seq` is acknowledged by the agent.
+    pub fn wait(&self, seq: u64) -> Result<(), MirrorWaitError> {
+        if self.options.mode == MirrorMode::Async {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.options.loss_timeout_ms);
+        loop {
+            let step = match self.options.on_loss {
+                OnLoss::Wait => deadline.saturating_duration_since(Instant::now()),
+                OnLoss::Degrade => Duration::from_millis(self.options.timeout_ms),
+            };
+            match self
+                .client
+                .wait_acked(seq, step.max(Duration::from_millis(1)))
+            {
+                Ok(()) => {
+                    if self.warned_unprotected.swap(false, Ordering::AcqRel) {
+                        log::warn!("mirror: the agent is back and acknowledged through seq {seq}: protected again");
+                    }
+                    return Ok(());
+                }
+                Err(MirrorError::Fenced { ours, current }) => {
+                    return Err(MirrorWaitError::Fenced(format!(
+                        "the volume was taken over (our epoch {ours}, current {current})"
+                    )))
+                }
+                Err(e) if e.is_fatal() => return Err(MirrorWaitError::Failed(e.to_string())),
+                Err(e) => match self.options.on_loss {
+                    OnLoss::Wait => {
+                        if Instant::now() >= deadline {
+                            return Err(MirrorWaitError::Failed(format!(
+                                "no acknowledgement from the mirror agent within {} ms: {e}",
+                                self.options.loss_timeout_ms
+                            )));
+                        }
+                    }
+                    OnLoss::Degrade => {
+                        if !self.warned_unprotected.swap(true, Ordering::AcqRel) {
+                            log::warn!(
+                                "mirror: UNPROTECTED — the agent ({}) is unreachable; writes go on and will be resent when it returns: {e}",
+                                self.options.routes_text()
+                            );
+                        }
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// True when the agent holds everything submitted (fsync may skip the local flush).
+    pub fn protected(&self) -> bool {
+        self.options.mode == MirrorMode::Sync && self.client.status().protected
+    }
+
+    pub fn checkpoint(&self, through_seq: u64) {
+        self.client.checkpoint(through_seq);
+    }
+}
