@@ -241,13 +241,13 @@ pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError
     }
     check_fuse_available()?;
     let mirror = o.mirror.options()?;
-    // Refuse early and clearly if a live daemon holds the volume, or another node owns it.
-    drop(VolumeLock::acquire(&voldir)?);
+    // Refuse early and clearly if another node owns the volume, or a live daemon holds it.
     let node = mirror
         .as_ref()
         .map(|m| m.node.clone())
         .unwrap_or_else(|| super::node_name(o.mirror.node.as_deref()));
     super::failover::check_owner(&voldir, &node)?;
+    drop(VolumeLock::acquire(&voldir)?);
     let mnt = prepare_mountpoint(mnt)?;
     if o.foreground {
         run_daemon(&voldir, &mnt, parsed, mirror, o.takeover)
