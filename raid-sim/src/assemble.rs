@@ -178,6 +178,17 @@ pub struct Inspection {
     pub spares: Vec<PathBuf>,
     /// Files that belong to no member slot (other arrays, duplicates), with the reason.
     pub ignored: Vec<(PathBuf, String)>,
+    /// What the journal holds for the next assembly, or why it cannot be read.
+    pub journal: Result<JournalReport, String>,
+}
+
+/// The journal as `status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalReport {
+    /// Records past the checkpoint that the next assembly replays.
+    pub pending_records: usize,
+    /// Stripes in dirty regions that the next assembly resyncs.
+    pub dirty_stripes: usize,
 }
 
 impl Inspection {
@@ -456,6 +467,7 @@ fn classify(dir: &Path, found: Vec<Found>) -> Result<Classified, VolumeError> {
             members,
             spares: spare_paths,
             ignored,
+            journal: Err("not read".into()),
         },
         usable,
         spares,
@@ -464,7 +476,32 @@ fn classify(dir: &Path, found: Vec<Found>) -> Result<Classified, VolumeError> {
 
 /// Inspects a volume directory without writing anything (for `status`).
 pub fn inspect(dir: &Path) -> Result<Inspection, VolumeError> {
-    Ok(classify(dir, scan(dir, false))?.inspection)
+    let mut i = classify(dir, scan(dir, false))?.inspection;
+    i.journal = inspect_journal(dir, i.array_id, &i.geometry);
+    Ok(i)
+}
+
+fn inspect_journal(dir: &Path, array_id: u128, g: &Geometry) -> Result<JournalReport, String> {
+    let open = |name: &str| -> Result<Box<dyn MemberIo>, String> {
+        let p = dir.join(name);
+        File::open(&p)
+            .map(|f| Box::new(FileMember::new(f)) as Box<dyn MemberIo>)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (_, recovery) = Journal::open(
+        &dir.join(JOURNAL_FILE),
+        open(JOURNAL_FILE)?,
+        &dir.join(RECORDS_FILE),
+        open(RECORDS_FILE)?,
+        array_id,
+        g,
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(JournalReport {
+        pending_records: recovery.records.len(),
+        dirty_stripes: recovery.dirty_stripes.len(),
+    })
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> VolumeError + '_ {

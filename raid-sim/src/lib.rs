@@ -15,7 +15,9 @@ mod raid;
 mod rebuild;
 mod single;
 
-pub use assemble::{in_use, inspect, member_name, spare_name, Inspection, MemberReport};
+pub use assemble::{
+    in_use, inspect, member_name, spare_name, Inspection, JournalReport, MemberReport,
+};
 pub use journal::{JOURNAL_FILE, RECORDS_FILE};
 pub use layout::Geometry;
 pub use raid::{RaidOptions, RaidVolume, Stats};

@@ -244,6 +244,13 @@ fn status_json(i: &Inspection, busy: bool) -> String {
             s as f64 * 100.0 / g.stripes as f64
         ),
     };
+    let journal = match &i.journal {
+        Ok(j) => format!(
+            "{{\"pending_records\":{},\"dirty_stripes\":{}}}",
+            j.pending_records, j.dirty_stripes
+        ),
+        Err(e) => format!("{{\"error\":{}}}", json_str(e)),
+    };
     let scrub = match raid_sim::scrub_progress(&i.dir) {
         None => "null".to_string(),
         Some((d, t)) => format!("{{\"next_stripe\":{d},\"stripes\":{t}}}"),
@@ -251,7 +258,7 @@ fn status_json(i: &Inspection, busy: bool) -> String {
     format!(
         "{{\"kind\":\"raid5\",\"array_id\":\"{:032x}\",\"disks\":{},\"chunk_bytes\":{},\"stripes\":{},\
          \"capacity_bytes\":{},\"events\":{},\"degraded\":{},\"in_use\":{busy},\"members\":[{}],\
-         \"spares\":[{}],\"rebuild\":{rebuild},\"scrub\":{scrub},\"rebuild_rate_bytes_per_s\":{}}}",
+         \"spares\":[{}],\"rebuild\":{rebuild},\"scrub\":{scrub},\"journal\":{journal},\"rebuild_rate_bytes_per_s\":{}}}",
         i.array_id,
         g.disks,
         g.chunk_bytes,
@@ -313,6 +320,13 @@ fn status_text(i: &Inspection, busy: bool) -> String {
     }
     if let Some((d, t)) = raid_sim::scrub_progress(&i.dir) {
         s.push_str(&format!("scrub: {d}/{t} stripes\n"));
+    }
+    match &i.journal {
+        Ok(j) => s.push_str(&format!(
+            "journal: {} record(s) to replay, {} stripe(s) in dirty regions to resync at the next assembly\n",
+            j.pending_records, j.dirty_stripes
+        )),
+        Err(e) => s.push_str(&format!("journal: unreadable: {e}\n")),
     }
     s
 }

@@ -51,6 +51,10 @@ fn command_line_lifecycle() {
         "{json}"
     );
     assert!(
+        json.contains("\"journal\":{\"pending_records\":0,\"dirty_stripes\":0}"),
+        "{json}"
+    );
+    assert!(
         json.contains("\"index\":3") && json.contains("member-3.img"),
         "{json}"
     );

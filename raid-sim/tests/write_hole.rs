@@ -51,6 +51,9 @@ fn crash_between_data_and_parity_then_member_loss_reads_back_correct() {
     vol.abandon();
     model[logical as usize..logical as usize + 4096].copy_from_slice(&new);
 
+    // The journal holds the interrupted update (what `raid-sim status` shows).
+    let j = raid_sim::inspect(dir.path()).unwrap().journal.unwrap();
+    assert!(j.pending_records >= 1 && j.dirty_stripes >= 1, "{j:?}");
     // On disk now: new data, old parity — the hole is open.
     assert_eq!(raw_block(dir.path(), written, at), new);
     let mut naive = vec![0u8; 4096];
