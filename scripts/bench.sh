@@ -68,6 +68,18 @@ trap cleanup EXIT
 
 # --- targets -----------------------------------------------------------------------------
 
+# True once no thread of PID runs any more: a killed daemon's main thread can be a zombie while
+# other threads still exit (and hold the volume lock); nobody here reaps it.
+pid_gone() {
+    local s st
+    for s in /proc/"$1"/task/*/stat; do
+        [ -e "$s" ] || continue
+        st="$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f1)"
+        case "$st" in Z | X | "") ;; *) return 1 ;; esac
+    done
+    return 0
+}
+
 dir_of() { # the directory a workload runs in
     if [ "$1" == native ]; then echo "$work/native"; else echo "$work/$1.mnt"; fi
 }
@@ -109,7 +121,7 @@ wait_daemon_gone() {
     pid="$(cat "$work/$1.vol/daemon.pid" 2>/dev/null || true)"
     [ -n "$pid" ] || return 0
     for _ in $(seq 1 3000); do
-        if [ ! -e "/proc/$pid" ] || [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == Z ]; then return 0; fi
+        if pid_gone "$pid"; then return 0; fi
         sleep 0.01
     done
     echo "daemon $pid did not exit" >&2
@@ -203,7 +215,7 @@ recovery_time() {
     before="$("$smlogfs" inspect "$vol" 2>/dev/null | tail -3 | tr '\n' ' ' || true)"
     kill -9 "$pid"
     for _ in $(seq 1 1000); do
-        if [ ! -e "/proc/$pid" ] || [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == Z ]; then break; fi
+        if pid_gone "$pid"; then break; fi
         sleep 0.01
     done
     local t0 t1

@@ -70,6 +70,18 @@ fi
 
 log() { echo "$(date +%T) $*"; }
 
+# True once no thread of PID runs any more: a killed daemon's main thread can be a zombie while
+# other threads still exit (and hold the volume lock); nobody here reaps it.
+pid_gone() {
+    local s st
+    for s in /proc/"$1"/task/*/stat; do
+        [ -e "$s" ] || continue
+        st="$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f1)"
+        case "$st" in Z | X | "") ;; *) return 1 ;; esac
+    done
+    return 0
+}
+
 # A small tree for cp -r and tar: files of several sizes, a subdirectory, a symlink.
 make_template() {
     local t="$state/template"
@@ -283,7 +295,7 @@ kill_and_remount() {
     kill -9 "$pid" 2>/dev/null
     for _ in $(seq 1 2000); do
         # Gone or a zombie (the daemon is not our child).
-        if [ ! -e "/proc/$pid" ] || [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == Z ]; then break; fi
+        if pid_gone "$pid"; then break; fi
         sleep 0.01
     done
     local t0=$EPOCHREALTIME

@@ -12,7 +12,8 @@
 //! system and a wrapped ring. After a failed iteration the test starts over on a fresh volume.
 //!
 //! Env: `CRASH_ITERATIONS` (default 50), `CRASH_SEED` (default: from the clock; each iteration
-//! prints its seed), `CRASH_MKFS` (mkfs arguments, default `common::DEFAULT_MKFS`).
+//! prints its seed), `CRASH_MKFS` (mkfs arguments, default `common::DEFAULT_MKFS`),
+//! `SMLOGFS_TEST_KEEP=1` (keep the volume of each failed iteration for a post-mortem).
 //! Every iteration prints one line starting with `crash-iteration` and `PASS` or `FAIL`;
 //! `scripts/crash-test.sh` counts them.
 
@@ -908,9 +909,7 @@ fn iteration(v: &mut Volume, model: &mut Model, seed: u64) -> Result<String, Str
             ));
         }
     }
-    let started = Instant::now();
-    v.remount();
-    let recovery = started.elapsed();
+    let recovery = v.try_remount()?;
     let (matched, how) = verify(&root, &out)?;
     *model = matched;
     v.umount();
@@ -982,6 +981,9 @@ fn kill9_at_random_points_keeps_every_acknowledged_op() {
                     t.elapsed().as_millis()
                 );
                 failures.push(i);
+                if std::env::var_os("SMLOGFS_TEST_KEEP").is_some() {
+                    v.keep_on_drop();
+                }
                 // Start over on a fresh volume (the old one is dropped: unmounted, removed).
                 drop(std::mem::replace(&mut v, fresh_volume()));
                 model = Model::default();

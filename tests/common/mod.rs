@@ -48,6 +48,7 @@ pub struct Volume {
     mount_args: Vec<String>,
     mounted: bool,
     native: bool,
+    keep: bool,
     root: Option<tempfile::TempDir>,
 }
 
@@ -86,6 +87,7 @@ impl Volume {
             mount_args: Vec::new(),
             mounted: false,
             native,
+            keep: false,
             root: Some(root),
         }
     }
@@ -122,9 +124,17 @@ impl Volume {
     }
 
     fn mount_now(&mut self) {
+        if let Err(e) = self.try_remount() {
+            panic!("{e}");
+        }
+    }
+
+    /// Like `remount` but returns the failure instead of panicking; Ok holds how long
+    /// `smlogfs mount` took (recovery included).
+    pub fn try_remount(&mut self) -> Result<Duration, String> {
         if self.native {
             self.mounted = true;
-            return;
+            return Ok(Duration::ZERO);
         }
         let started = Instant::now();
         let out = run(Command::new(smlogfs_bin())
@@ -132,23 +142,32 @@ impl Volume {
             .arg(&self.voldir)
             .arg(&self.mnt)
             .args(&self.mount_args));
-        assert!(
-            out.status.success(),
-            "smlogfs mount {} {} {:?} failed after {:?}: {}",
-            self.voldir.display(),
-            self.mnt.display(),
-            self.mount_args,
-            started.elapsed(),
-            describe(&out)
-        );
-        assert!(
-            is_fuse_mount(&self.mnt),
-            "smlogfs mount returned success but {} is not a FUSE mount",
-            self.mnt.display()
-        );
+        let took = started.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "smlogfs mount {} {} {:?} failed after {:?}: {}",
+                self.voldir.display(),
+                self.mnt.display(),
+                self.mount_args,
+                took,
+                describe(&out)
+            ));
+        }
+        if !is_fuse_mount(&self.mnt) {
+            return Err(format!(
+                "smlogfs mount returned success but {} is not a FUSE mount",
+                self.mnt.display()
+            ));
+        }
         // The mount is ready: the root must answer.
-        fs::metadata(&self.mnt).expect("stat of the freshly mounted root");
+        fs::metadata(&self.mnt).map_err(|e| format!("stat of the freshly mounted root: {e}"))?;
         self.mounted = true;
+        Ok(took)
+    }
+
+    /// Keeps the temporary directory (volume and daemon.log) when the Volume is dropped.
+    pub fn keep_on_drop(&mut self) {
+        self.keep = true;
     }
 
     /// The daemon's pid from VOLDIR/daemon.pid.
@@ -259,7 +278,9 @@ impl Drop for Volume {
         self.cleanup();
         if let Some(root) = self.root.take() {
             // Keep the volume for a post-mortem when asked to.
-            if std::env::var_os("SMLOGFS_TEST_KEEP").is_some() && std::thread::panicking() {
+            let keep = self.keep
+                || (std::env::var_os("SMLOGFS_TEST_KEEP").is_some() && std::thread::panicking());
+            if keep {
                 let kept = root.keep();
                 eprintln!("kept test volume in {}", kept.display());
             } else {
@@ -299,19 +320,26 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<(
     }
 }
 
-/// Alive means present and not a zombie (the daemon is not our child, so nobody here reaps it).
+/// Alive while any thread of the process still runs. A killed multi-threaded process can show
+/// its main thread as a zombie while other threads are still exiting and holding its files (and
+/// so its flock on VOLDIR/lock); the daemon is not our child, so nobody here reaps it either.
 pub fn pid_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the last ')' (the command name may hold spaces or parens).
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next())
-                .unwrap_or("?");
-            state != "Z" && state != "X"
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        match fs::read_to_string(t.path().join("stat")) {
+            Ok(stat) => {
+                // The state follows the last ')' (the command name may hold spaces or parens).
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next())
+                    .unwrap_or("X");
+                state != "Z" && state != "X"
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
-    }
+    })
 }
 
 fn is_smlogfs(pid: i32) -> bool {
