@@ -161,6 +161,24 @@ pub struct FsStatus {
     pub poisoned: Option<String>,
     pub inodes: u64,
     pub dirty_blocks: u64,
+    /// None without a mirror.
+    pub mirror: Option<MirrorInfo>,
+}
+
+/// The mirror link as `status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MirrorInfo {
+    pub routes: String,
+    pub route_in_use: Option<String>,
+    pub connected: bool,
+    pub protected: bool,
+    pub mode: String,
+    pub on_loss: String,
+    pub unacked_entries: u64,
+    pub acked_through: Option<u64>,
+    pub rtt_us: u64,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
 }
 
 impl Fs {
@@ -1177,6 +1195,7 @@ impl Fs {
         FsStatus {
             ops_accepted: accepted.saturating_sub(applied + failed),
             ops_mirrored: 0,
+            // (with a mirror, ops_applied counts answered ops; the agent's ack state is in `mirror`)
             ops_applied: applied.saturating_sub(committed),
             ops_committed: committed,
             ring_used_bytes: ring.used_bytes,
@@ -1199,6 +1218,22 @@ impl Fs {
             poisoned: core.poisoned.clone(),
             inodes: core.state.inodes.len() as u64,
             dirty_blocks: core.state.dirty.blocks.len() as u64,
+            mirror: self.mirror.get().map(|m| {
+                let st = m.client.status();
+                MirrorInfo {
+                    routes: m.options.routes_text(),
+                    route_in_use: st.route_in_use.map(|r| r.to_string()),
+                    connected: st.connected,
+                    protected: st.protected,
+                    mode: format!("{:?}", m.options.mode).to_lowercase(),
+                    on_loss: format!("{:?}", m.options.on_loss).to_lowercase(),
+                    unacked_entries: st.unacked_entries as u64,
+                    acked_through: st.acked_through,
+                    rtt_us: st.rtt_us,
+                    reconnects: st.reconnects,
+                    last_error: st.last_error,
+                }
+            }),
         }
     }
 
