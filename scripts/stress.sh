@@ -123,6 +123,7 @@ same() { # same REL...: the mount and the shadow agree on every REL
 }
 
 epoch() { cat "$epoch_file"; }
+set_epoch() { echo "$1" >"$epoch_file.new" && mv "$epoch_file.new" "$epoch_file"; } # atomic
 
 wait_mounted() { # until the epoch is even and the worker dir answers; 120 s at most
     local i
@@ -236,10 +237,14 @@ worker() {
             shadow_cmd="setfattr -n $an -v '$val' '$S/$e'" ;;
         esac
         desc="w$K step $n $kind ${targets[*]}"
-        # Do not start a step while a kill/remount is under way.
-        while [ $(($(epoch) % 2)) -ne 0 ]; do sleep 0.02; done
+        # Do not start a step while a kill/remount is under way; the epoch read here is the
+        # one the step started in.
         local before after
-        before="$(epoch)"
+        while :; do
+            before="$(epoch)"
+            [ $((before % 2)) -ne 0 ] || break
+            sleep 0.02
+        done
         if timeout 300 bash -c "$mount_cmd" >>"$state/w$K.log" 2>&1; then
             if ! bash -c "$shadow_cmd" >>"$state/w$K.log" 2>&1; then
                 echo "$desc ERROR shadow step failed: $shadow_cmd" >>"$manifest"
@@ -291,7 +296,7 @@ kill_and_remount() {
     local pid e
     pid="$(cat "$voldir/daemon.pid")"
     e="$(epoch)"
-    echo $((e + 1)) >"$epoch_file"
+    set_epoch $((e + 1))
     kill -9 "$pid" 2>/dev/null
     for _ in $(seq 1 2000); do
         # Gone or a zombie (the daemon is not our child).
@@ -305,7 +310,7 @@ kill_and_remount() {
         return 1
     fi
     echo "KILL pid $pid remounted in $(awk "BEGIN{printf \"%.0f\", ($EPOCHREALTIME - $t0) * 1000}") ms" >>"$manifest"
-    echo $((e + 2)) >"$epoch_file"
+    set_epoch $((e + 2))
 }
 
 killer() {
