@@ -226,6 +226,9 @@ impl Inner {
         let bs = BLOCK_BYTES as usize;
         // Stripes per group: about 1 MiB per member and read call.
         let group_stripes = ((1u64 << 20) / g.chunk_bytes).clamp(1, 16);
+        // Buffers reused by every group (fresh large allocations cost page faults).
+        let cap = (group_stripes * g.chunk_bytes) as usize;
+        let mut pool: Vec<Vec<u8>> = (0..g.disks).map(|_| vec![0u8; cap]).collect();
         while s < end {
             if self.stop.load(Ordering::Relaxed) {
                 break;
@@ -245,7 +248,9 @@ impl Inner {
                 }
                 let at = g.member_offset(s, 0);
                 let first = g.member_block(s, 0) as usize;
-                let mut srcs = Vec::new();
+                let (out_buf, src_bufs) = pool.split_first_mut().expect("disks >= 3");
+                let mut srcs: Vec<&[u8]> = Vec::new();
+                let mut src_bufs = src_bufs.iter_mut();
                 // Block rows whose sources fail their checksums cannot be rebuilt.
                 let mut lost_rows: Vec<usize> = Vec::new();
                 for o in (0..g.disks).filter(|o| *o != k) {
@@ -257,8 +262,8 @@ impl Inner {
                             ),
                         });
                     };
-                    let mut buf = vec![0u8; bytes];
-                    if let Err(e) = m.io.read_at(at, &mut buf) {
+                    let buf = &mut src_bufs.next().expect("one buffer per source")[..bytes];
+                    if let Err(e) = m.io.read_at(at, buf) {
                         self.fail_member(o, &format!("read error during rebuild: {e}"))?;
                         return Err(VolumeError::io(&m.path, e));
                     }
@@ -275,16 +280,15 @@ impl Inner {
                     }
                     srcs.push(buf);
                 }
-                let refs: Vec<&[u8]> = srcs.iter().map(|v| v.as_slice()).collect();
-                let mut out = vec![0u8; bytes];
-                xor_many(&mut out, &refs);
+                let out = &mut out_buf[..bytes];
+                xor_many(out, &srcs);
                 for (i, b) in out.chunks_exact(bs).enumerate() {
                     // A lost row gets an entry that can never match, so the garbage
                     // rebuilt there is reported on read instead of returned as data.
                     let c = block_crc(b) ^ if lost_rows.contains(&i) { u32::MAX } else { 0 };
                     target.csums[first + i].store(c, Ordering::Release);
                 }
-                if let Err(e) = target.io.write_at(at, &out) {
+                if let Err(e) = target.io.write_at(at, out) {
                     self.fail_member(k, &format!("write error during rebuild: {e}"))?;
                     return Ok(true);
                 }
