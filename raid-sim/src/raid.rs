@@ -345,6 +345,20 @@ impl Inner {
         }
     }
 
+    /// The member if it serves `stripe` (cheaper than a whole `view` on the read path).
+    fn usable_member(&self, m: u32, stripe: u64) -> Option<Arc<Member>> {
+        let st = lock_read(&self.state);
+        let mem = st.members[m as usize].as_ref()?;
+        let ok = match st.states[m as usize] {
+            MemberState::Active => true,
+            MemberState::Rebuilding => {
+                matches!(st.rebuild, Some((r, next)) if r == m && stripe < next)
+            }
+            MemberState::Failed => false,
+        };
+        ok.then(|| Arc::clone(mem))
+    }
+
     pub fn stripe_lock(&self, stripe: u64) -> &RwLock<()> {
         &self.stripe_locks[(stripe % STRIPE_LOCKS as u64) as usize]
     }
@@ -614,8 +628,7 @@ impl Inner {
 
     /// Plain read of a healthy member whose blocks all match their checksums.
     fn read_fast(&self, stripe: u64, member: u32, chunk_offset: u64, buf: &mut [u8]) -> bool {
-        let view = self.view();
-        let Some(m) = view.usable(member, stripe) else {
+        let Some(m) = self.usable_member(member, stripe) else {
             return false;
         };
         let at = self.geometry.member_offset(stripe, chunk_offset);
