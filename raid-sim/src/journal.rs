@@ -411,3 +411,123 @@ impl Journal {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::RecordRange;
+    use crate::member::FileMember;
+    use proptest::prelude::*;
+    use std::fs::OpenOptions;
+
+    fn files(dir: &Path, ring_bytes: u64, g: &Geometry) {
+        let j = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(JOURNAL_FILE))
+            .unwrap();
+        let r = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(RECORDS_FILE))
+            .unwrap();
+        r.set_len(ring_bytes).unwrap();
+        Journal::create(
+            &dir.join(JOURNAL_FILE),
+            &FileMember::new(j),
+            7,
+            ring_bytes,
+            g,
+        )
+        .unwrap();
+    }
+
+    fn open(dir: &Path, g: &Geometry) -> (Journal, Recovery) {
+        let o = |n: &str| {
+            Box::new(FileMember::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(dir.join(n))
+                    .unwrap(),
+            )) as Box<dyn MemberIo>
+        };
+        Journal::open(
+            &dir.join(JOURNAL_FILE),
+            o(JOURNAL_FILE),
+            &dir.join(RECORDS_FILE),
+            o(RECORDS_FILE),
+            7,
+            g,
+            false,
+        )
+        .unwrap()
+    }
+
+    fn record(stripe: u64, blocks: usize, tag: u8) -> Record {
+        Record {
+            seq: 0,
+            stripe,
+            ranges: vec![RecordRange {
+                member: (stripe % 4) as u32,
+                chunk_offset: 0,
+                data: vec![tag; blocks * 4096],
+            }],
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Whatever the record sizes, checkpoints and wrap-arounds, a reopen (after a
+        /// crash: no checkpoint) returns exactly the records appended since the last
+        /// checkpoint, in order, and the bitmap names their stripes.
+        #[test]
+        fn reopen_returns_exactly_the_records_since_the_checkpoint(
+            ops in proptest::collection::vec((0u64..64, 1usize..5, 0u8..10), 1..80))
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let g = Geometry { disks: 4, chunk_bytes: 16384, stripes: 64 };
+            let ring = min_ring_bytes(&g);
+            files(dir.path(), ring, &g);
+            let (mut j, rec) = open(dir.path(), &g);
+            prop_assert!(rec.records.is_empty() && rec.dirty_stripes.is_empty());
+            let mut since: Vec<(u64, u8)> = Vec::new();
+            let mut cleared = true;
+            for (i, (stripe, blocks, action)) in ops.iter().enumerate() {
+                let tag = i as u8;
+                let mut batch = vec![record(*stripe, *blocks, tag)];
+                j.mark_dirty(&[*stripe]).unwrap();
+                cleared = false;
+                if j.append(&mut batch).unwrap().is_err() {
+                    j.checkpoint(false).unwrap();
+                    since.clear();
+                    prop_assert!(j.append(&mut batch).unwrap().is_ok(), "empty ring refused a record");
+                }
+                since.push((*stripe, tag));
+                if *action == 0 {
+                    j.checkpoint(true).unwrap();
+                    since.clear();
+                    cleared = true;
+                }
+            }
+            drop(j);
+            let (_, rec) = open(dir.path(), &g);
+            let got: Vec<(u64, u8)> = rec.records.iter().map(|r| (r.stripe, r.ranges[0].data[0])).collect();
+            prop_assert_eq!(&got, &since);
+            for w in rec.records.windows(2) {
+                prop_assert_eq!(w[0].seq + 1, w[1].seq);
+            }
+            for (s, _) in &since {
+                prop_assert!(rec.dirty_stripes.contains(s));
+            }
+            if cleared {
+                prop_assert!(rec.dirty_stripes.is_empty());
+            }
+        }
+    }
+}
