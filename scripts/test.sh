@@ -6,7 +6,7 @@ export RUST_BACKTRACE=1
 echo "== build"
 cargo build --release --workspace
 echo "== unit, property, real-mount and crash tests"
-cargo test --release --workspace -- --test-threads=2
+cargo test --release --workspace --no-fail-fast -- --test-threads=2
 echo "== fsx on a mounted file"
 bash scripts/fsx.sh 100000
 echo "== all tests passed"
