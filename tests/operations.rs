@@ -304,6 +304,74 @@ fn offline_status_reads_the_files_after_a_crash_and_after_a_clean_unmount() {
     );
 }
 
+#[test]
+fn status_during_a_raid_rebuild_shows_progress_that_increases() {
+    let mut v = Volume::new(&[
+        "--size", "1G", "--ring", "16M", "--disks", "3", "--spares", "1",
+    ]);
+    v.mount(&[]);
+    write_file(v.path("kept"), &pattern(7, 3 << 20));
+    let start = status_json(v.mnt());
+    let raid = &start["raid"];
+    assert_eq!(raid["disks"], 3, "{start}");
+    assert_eq!(raid["degraded"], false, "{start}");
+    assert_eq!(raid["spares"].as_array().map(Vec::len), Some(1), "{start}");
+
+    // What `raid-sim replace VOLDIR --member 1` does while the daemon holds the volume.
+    let request = v.voldir().join(raid_sim::REQUEST_FILE);
+    let tmp = v.voldir().join("raid.request.tmp");
+    fs::write(&tmp, "replace 1\n").unwrap();
+    fs::rename(&tmp, &request).unwrap();
+
+    let mut percents: Vec<f64> = Vec::new();
+    let mut text_during = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the rebuild did not finish: {percents:?}"
+        );
+        let doc = status_json(v.mnt());
+        let raid = &doc["raid"];
+        match raid["rebuild"].get("percent").and_then(Value::as_f64) {
+            Some(p) => {
+                assert_eq!(raid["rebuild"]["member"], 1, "{doc}");
+                assert_eq!(raid["degraded"], true, "{doc}");
+                assert_eq!(raid["members"][1]["state"], "rebuilding", "{doc}");
+                percents.push(p);
+                if text_during.is_none() {
+                    let out = smlogfs(&[&"status", &v.voldir()]);
+                    text_during = Some(String::from_utf8_lossy(&out.stdout).to_string());
+                }
+            }
+            None if !percents.is_empty() || raid["spares"].as_array().map(Vec::len) == Some(0) => {
+                break doc
+            }
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        percents.windows(2).all(|w| w[1] >= w[0]),
+        "rebuild progress went back: {percents:?}"
+    );
+    let distinct = percents.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(
+        distinct >= 1,
+        "no increasing progress seen during the rebuild: {percents:?}"
+    );
+    let text = text_during.unwrap();
+    assert!(
+        text.contains("rebuild: member 1") && text.contains("DEGRADED"),
+        "{text}"
+    );
+    assert_eq!(done["raid"]["degraded"], false, "{done}");
+    assert!(done["raid"]["rebuild"].is_null(), "{done}");
+    assert_eq!(read_file(v.path("kept")), pattern(7, 3 << 20));
+    v.umount();
+    v.assert_fsck_clean();
+}
+
 // ----- mount(8) and /etc/fstab ----------------------------------------------------------
 
 fn helper_path() -> PathBuf {
