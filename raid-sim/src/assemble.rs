@@ -833,10 +833,14 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
         &g,
         ropts.journal_sync,
     )?;
+    let live_rebuild = inspection
+        .rebuild
+        .filter(|(k, _)| states.get(*k as usize) == Some(&MemberState::Rebuilding));
     let state = ArrayState {
         members,
         states,
-        rebuild: inspection.rebuild,
+        // A rebuild whose new member is unusable now is over; the member counts as failed.
+        rebuild: live_rebuild,
         spares: spares
             .iter()
             .map(|f| Spare {

@@ -215,8 +215,18 @@ impl Inner {
     /// superblocks. Returns true when the rebuild has finished (or none runs).
     pub fn rebuild_step(&self, max_stripes: u64) -> Result<bool, VolumeError> {
         let g = self.geometry;
-        let Some((k, next)) = self.state.read().unwrap_or_else(|e| e.into_inner()).rebuild else {
-            return Ok(true);
+        let (k, next) = {
+            let mut st = lockw(&self.state);
+            let Some((k, next)) = st.rebuild else {
+                return Ok(true);
+            };
+            if st.members[k as usize].is_none() || st.states[k as usize] != MemberState::Rebuilding
+            {
+                // Nothing to rebuild onto any more.
+                st.rebuild = None;
+                return Ok(true);
+            }
+            (k, next)
         };
         let end = (next + max_stripes).min(g.stripes);
         let rate = self.rebuild_rate_bytes_per_s();

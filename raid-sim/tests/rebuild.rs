@@ -190,3 +190,25 @@ fn member_file_deleted_or_truncated_while_open_triggers_spare_rebuild() {
         assert_reads(&vol, &model);
     }
 }
+
+/// The new member of an unfinished rebuild goes missing: the array assembles degraded
+/// without it (nothing else is lost) and a later replace rebuilds from scratch.
+#[test]
+fn unfinished_rebuild_whose_target_vanished_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = create(dir.path(), 4, 8 << 10, 1 << 20, 0, &quiet());
+    let model = fill(&vol, &mut Rng(71));
+    vol.fail_member(1, "test").unwrap();
+    vol.start_rebuild(1, None).unwrap();
+    assert_eq!(vol.rebuild_progress(), Some((1, 0)));
+    vol.abandon();
+    std::fs::remove_file(dir.path().join(member_name(1))).unwrap();
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    assert_eq!(vol.rebuild_progress(), None);
+    assert!(vol.is_degraded());
+    assert_reads(&vol, &model);
+    vol.start_rebuild(1, None).unwrap();
+    vol.run_rebuild(|_, _| {}).unwrap();
+    assert!(!vol.is_degraded());
+    assert_reads(&vol, &model);
+}
