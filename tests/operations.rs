@@ -21,6 +21,7 @@ const NOT_A_VOLUME: i32 = 3;
 const MOUNTPOINT: i32 = 5;
 const BUSY: i32 = 6;
 const NO_FUSE: i32 = 8;
+const MIRROR: i32 = 12;
 const PERMISSION: i32 = 13;
 
 /// No periodic checkpoint during a test (the ring holds everything until unmount).
@@ -518,6 +519,31 @@ fn the_mount_helper_passes_daemon_options_and_refuses_unknown_ones() {
     let out = smlogfs(&[&"umount", &mnt]);
     assert!(out.status.success(), "{}", describe(&out));
     wait_for_daemon_exit(pid);
+}
+
+#[test]
+fn an_unreachable_mirror_given_as_a_mount_option_is_named() {
+    let v = Volume::new(DEFAULT_MKFS);
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let route = format!("127.0.0.1:{port}");
+    let sums = checksums(v.voldir());
+    let out = run(Command::new(helper_path())
+        .arg(v.voldir())
+        .arg(v.mnt())
+        .args(["-o", &format!("rw,mirror={route},_netdev")])
+        .env("SMLOGFS_BIN", smlogfs_bin()));
+    assert_fails(&out, MIRROR, &[&route, "mirror-agent"]);
+    assert!(!is_fuse_mount(v.mnt()));
+    assert_eq!(
+        checksums(v.voldir()),
+        sums,
+        "a refused mount changed VOLDIR"
+    );
 }
 
 // ----- errors -----------------------------------------------------------------------------

@@ -78,7 +78,13 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
             CliError::new(exit::NOT_A_VOLUME, e.to_string())
         }
         FsError::Volume(raid_sim::VolumeError::Io { .. }) => CliError::new(exit::IO, e.to_string()),
-        FsError::Mirror { .. } => CliError::new(exit::MIRROR, e.to_string()),
+        FsError::Mirror { .. } => CliError::new(
+            exit::MIRROR,
+            format!(
+                "{e}; check that mirror-agent runs on the peer and each route is reachable \
+                 (docs/operations.md, \"The peer or its mirror agent died\"); nothing was changed"
+            ),
+        ),
         FsError::Log(crate::statelog::LogError::Io { source, .. })
             if source.kind() != std::io::ErrorKind::NotFound =>
         {
