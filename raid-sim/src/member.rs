@@ -202,18 +202,8 @@ pub struct FaultyMember {
 }
 
 fn injected(what: &str) -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO).also_log(what)
-}
-
-trait AlsoLog {
-    fn also_log(self, what: &str) -> Self;
-}
-
-impl AlsoLog for io::Error {
-    fn also_log(self, what: &str) -> Self {
-        log::debug!("fault injected: {what}");
-        self
-    }
+    log::debug!("fault injected: {what}");
+    io::Error::from_raw_os_error(libc::EIO)
 }
 
 impl MemberIo for FaultyMember {
