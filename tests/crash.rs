@@ -15,7 +15,8 @@
 //! prints its seed), `CRASH_MKFS` (mkfs arguments, default `common::DEFAULT_MKFS`),
 //! `SMLOGFS_TEST_KEEP=1` (keep the volume of each failed iteration for a post-mortem).
 //! Every iteration prints one line starting with `crash-iteration` and `PASS` or `FAIL`;
-//! `scripts/crash-test.sh` counts them.
+//! `scripts/crash-test.sh` counts them. A second test does the same with a 4 MiB ring
+//! (`CRASH_SMALL_RING_ITERATIONS`, default 10).
 
 mod common;
 
@@ -856,16 +857,15 @@ fn verify(root: &Path, out: &Outcome) -> Result<(Model, &'static str), String> {
     ))
 }
 
-fn mkfs_args() -> Vec<String> {
+fn default_mkfs_args() -> Vec<String> {
     match std::env::var("CRASH_MKFS") {
         Ok(s) => s.split_whitespace().map(String::from).collect(),
         Err(_) => DEFAULT_MKFS.iter().map(|s| s.to_string()).collect(),
     }
 }
 
-fn fresh_volume() -> Volume {
-    let args = mkfs_args();
-    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+fn fresh_volume(mkfs_args: &[String]) -> Volume {
+    let args: Vec<&str> = mkfs_args.iter().map(|s| s.as_str()).collect();
     let mut v = Volume::new(&args);
     v.mount(&[]);
     std::fs::create_dir(v.path(WORK_DIR)).expect("mkdir work dir");
@@ -931,13 +931,17 @@ fn iteration(v: &mut Volume, model: &mut Model, seed: u64) -> Result<String, Str
     ))
 }
 
-#[test]
-fn kill9_at_random_points_keeps_every_acknowledged_op() {
-    unsafe { libc::umask(UMASK) };
-    let iterations: usize = std::env::var("CRASH_ITERATIONS")
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default)
+}
+
+/// Runs `iterations` kill points on one volume made with `mkfs_args`; each prints a line
+/// starting with `label`. Panics at the end if any failed.
+fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String]) {
+    unsafe { libc::umask(UMASK) };
     let base_seed: u64 = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -948,10 +952,10 @@ fn kill9_at_random_points_keeps_every_acknowledged_op() {
                 .as_nanos() as u64
         });
     eprintln!(
-        "crash test: {iterations} iterations, CRASH_SEED={base_seed}{}",
+        "{label}: {iterations} iterations, mkfs {mkfs_args:?}, CRASH_SEED={base_seed}{}",
         if native() { " (native mode)" } else { "" }
     );
-    let mut v = fresh_volume();
+    let mut v = fresh_volume(mkfs_args);
     let mut model = Model::default();
     let mut failures = Vec::new();
     let started = Instant::now();
@@ -972,12 +976,12 @@ fn kill9_at_random_points_keeps_every_acknowledged_op() {
         });
         match result {
             Ok(msg) => eprintln!(
-                "crash-iteration {i} seed {seed} PASS ({} ms): {msg}",
+                "{label} {i} seed {seed} PASS ({} ms): {msg}",
                 t.elapsed().as_millis()
             ),
             Err(msg) => {
                 eprintln!(
-                    "crash-iteration {i} seed {seed} FAIL ({} ms): {msg}",
+                    "{label} {i} seed {seed} FAIL ({} ms): {msg}",
                     t.elapsed().as_millis()
                 );
                 failures.push(i);
@@ -985,13 +989,13 @@ fn kill9_at_random_points_keeps_every_acknowledged_op() {
                     v.keep_on_drop();
                 }
                 // Start over on a fresh volume (the old one is dropped: unmounted, removed).
-                drop(std::mem::replace(&mut v, fresh_volume()));
+                drop(std::mem::replace(&mut v, fresh_volume(mkfs_args)));
                 model = Model::default();
             }
         }
     }
     eprintln!(
-        "crash test: {} passed, {} failed in {:.1} s",
+        "{label}: {} passed, {} failed in {:.1} s",
         iterations - failures.len(),
         failures.len(),
         started.elapsed().as_secs_f64()
@@ -999,5 +1003,31 @@ fn kill9_at_random_points_keeps_every_acknowledged_op() {
     assert!(
         failures.is_empty(),
         "crash iterations failed: {failures:?} (base CRASH_SEED={base_seed})"
+    );
+}
+
+/// The kill points of the issue: CRASH_ITERATIONS (default 50) on the default volume.
+/// `scripts/crash-test.sh` runs this test alone and counts its `crash-iteration` lines.
+#[test]
+fn kill9_at_random_points_keeps_every_acknowledged_op() {
+    run_kill_points(
+        "crash-iteration",
+        env_number("CRASH_ITERATIONS", 50),
+        &default_mkfs_args(),
+    );
+}
+
+/// The same with the smallest ring mkfs accepts (4 MiB): the workload wraps it many times per
+/// iteration, so kills land during checkpoints, reclaims and writers waiting for space.
+#[test]
+fn kill9_with_a_small_ring_that_wraps() {
+    let args: Vec<String> = ["--size", "1G", "--ring", "4M", "--disks", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    run_kill_points(
+        "small-ring-iteration",
+        env_number("CRASH_SMALL_RING_ITERATIONS", 10),
+        &args,
     );
 }
