@@ -340,14 +340,37 @@ pub fn render(doc: &Value) -> String {
 }
 
 fn render_mirror(m: &Value) -> String {
-    match m {
-        Value::Null => "mirror     not configured\n".into(),
-        Value::Object(o) => {
-            let fields: Vec<String> = o.iter().map(|(k, v)| format!("{k} {}", show(v))).collect();
-            format!("mirror     {}\n", fields.join(", "))
-        }
-        other => format!("mirror     {}\n", show(other)),
+    if m.is_null() {
+        return "mirror     not configured\n".into();
     }
+    let link = if get(m, "connected") == &Value::Bool(true) {
+        format!("connected via {}", show(get(m, "route_in_use")))
+    } else {
+        "DISCONNECTED".to_string()
+    };
+    let protected = if get(m, "protected") == &Value::Bool(true) {
+        "protected"
+    } else {
+        "NOT PROTECTED"
+    };
+    let rtt = match get(m, "rtt_us").as_u64() {
+        Some(us) => format!("{:.2} ms", us as f64 / 1000.0),
+        None => "-".into(),
+    };
+    let mut s = format!(
+        "mirror     {link}, {protected}; {} unacknowledged entries, acked to seq {}, rtt {rtt}\n\
+         \x20          routes {}; mode {}, on loss {}; {} reconnects\n",
+        show(get(m, "unacked_entries")),
+        show(get(m, "acked_through")),
+        show(get(m, "routes")),
+        show(get(m, "mode")),
+        show(get(m, "on_loss")),
+        show(get(m, "reconnects"))
+    );
+    if let Value::String(e) = get(m, "last_error") {
+        s += &format!("           last error: {e}\n");
+    }
+    s
 }
 
 fn render_raid(r: &Value) -> String {
