@@ -212,3 +212,26 @@ fn unfinished_rebuild_whose_target_vanished_restarts() {
     assert!(!vol.is_degraded());
     assert_reads(&vol, &model);
 }
+
+/// The rebuild rate limit bounds how fast a rebuild goes.
+#[test]
+fn rebuild_rate_limit_is_respected() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate = 4u64 << 20;
+    let o = RaidOptions {
+        rebuild_rate_bytes_per_s: Some(rate),
+        rebuild_checkpoint_stripes: 16,
+        ..quiet()
+    };
+    let vol = create(dir.path(), 4, 16 << 10, 3 << 20, 0, &o);
+    let model = fill(&vol, &mut Rng(81));
+    vol.fail_member(0, "test").unwrap();
+    vol.start_rebuild(0, None).unwrap();
+    let member_data = vol.geometry().stripes * vol.geometry().chunk_bytes;
+    let t = Instant::now();
+    vol.run_rebuild(|_, _| {}).unwrap();
+    let floor = Duration::from_secs_f64(member_data as f64 / rate as f64 * 0.9);
+    assert!(t.elapsed() >= floor, "{:?} < {floor:?}", t.elapsed());
+    assert!(!vol.is_degraded());
+    assert_reads(&vol, &model);
+}
