@@ -212,7 +212,7 @@ recovery_time() {
     local pid
     pid="$(cat "$vol/daemon.pid")"
     local before
-    before="$("$smlogfs" inspect "$vol" 2>/dev/null | tail -3 | tr '\n' ' ' || true)"
+    before="$("$smlogfs" inspect "$vol" 2>/dev/null | grep -E '^(end:|recovery would:)' | tr '\n' ';' || true)"
     kill -9 "$pid"
     for _ in $(seq 1 1000); do
         if pid_gone "$pid"; then break; fi
