@@ -519,7 +519,15 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File, VolumeError> {
         .map_err(io_err(&path))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(_) => Err(VolumeError::InUse { path }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(VolumeError::InUse { path }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            // A file system without flock: go on, unprotected against a second opener.
+            log::warn!(
+                "{}: cannot lock ({e}); not guarding against a second opener",
+                path.display()
+            );
+            Ok(f)
+        }
     }
 }
 
@@ -527,7 +535,7 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File, VolumeError> {
 pub fn in_use(dir: &Path) -> bool {
     let path = dir.join(LOCK_FILE);
     match OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(f) => f.try_lock().is_err(),
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
         Err(_) => false,
     }
 }
