@@ -332,8 +332,8 @@ fn status_text(i: &Inspection, busy: bool) -> String {
 }
 
 fn bench(bytes: u64, disks: u32) -> Result<(), String> {
-    if disks < 3 {
-        return Err("--disks must be at least 3".into());
+    if !(3..=16).contains(&disks) {
+        return Err("bench --disks must be between 3 and 16".into());
     }
     let chunk = 64 << 10;
     let data: Vec<Vec<u8>> = (0..disks - 1)
