@@ -2488,3 +2488,97 @@ fn acknowledged_writes_survive_kill9() {
     v.umount();
     v.assert_fsck_clean();
 }
+
+#[test]
+fn concurrent_appends_and_writers_lose_nothing() {
+    let v = Volume::mounted();
+    let log = v.path("log");
+    write_file(&log, b"");
+    let threads = 4;
+    let records = 400;
+    let rec_len = 100;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            let own = v.path(&format!("own{t}"));
+            std::thread::spawn(move || {
+                let fd = open_ok(&log, libc::O_WRONLY | libc::O_APPEND, 0);
+                let mine = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .open(&own)
+                    .unwrap();
+                for r in 0..records {
+                    // One record: thread, record number, filler, newline.
+                    let mut rec = format!("t{t} r{r:05} ").into_bytes();
+                    rec.resize(rec_len - 1, b'a' + t as u8);
+                    rec.push(b'\n');
+                    let n = unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+                    assert_eq!(n, rec_len as isize, "append: {}", errno_name(errno()));
+                    mine.write_all_at(&pattern(t as u64 * 1000 + r as u64, 512), r as u64 * 512)
+                        .unwrap();
+                }
+                close(fd);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("writer thread");
+    }
+    let data = read_file(&log);
+    assert_eq!(data.len(), threads * records * rec_len, "appended bytes");
+    let mut seen = BTreeSet::new();
+    for rec in data.chunks(rec_len) {
+        let text = String::from_utf8_lossy(rec);
+        let t: usize = text[1..2].parse().expect("record header");
+        assert!(
+            rec[..rec_len - 1].ends_with(&[b'a' + t as u8; 8]) && rec[rec_len - 1] == b'\n',
+            "torn record: {text:?}"
+        );
+        assert!(
+            seen.insert(text[..9].to_string()),
+            "record {} twice",
+            &text[..9]
+        );
+    }
+    assert_eq!(seen.len(), threads * records);
+    for t in 0..threads {
+        let back = read_file(v.path(&format!("own{t}")));
+        assert_eq!(back.len(), records * 512);
+        for r in 0..records {
+            assert!(
+                back[r * 512..(r + 1) * 512] == pattern(t as u64 * 1000 + r as u64, 512)[..],
+                "own{t} block {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn replaced_file_stays_readable_through_an_open_descriptor() {
+    let v = Volume::mounted();
+    let (a, b) = (v.path("a"), v.path("b"));
+    write_file(&a, b"new content");
+    write_file(&b, b"old content");
+    let old = fs::File::open(&b).unwrap();
+    assert_ok("rename over open file", rename(&a, &b));
+    let mut buf = vec![0u8; 64];
+    let n = old.read_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"old content",
+        "the replaced inode lives on while open"
+    );
+    assert_eq!(read_file(&b), b"new content");
+    let fd_st = {
+        use std::os::unix::io::AsRawFd;
+        fstat(old.as_raw_fd())
+    };
+    assert_eq!(fd_st.st_nlink, 0, "the replaced inode has no links");
+    drop(old);
+    let mut v = v;
+    v.cycle();
+    assert_eq!(read_file(&b), b"new content");
+    v.umount();
+    v.assert_fsck_clean();
+}
