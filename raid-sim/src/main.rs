@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a RAID-5 volume (member-K.img, spare-J.img, raid.journal) in VOLDIR.
+    /// Create a RAID-5 volume (member-K.img, spare-J.img, raid.journal, raid.records) in VOLDIR.
     Create {
         voldir: PathBuf,
         /// Members holding data and parity (3 or more).
@@ -56,12 +56,14 @@ enum Cmd {
     /// Mark a member failed.
     Fail {
         voldir: PathBuf,
+        /// Member index K (the file member-K.img).
         #[arg(long)]
         member: u32,
     },
     /// Flip the bits of bytes of a member file (silent corruption for tests and demos).
     Corrupt {
         voldir: PathBuf,
+        /// Member index K (the file member-K.img).
         #[arg(long)]
         member: u32,
         /// Byte offset in the member file (data starts at 8192).
@@ -80,8 +82,11 @@ enum Cmd {
     /// Rebuild member K onto a spare, onto PATH, or onto a new member file.
     Replace {
         voldir: PathBuf,
+        /// Member index K to rebuild (failed first if it is not).
         #[arg(long)]
         member: u32,
+        /// The replacement file (created; linked as member-K.img); default: a spare of the
+        /// array, else a new member-K.img.
         #[arg(long)]
         with: Option<PathBuf>,
         /// Rebuild rate limit in bytes per second (K, M suffixes; 0 = none).
@@ -91,7 +96,7 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         checkpoint_stripes: u64,
     },
-    /// Measure XOR parity and checksum throughput of this CPU.
+    /// Measure XOR parity and checksum throughput (and, with --dir, volume I/O and rebuild).
     Bench {
         /// Input bytes to process per measurement.
         #[arg(long, default_value = "2G", value_parser = parse_size)]
