@@ -15,7 +15,7 @@ fn spare_takes_over_automatically_while_writes_go_on() {
     let o = RaidOptions {
         background: true,
         rebuild_checkpoint_stripes: 4,
-        rebuild_rate_bytes_per_s: Some(8 << 20),
+        rebuild_rate_bytes_per_s: Some(4 << 20),
         ..quiet()
     };
     let vol = create(dir.path(), 4, 16 << 10, 4 << 20, 1, &o);
