@@ -103,7 +103,7 @@ fn rebuild_resumes_after_the_process_is_killed() {
             "--member",
             "3",
             "--rate",
-            "2M",
+            "1M",
         ])
         .args(["--checkpoint-stripes", "4"])
         .stdout(Stdio::null())
