@@ -373,6 +373,60 @@ fn status_during_a_raid_rebuild_shows_progress_that_increases() {
     v.assert_fsck_clean();
 }
 
+#[test]
+fn offline_status_of_a_degraded_raid_reads_through_parity_and_changes_nothing() {
+    let mut v = Volume::new(&["--size", "256M", "--ring", "16M", "--disks", "3"]);
+    v.mount(&[]);
+    write_file(v.path("kept"), b"on three members");
+    v.umount();
+    let clean = status_json(v.voldir());
+    let sums = checksums(v.voldir());
+
+    // Member 0 holds the superblock's chunk: without it, status rebuilds it from parity.
+    let member0 = v.voldir().join("member-0.img");
+    let aside = v.voldir().parent().unwrap().join("member-0.aside");
+    fs::rename(&member0, &aside).unwrap();
+    let degraded = status_json(v.voldir());
+    assert_eq!(degraded["raid"]["degraded"], true, "{degraded}");
+    assert_eq!(
+        degraded["raid"]["members"][0]["state"], "missing",
+        "{degraded}"
+    );
+    assert_eq!(
+        degraded["checkpoint_seq"], clean["checkpoint_seq"],
+        "{degraded}"
+    );
+    assert_eq!(degraded["next_seq"], clean["next_seq"], "{degraded}");
+    let text = String::from_utf8_lossy(&smlogfs(&[&"status", &v.voldir()]).stdout).to_string();
+    assert!(
+        text.contains("DEGRADED") && text.contains("member 0"),
+        "{text}"
+    );
+
+    // Two members gone: the members are still shown, with a failure exit.
+    let member1 = v.voldir().join("member-1.img");
+    let aside1 = v.voldir().parent().unwrap().join("member-1.aside");
+    fs::rename(&member1, &aside1).unwrap();
+    let out = smlogfs(&[&"status", &v.voldir(), &"--json"]);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["raid"]["members"][1]["state"], "missing", "{doc}");
+    assert!(doc["note"].as_str().unwrap().contains("unusable"), "{doc}");
+
+    // Status wrote nothing: with the members back the array is clean and mounts as before.
+    fs::rename(&aside, &member0).unwrap();
+    fs::rename(&aside1, &member1).unwrap();
+    assert_eq!(
+        checksums(v.voldir()),
+        sums,
+        "offline status changed the member files"
+    );
+    assert_eq!(status_json(v.voldir())["raid"]["degraded"], false);
+    v.remount();
+    assert_eq!(read_file(v.path("kept")), b"on three members");
+    v.umount();
+}
+
 // ----- mount(8) and /etc/fstab ----------------------------------------------------------
 
 fn helper_path() -> PathBuf {

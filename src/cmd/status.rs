@@ -32,6 +32,10 @@ pub fn status(target: &Path, o: &StatusOptions) -> Result<i32, CliError> {
     let terminal = std::io::stdout().is_terminal();
     loop {
         let doc = collect(&voldir, mountpoint.as_deref())?;
+        let code = doc
+            .get("exit_code")
+            .and_then(Value::as_i64)
+            .map_or(exit::OK, |c| c as i32);
         let text = if o.json {
             serde_json::to_string(&doc).expect("a JSON value serializes")
         } else {
@@ -49,7 +53,7 @@ pub fn status(target: &Path, o: &StatusOptions) -> Result<i32, CliError> {
         drop(out);
         shown += 1;
         if !o.watch || o.count.is_some_and(|n| shown >= n) {
-            return Ok(exit::OK);
+            return Ok(code);
         }
         std::thread::sleep(o.interval);
     }
@@ -161,19 +165,37 @@ fn offline(voldir: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
     let vol: Box<dyn raid_sim::BlockVolume> = if raid.is_null() {
         raid_sim::open_volume(voldir).map_err(|e| open_error(e.into()))?
     } else {
-        // Assemble without the background worker: status never starts a rebuild.
-        let opts = raid_sim::RaidOptions {
-            background: false,
-            ..Default::default()
-        };
-        Box::new(raid_sim::open_raid(voldir, &opts).map_err(|e| open_error(e.into()))?)
+        // Never assemble the array here: assembly writes the member superblocks.
+        match MemberFiles::open(voldir) {
+            Ok(v) if v.unusable().len() >= 2 => {
+                let why = CliError::new(
+                    exit::CORRUPT,
+                    format!(
+                        "members {:?} of {} are unusable and RAID-5 survives the loss of one: \
+                         bring a member file back, then mount",
+                        v.unusable(),
+                        voldir.display()
+                    ),
+                );
+                return Ok(unreadable(voldir, raid, why));
+            }
+            Ok(v) => Box::new(v),
+            Err(e) => return Ok(unreadable(voldir, raid, open_error(e.into()))),
+        }
     };
-    let sb = Superblock::read(vol.as_ref()).map_err(|e| {
-        CliError::new(
-            exit::CORRUPT,
-            format!("{}: {e}; nothing was changed", voldir.display()),
-        )
-    })?;
+    let sb = match Superblock::read(vol.as_ref()) {
+        Ok(sb) => sb,
+        Err(e) if !raid.is_null() => {
+            let why = CliError::new(exit::CORRUPT, format!("{}: {e}", voldir.display()));
+            return Ok(unreadable(voldir, raid, why));
+        }
+        Err(e) => {
+            return Err(CliError::new(
+                exit::CORRUPT,
+                format!("{}: {e}; nothing was changed", voldir.display()),
+            ))
+        }
+    };
     let volume = vol.describe();
     drop(vol);
     let ring_path = ring_path_of(voldir, &sb);
@@ -247,6 +269,130 @@ fn offline(voldir: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
         doc.extend(f);
     }
     Ok(doc)
+}
+
+/// The document of a RAID-5 volume whose file system cannot be read offline: the members
+/// (the reason to look) and why, with the exit code of the failure.
+fn unreadable(voldir: &Path, raid: Value, why: CliError) -> serde_json::Map<String, Value> {
+    let mut doc = control::header("offline", voldir);
+    doc.insert("raid".into(), raid);
+    doc.insert(
+        "note".into(),
+        json!(format!("cannot read the file system: {}", why.msg)),
+    );
+    doc.insert("exit_code".into(), json!(why.code));
+    doc
+}
+
+/// A read-only view of a RAID-5 volume straight from its member files, enough to read the
+/// superblock: a missing or failed member's chunks are rebuilt from the others by parity.
+/// (Updates still in the RAID journal after a crash are not seen: the figures may be older
+/// than what a mount will find.)
+struct MemberFiles {
+    geometry: raid_sim::Geometry,
+    /// Indexed by member; None when the member cannot be used.
+    members: Vec<Option<std::fs::File>>,
+    describe: String,
+}
+
+impl MemberFiles {
+    fn open(voldir: &Path) -> Result<MemberFiles, raid_sim::VolumeError> {
+        let i = raid_sim::inspect(voldir)?;
+        let mut members = Vec::new();
+        let mut states = Vec::new();
+        for m in &i.members {
+            let usable = m.problem.is_none() && m.state == "active";
+            let file = if usable {
+                Some(
+                    std::fs::File::open(&m.path)
+                        .map_err(|e| raid_sim::VolumeError::io(&m.path, e))?,
+                )
+            } else {
+                None
+            };
+            members.push(file);
+            states.push(format!("{}:{}", m.index, m.state));
+        }
+        let g = i.geometry;
+        let describe = format!(
+            "raid5 {} ({} disks, chunk {} KiB, {} bytes, {}; members {})",
+            voldir.display(),
+            g.disks,
+            g.chunk_bytes >> 10,
+            g.capacity_bytes(),
+            if i.degraded() { "degraded" } else { "clean" },
+            states.join(" ")
+        );
+        Ok(MemberFiles {
+            geometry: g,
+            members,
+            describe,
+        })
+    }
+
+    fn unusable(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&k| self.members[k].is_none())
+            .collect()
+    }
+
+    fn read_chunk_part(&self, member: u32, at: u64, out: &mut [u8]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        if let Some(f) = &self.members[member as usize] {
+            return f.read_exact_at(out, at).map_err(|e| e.to_string());
+        }
+        out.fill(0);
+        let mut other = vec![0u8; out.len()];
+        for (k, m) in self.members.iter().enumerate() {
+            if k == member as usize {
+                continue;
+            }
+            let f = m
+                .as_ref()
+                .ok_or_else(|| format!("members {member} and {k} are both unusable"))?;
+            f.read_exact_at(&mut other, at).map_err(|e| e.to_string())?;
+            raid_sim::parity::xor_into(out, &other);
+        }
+        Ok(())
+    }
+}
+
+impl raid_sim::BlockVolume for MemberFiles {
+    fn capacity_bytes(&self) -> u64 {
+        self.geometry.capacity_bytes()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), raid_sim::VolumeError> {
+        let g = &self.geometry;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let loc = g.locate(offset + done as u64);
+            let n = (buf.len() - done).min((g.chunk_bytes - loc.chunk_offset) as usize);
+            let at = g.member_offset(loc.stripe, loc.chunk_offset);
+            self.read_chunk_part(loc.member, at, &mut buf[done..done + n])
+                .map_err(|detail| raid_sim::VolumeError::Invalid {
+                    path: PathBuf::from(&self.describe),
+                    detail: format!("reading volume byte {}: {detail}", offset + done as u64),
+                })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, _offset: u64, _data: &[u8]) -> Result<(), raid_sim::VolumeError> {
+        Err(raid_sim::VolumeError::Invalid {
+            path: PathBuf::from(&self.describe),
+            detail: "a read-only view of the member files (smlogfs status)".into(),
+        })
+    }
+
+    fn flush(&self) -> Result<(), raid_sim::VolumeError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
 }
 
 fn get<'a>(doc: &'a Value, key: &str) -> &'a Value {
