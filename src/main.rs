@@ -33,8 +33,8 @@ enum Command {
         /// Overwrite an existing volume.
         #[arg(long)]
         force: bool,
-        /// Number of backing files: 1 = a single file; 3 or more = RAID-5.
-        #[arg(long, default_value_t = 1)]
+        /// Number of backing files: 3 or more = RAID-5 (the default, 4 members); 1 = a single file.
+        #[arg(long, default_value_t = 4)]
         disks: u32,
         /// RAID-5 chunk size.
         #[arg(long, default_value = "64K")]
