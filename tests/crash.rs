@@ -679,7 +679,7 @@ fn scan(root: &Path) -> Result<Snapshot, String> {
             Entry {
                 kind,
                 mode: s.st_mode & 0o7777,
-                nlink: s.st_nlink as u64,
+                nlink: s.st_nlink,
                 links,
                 content,
                 xattrs,

@@ -1089,6 +1089,7 @@ fn read_write_at_offsets() {
     let f = v.path("f");
     let file = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&f)
@@ -1451,7 +1452,7 @@ fn statfs_reports_real_consistent_figures() {
     assert_eq!(s0.f_namemax, 255);
     if !v.is_native() {
         // The volume was made with --size 1G: the figures must be of that order.
-        let total = s0.f_blocks as u64 * s0.f_frsize as u64;
+        let total = s0.f_blocks * s0.f_frsize;
         assert!(
             total > 512 << 20 && total <= 1 << 30,
             "total bytes {total} for a 1 GiB volume"
@@ -1467,7 +1468,7 @@ fn statfs_reports_real_consistent_figures() {
         write_file(v.path(&format!("small{i}")), b"x");
     }
     let s1 = statvfs(v.mnt());
-    let used = (s0.f_bfree - s1.f_bfree) as u64 * s1.f_frsize as u64;
+    let used = (s0.f_bfree - s1.f_bfree) * s1.f_frsize;
     assert!(
         used >= 15 * MIB as u64,
         "16 MiB written but free space fell by only {used}"
@@ -1489,7 +1490,7 @@ fn statfs_reports_real_consistent_figures() {
     file.sync_all().unwrap();
     drop(file);
     let s2 = statvfs(v.mnt());
-    let freed = (s2.f_bfree - s1.f_bfree) as u64 * s2.f_frsize as u64;
+    let freed = (s2.f_bfree - s1.f_bfree) * s2.f_frsize;
     assert!(
         freed >= 15 * MIB as u64,
         "deleting 16 MiB freed only {freed}"
@@ -1853,6 +1854,7 @@ fn sparse_files_read_zeros_and_use_little_space() {
     let f = v.path("sparse");
     let file = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&f)
@@ -1903,6 +1905,7 @@ fn file_larger_than_4gib() {
     let f = v.path("big");
     let file = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&f)
@@ -2505,6 +2508,7 @@ fn concurrent_appends_and_writers_lose_nothing() {
                 let fd = open_ok(&log, libc::O_WRONLY | libc::O_APPEND, 0);
                 let mine = fs::OpenOptions::new()
                     .create(true)
+                    .truncate(true)
                     .write(true)
                     .open(&own)
                     .unwrap();

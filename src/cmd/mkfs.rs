@@ -61,6 +61,29 @@ pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
             ),
         ));
     }
+    // Geometry and paths are checked before anything is created.
+    if o.disks != 1 {
+        raid_sim::Geometry::for_capacity(o.disks, o.chunk_bytes, o.size_bytes).map_err(|e| {
+            CliError::new(
+                exit::USAGE,
+                format!(
+                    "--disks {} --chunk {}: {e} (use --disks 1 for a single backing file)",
+                    o.disks, o.chunk_bytes
+                ),
+            )
+        })?;
+    }
+    if let Some(dir) = o.ring_file.as_deref().and_then(Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(CliError::new(
+                exit::USAGE,
+                format!(
+                    "--ring-file: directory {} does not exist; create it first",
+                    dir.display()
+                ),
+            ));
+        }
+    }
     if voldir.exists() && !voldir.is_dir() {
         return Err(CliError::new(
             exit::USAGE,

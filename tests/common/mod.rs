@@ -38,7 +38,7 @@ pub fn smlogfs_bin() -> &'static str {
 
 /// True when the tests run against the host file system instead of a smlogfs mount.
 pub fn native() -> bool {
-    std::env::var("SMLOGFS_TEST_NATIVE").map_or(false, |v| v == "1")
+    std::env::var("SMLOGFS_TEST_NATIVE").is_ok_and(|v| v == "1")
 }
 
 pub struct Volume {
