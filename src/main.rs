@@ -156,13 +156,14 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             options,
             mirror,
         } => {
-            let epoch = cmd::failover::take_ownership(&voldir, &mirror)?;
             let o = cmd::mount::MountOptions {
                 foreground: false,
                 options,
                 mirror,
                 takeover: true,
             };
+            cmd::mount::preflight(&voldir, &mountpoint, &o)?;
+            let epoch = cmd::failover::take_ownership(&voldir, &o.mirror)?;
             cmd::mount::mount(&voldir, &mountpoint, &o)?;
             println!(
                 "took {} over at epoch {epoch}; mounted at {}",

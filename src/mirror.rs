@@ -137,6 +137,18 @@ impl Mirror {
         if self.options.mode == MirrorMode::Async {
             return Ok(());
         }
+        if let Some(why) = self.fenced() {
+            return Err(MirrorWaitError::Fenced(why));
+        }
+        if self.options.on_loss == OnLoss::Degrade
+            && self.warned_unprotected.load(Ordering::Acquire)
+            && !self.client.status().protected
+        {
+            // Already running unprotected: the entry is queued and will be resent when the
+            // agent is back. Waiting out the detection timeout again would turn every op into
+            // a one-op-per-timeout crawl.
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_millis(self.options.loss_timeout_ms);
         loop {
             let step = match self.options.on_loss {
@@ -185,6 +197,13 @@ impl Mirror {
     /// True when the agent holds everything submitted (fsync may skip the local flush).
     pub fn protected(&self) -> bool {
         self.options.mode == MirrorMode::Sync && self.client.status().protected
+    }
+
+    /// Why the agent fenced this node, once it did (the volume was taken over).
+    pub fn fenced(&self) -> Option<String> {
+        self.client.fenced().map(|(ours, current)| {
+            format!("the volume was taken over (our epoch {ours}, current {current})")
+        })
     }
 
     pub fn checkpoint(&self, through_seq: u64) {

@@ -370,13 +370,26 @@ impl<'a> Session<'a> {
                 Message::Heartbeat {
                     stamp_us,
                     reply: false,
-                } => self.send(
-                    &volume_id,
-                    &Message::Heartbeat {
-                        stamp_us,
-                        reply: true,
-                    },
-                )?,
+                } => {
+                    // A writer whose volume was taken over learns it at its next heartbeat,
+                    // not only at its next write: it stops writing and lets the peer mount.
+                    if let (Mode::Writer, Some(st)) = (self.mode, store.as_deref()) {
+                        let current = store::lock(st).epoch();
+                        if self.epoch < current {
+                            return Err(Hangup::Fenced {
+                                ours: self.epoch,
+                                current,
+                            });
+                        }
+                    }
+                    self.send(
+                        &volume_id,
+                        &Message::Heartbeat {
+                            stamp_us,
+                            reply: true,
+                        },
+                    )?
+                }
                 Message::Heartbeat { reply: true, .. } => {}
                 Message::RaiseEpoch { epoch } => {
                     if store.is_none() {

@@ -873,7 +873,7 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
         poisoned: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         stats: Stats::default(),
-        _lock_file: lock,
+        lock_file: lock,
         busy: Mutex::new(None),
         unaligned: Mutex::new(()),
     });

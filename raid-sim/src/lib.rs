@@ -86,6 +86,11 @@ pub trait BlockVolume: Send + Sync {
     fn flush(&self) -> Result<(), VolumeError>;
     /// A one-line description for logs and `status` (kind, members, state).
     fn describe(&self) -> String;
+    /// This process lost ownership of the volume (a peer took it over): refuse every later
+    /// write and flush, stop background work, and let go of the volume's lock files so that
+    /// the new owner can open it. Reads keep working. Cannot be undone; reopen to write again.
+    /// The default suits read-only views that never write.
+    fn fence(&self) {}
 }
 
 /// How `create_volume` lays out a new volume.

@@ -211,7 +211,7 @@ pub(crate) struct Inner {
     pub poisoned: AtomicBool,
     pub stop: AtomicBool,
     pub stats: Stats,
-    pub _lock_file: File,
+    pub lock_file: File,
     /// Set while a rebuild or scrub runs, for `status` in this process.
     pub busy: Mutex<Option<String>>,
     /// Serialises unaligned writes (read-modify-write of their edge blocks).
@@ -1189,6 +1189,20 @@ pub(crate) fn write_sb_to_path(
 }
 
 impl BlockVolume for RaidVolume {
+    fn fence(&self) {
+        // Poisoned first, so that no write starts after this point and Drop skips the
+        // clean-shutdown superblock update; then no rebuild or scrub, then the lock.
+        self.inner.poisoned.store(true, Ordering::SeqCst);
+        self.stop_worker();
+        if let Err(e) = self.inner.lock_file.unlock() {
+            log::warn!("{}: releasing raid.lock: {e}", self.inner.dir.display());
+        }
+        log::warn!(
+            "{}: fenced: no more writes from this process; raid.lock released",
+            self.inner.dir.display()
+        );
+    }
+
     fn capacity_bytes(&self) -> u64 {
         self.inner.geometry.capacity_bytes()
     }
@@ -1238,7 +1252,10 @@ impl BlockVolume for RaidVolume {
             .states
             .iter()
             .enumerate()
-            .map(|(i, s)| format!("{i}:{}", s.name()))
+            .map(|(i, s)| match (s, &st.reasons[i]) {
+                (MemberState::Failed, Some(why)) => format!("{i}:failed ({why})"),
+                _ => format!("{i}:{}", s.name()),
+            })
             .collect();
         let degraded = st.states.iter().any(|s| *s != MemberState::Active);
         format!(

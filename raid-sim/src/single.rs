@@ -116,6 +116,11 @@ impl BlockVolume for SingleFileVolume {
         })
     }
 
+    fn fence(&self) {
+        // No lock file of its own (the caller's volume lock guards it): refusing writes is all.
+        self.poisoned.store(true, Ordering::Release);
+    }
+
     fn describe(&self) -> String {
         format!(
             "single file {} ({} bytes)",

@@ -258,6 +258,37 @@ fn open_volume_is_exclusive() {
     assert!(raid_sim::open_raid(dir.path(), &o).is_ok());
 }
 
+/// A fenced volume (its owner lost the volume to a peer) refuses writes, still reads, and
+/// lets go of raid.lock so that the new owner assembles it without forcing the lock.
+#[test]
+fn fenced_volume_refuses_writes_and_releases_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = create(dir.path(), 3, CHUNK, CAP, 0, &quiet());
+    let block = vec![0x5au8; 4096];
+    vol.write_at(0, &block).unwrap();
+    vol.flush().unwrap();
+    vol.fence();
+    assert!(matches!(
+        vol.write_at(4096, &block),
+        Err(VolumeError::Poisoned)
+    ));
+    assert!(vol.flush().is_err());
+    let mut back = vec![0u8; 4096];
+    vol.read_at(0, &mut back).unwrap();
+    assert_eq!(back, block);
+    assert!(
+        !raid_sim::in_use(dir.path()),
+        "raid.lock still held after fence"
+    );
+    let peer = raid_sim::open_raid(dir.path(), &quiet()).expect("the peer assembles the volume");
+    peer.read_at(0, &mut back).unwrap();
+    assert_eq!(back, block);
+    drop(vol);
+    // The fenced owner's drop wrote nothing: the peer's view is still clean and writable.
+    peer.write_at(4096, &block).unwrap();
+    peer.flush().unwrap();
+}
+
 /// A member that tears a write (part written, then EIO) is failed; the stripe stays
 /// readable through parity, and after a reopen the member stays out.
 #[test]

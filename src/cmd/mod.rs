@@ -205,20 +205,48 @@ impl VolumeLock {
             })?;
         match file.try_lock() {
             Ok(()) => Ok(VolumeLock { _file: file }),
-            Err(_) => {
-                let who = match live_daemon(voldir) {
-                    Some((pid, mnt)) => format!("daemon pid {pid} (mounted at {mnt})"),
-                    None => "another smlogfs process".into(),
-                };
-                Err(CliError::new(
-                    exit::BUSY,
-                    format!(
-                        "volume {} is in use by {who}; unmount it first (smlogfs umount MOUNTPOINT)",
-                        voldir.display()
-                    ),
-                ))
+            Err(_) => Err(Self::busy(voldir)),
+        }
+    }
+
+    /// Takes the lock, waiting up to `wait` for its holder to let go: a takeover waits for
+    /// the fenced old owner's daemon, which releases the lock once it learns of the fence.
+    pub fn acquire_within(
+        voldir: &std::path::Path,
+        wait: std::time::Duration,
+    ) -> Result<VolumeLock, CliError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut said = false;
+        loop {
+            match Self::acquire(voldir) {
+                Err(e) if e.code == exit::BUSY && std::time::Instant::now() < deadline => {
+                    if !said {
+                        log::warn!(
+                            "{}; waiting up to {} ms for it to let go",
+                            e.msg,
+                            wait.as_millis()
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
             }
         }
+    }
+
+    fn busy(voldir: &std::path::Path) -> CliError {
+        let who = match live_daemon(voldir) {
+            Some((pid, mnt)) => format!("daemon pid {pid} (mounted at {mnt})"),
+            None => "another smlogfs process".into(),
+        };
+        CliError::new(
+            exit::BUSY,
+            format!(
+                "volume {} is in use by {who}; unmount it first (smlogfs umount MOUNTPOINT)",
+                voldir.display()
+            ),
+        )
     }
 }
 

@@ -217,8 +217,8 @@ fn check_fuse_available() -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
-    let parsed = parse_options(&o.options)?;
+/// The volume directory, checked and made absolute.
+fn check_volume(voldir: &Path) -> Result<PathBuf, CliError> {
     if !voldir.is_dir() {
         return Err(CliError::new(
             exit::NOT_A_VOLUME,
@@ -239,6 +239,55 @@ pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError
             ),
         ));
     }
+    Ok(voldir)
+}
+
+/// The checks of a mount that change nothing: options, volume, FUSE, mountpoint. A
+/// takeover runs them before it raises the epoch, so that a mistyped command fences nobody.
+pub fn preflight(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
+    parse_options(&o.options)?;
+    check_volume(voldir)?;
+    check_fuse_available()?;
+    o.mirror.options()?;
+    prepare_mountpoint(mnt)?;
+    Ok(())
+}
+
+/// How long a takeover waits for the fenced old owner's daemon (if one still runs here) to
+/// let go of the volume: it learns of the fence at its next heartbeat to the agent.
+fn takeover_wait(mirror: Option<&crate::mirror::MirrorOptions>) -> Duration {
+    let (heartbeat_ms, timeout_ms) =
+        mirror.map_or((1000, 5000), |m| (m.heartbeat_ms, m.timeout_ms));
+    Duration::from_millis(timeout_ms.max(2 * heartbeat_ms) + 1000)
+}
+
+fn acquire_lock(
+    voldir: &Path,
+    takeover: bool,
+    mirror: Option<&crate::mirror::MirrorOptions>,
+) -> Result<VolumeLock, CliError> {
+    if !takeover {
+        return VolumeLock::acquire(voldir);
+    }
+    VolumeLock::acquire_within(voldir, takeover_wait(mirror)).map_err(|e| {
+        if e.code != exit::BUSY {
+            return e;
+        }
+        CliError::new(
+            exit::BUSY,
+            format!(
+                "{}. It is fenced (it can no longer write) but did not let go within {} ms; \
+                 stop that daemon (kill its pid) and run the takeover again",
+                e.msg,
+                takeover_wait(mirror).as_millis()
+            ),
+        )
+    })
+}
+
+pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
+    let parsed = parse_options(&o.options)?;
+    let voldir = check_volume(voldir)?;
     check_fuse_available()?;
     let mirror = o.mirror.options()?;
     // Refuse early and clearly if another node owns the volume, or a live daemon holds it.
@@ -247,7 +296,7 @@ pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError
         .map(|m| m.node.clone())
         .unwrap_or_else(|| super::node_name(o.mirror.node.as_deref()));
     super::failover::check_owner(&voldir, &node)?;
-    drop(VolumeLock::acquire(&voldir)?);
+    drop(acquire_lock(&voldir, o.takeover, mirror.as_ref())?);
     let mnt = prepare_mountpoint(mnt)?;
     if o.foreground {
         run_daemon(&voldir, &mnt, parsed, mirror, o.takeover)
@@ -342,10 +391,20 @@ fn serve(
     mirror: Option<crate::mirror::MirrorOptions>,
     takeover: bool,
 ) -> Result<(), CliError> {
-    let _lock = VolumeLock::acquire(voldir)?;
+    let lock = acquire_lock(voldir, takeover, mirror.as_ref())?;
     let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new, mirror, takeover)
         .map_err(open_error)?;
     let fs = Arc::new(fs);
+    // Fenced (a peer took the volume over): let go of the volume so that the peer can mount
+    // it; this mount stays up, read-only, until it is unmounted.
+    let fenced_voldir = voldir.to_path_buf();
+    fs.set_on_fenced(Box::new(move || {
+        drop(lock);
+        log::warn!(
+            "released the volume lock of {}: the node that took it over may mount it; this mount answers EROFS to every change",
+            fenced_voldir.display()
+        );
+    }));
     let mut options = vec![
         fuser::MountOption::FSName(voldir.display().to_string()),
         fuser::MountOption::Subtype("smlogfs".into()),
@@ -411,7 +470,12 @@ fn serve(
     fs.stop_checkpointer();
     let _ = checkpointer.join();
     let shut = fs.shutdown();
-    let _ = std::fs::remove_file(&pid_path);
+    // After a fence the node that took the volume over may have written its own pid here.
+    let ours = std::fs::read_to_string(&pid_path)
+        .is_ok_and(|t| t.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(&pid_path);
+    }
     if let Err(e) = run {
         return Err(CliError::new(
             exit::DAEMON,

@@ -107,6 +107,9 @@ pub struct Core {
     poisoned: Option<String>,
 }
 
+/// How a poison reason starts when the node was fenced (as opposed to an I/O failure).
+const FENCED_PREFIX: &str = "fenced: ";
+
 pub struct Fs {
     core: Mutex<Core>,
     log: StateLog,
@@ -124,6 +127,8 @@ pub struct Fs {
     counters: OpCounters,
     last_checkpoint_at: Mutex<Instant>,
     mirror: std::sync::OnceLock<Arc<crate::mirror::Mirror>>,
+    /// Run once when this node learns it was fenced (the daemon releases its volume lock).
+    on_fenced: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Running totals of ops by the state they reached (for `status`).
@@ -259,6 +264,7 @@ impl Fs {
             counters: OpCounters::default(),
             last_checkpoint_at: Mutex::new(Instant::now()),
             mirror: std::sync::OnceLock::new(),
+            on_fenced: Mutex::new(None),
         })
         .and_then(|fs| {
             if rebuilt {
@@ -335,8 +341,13 @@ impl Fs {
         let mut checkpoints_forced = 0;
         loop {
             let mut core = self.lock();
-            if core.poisoned.is_some() {
-                return Err(Errno::EIO);
+            if let Some(why) = &core.poisoned {
+                // A fenced node is read-only for good; any other poison is an I/O failure.
+                return Err(if why.starts_with(FENCED_PREFIX) {
+                    Errno::EROFS
+                } else {
+                    Errno::EIO
+                });
             }
             let op = build(&core.state)?;
             let payload = op.encode();
@@ -846,11 +857,7 @@ impl Fs {
     fn mirror_failed(&self, e: crate::mirror::MirrorWaitError) -> Errno {
         match e {
             crate::mirror::MirrorWaitError::Fenced(why) => {
-                let mut core = self.lock();
-                if core.poisoned.is_none() {
-                    log::error!("FENCED: {why}; this node stops writing (remount after giveback)");
-                    core.poisoned = Some(format!("fenced: {why}"));
-                }
+                self.fence(&why);
                 Errno::EROFS
             }
             crate::mirror::MirrorWaitError::Failed(why) => {
@@ -884,6 +891,45 @@ impl Fs {
     }
 
     /// The checkpointer's loop: runs until `stop`.
+    /// What to do once this node learns it was fenced (called at most once).
+    pub fn set_on_fenced(&self, hook: Box<dyn FnOnce() + Send>) {
+        *self.on_fenced.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// The volume was taken over by a peer: this node never writes again. Changes are refused
+    /// (EROFS), the block volume refuses writes and lets go of its locks, and the daemon's
+    /// hook releases the volume lock, so that the peer can mount while this mount stays up
+    /// read-only. Unacknowledged work is the peer's to recover from the mirror.
+    fn fence(&self, why: &str) {
+        {
+            let mut core = self.lock();
+            if core
+                .poisoned
+                .as_deref()
+                .is_some_and(|p| p.starts_with(FENCED_PREFIX))
+            {
+                return;
+            }
+            log::error!("FENCED: {why}; this node stops writing (remount after giveback)");
+            core.poisoned = Some(format!("{FENCED_PREFIX}{why}"));
+        }
+        // Waits for a checkpoint in flight, so that none of its writes lands after the fence.
+        drop(
+            self.one_checkpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        self.vol.fence();
+        let hook = self
+            .on_fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
     pub fn run_checkpointer(&self) {
         let interval = Duration::from_millis(self.config.checkpoint_interval_ms.max(10));
         let mut last = Instant::now();
@@ -901,14 +947,22 @@ impl Fs {
             if self.stopping.load(Ordering::Acquire) {
                 break;
             }
+            // The agent tells a fenced node at its next heartbeat, even when it is idle.
+            if let Some(why) = self.mirror.get().and_then(|m| m.fenced()) {
+                self.fence(&why);
+            }
             if asked
                 || last.elapsed() >= interval
                 || self.fill_percent() >= self.config.checkpoint_fill_percent
             {
-                if let Err(e) = self.checkpoint() {
-                    log::error!(
+                match self.checkpoint() {
+                    Err(FsError::Poisoned(why)) if why.starts_with(FENCED_PREFIX) => {
+                        self.fence(&why[FENCED_PREFIX.len()..])
+                    }
+                    Err(e) => log::error!(
                         "checkpoint failed: {e}; the file system refuses changes until remounted"
-                    );
+                    ),
+                    Ok(_) => {}
                 }
                 last = Instant::now();
             }
@@ -1138,6 +1192,9 @@ impl Fs {
         blob_start: u64,
         sb: &Superblock,
     ) -> Result<(), FsError> {
+        // Before the first block and again before the superblock: a node fenced on the
+        // volume must not write into blocks the new owner may be using.
+        self.check_epoch(sb)?;
         jobs.sort_unstable_by_key(|j| j.0);
         let zeros = vec![0u8; BLOCK_BYTES as usize];
         let mut i = 0;
@@ -1159,16 +1216,21 @@ impl Fs {
         }
         self.vol.write_at(blob_start * BLOCK_BYTES, blob)?;
         self.vol.flush()?;
-        // Fencing on the volume: a peer that took the volume over wrote a newer epoch.
+        self.check_epoch(sb)?;
+        sb.write(self.vol.as_ref())?;
+        Ok(())
+    }
+
+    /// Fencing on the volume: a peer that took the volume over wrote a newer epoch.
+    fn check_epoch(&self, sb: &Superblock) -> Result<(), FsError> {
         if let Ok(on_disk) = Superblock::read(self.vol.as_ref()) {
             if on_disk.epoch > sb.epoch {
                 return Err(FsError::Poisoned(format!(
-                    "fenced: the volume was taken over (epoch {} on the volume, ours {}); not writing the superblock",
+                    "{FENCED_PREFIX}the volume was taken over (epoch {} on the volume, ours {}); not writing to it",
                     on_disk.epoch, sb.epoch
                 )));
             }
         }
-        sb.write(self.vol.as_ref())?;
         Ok(())
     }
 

@@ -277,6 +277,15 @@ impl MirrorClient {
         }
     }
 
+    /// `(ours, current)` once the agent refused this node's epoch: the volume was taken over
+    /// by a peer, and this node must not write again.
+    pub fn fenced(&self) -> Option<(u64, u64)> {
+        match &self.shared.lock().fatal {
+            Some(MirrorError::Fenced { ours, current }) => Some((*ours, *current)),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> MirrorStatus {
         let st = self.shared.lock();
         let resynced = match (st.resync_through, st.acked) {
