@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The smlogfs demo: mkfs, mount, write, kill -9 the daemon, show the dead mount, remount,
-# verify every file by checksum. No arguments; cleans up after itself.
+# The smlogfs demo on the default volume (RAID-5 over 4 backing files): mkfs, a mirror agent
+# (on loopback here; another host in production), mount mirroring to it, write, kill -9 the
+# daemon, show the dead mount, remount, verify every file by checksum; then kill -9 again,
+# delete the local ring, and recover from the agent's copy. No arguments; cleans up after
+# itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,24 +11,44 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 command -v fusermount3 >/dev/null || { echo "demo: fusermount3 missing: apt-get install -y fuse3" >&2; exit 8; }
 say "building smlogfs (release)"
-cargo build --release -q -p smlogfs
+cargo build --release -q -p smlogfs -p mirror-agent
 S="$PWD/target/release/smlogfs"
+AGENT="$PWD/target/release/mirror-agent"
 
 work=$(mktemp -d /tmp/smlogfs-demo.XXXXXX)
 vol="$work/vol"; mnt="$work/mnt"
 mkdir -p "$mnt"
+agent_pid=""
 cleanup() {
   fusermount3 -uz "$mnt" 2>/dev/null || true
   if [ -f "$vol/daemon.pid" ]; then kill -9 "$(head -1 "$vol/daemon.pid")" 2>/dev/null || true; fi
+  if [ -n "$agent_pid" ]; then kill -9 "$agent_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-say "smlogfs mkfs $vol --size 512M --ring 64M"
+killed_and_gone() { # kill -9, then wait until no thread of the daemon runs
+  local pid=$1
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' /proc/$pid/stat 2>/dev/null)" != Z ]; do sleep 0.05; done
+}
+
+say "smlogfs mkfs $vol --size 512M --ring 64M (default: RAID-5 over 4 backing files)"
 "$S" mkfs "$vol" --size 512M --ring 64M
 
-say "smlogfs mount $vol $mnt"
-"$S" mount "$vol" "$mnt"
+port=$((20000 + RANDOM % 20000))
+say "mirror-agent --listen 127.0.0.1:$port (the peer; on another host in production)"
+"$AGENT" --listen "127.0.0.1:$port" --dir "$work/agent" 2>"$work/agent.log" &
+agent_pid=$!
+disown "$agent_pid"
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.05
+done
+mirror=(--mirror "127.0.0.1:$port")
+
+say "smlogfs mount $vol $mnt --mirror 127.0.0.1:$port (sync: a write returns once the agent has it)"
+"$S" mount "$vol" "$mnt" "${mirror[@]}"
 
 say "writing files"
 mkdir -p "$mnt/docs/deep"
@@ -40,8 +63,7 @@ mv "$mnt/docs/deep/numbers.txt" "$mnt/docs/numbers.txt"
 
 pid=$(head -1 "$vol/daemon.pid")
 say "kill -9 $pid (the daemon), no unmount, no flush"
-kill -9 "$pid"
-while kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' /proc/$pid/stat 2>/dev/null)" != Z ]; do sleep 0.05; done
+killed_and_gone "$pid"
 
 say "the mount is dead now"
 ls "$mnt" 2>&1 | head -1 || true
@@ -50,7 +72,7 @@ say "what recovery will do (smlogfs inspect, last lines)"
 "$S" inspect "$vol" | tail -4
 
 say "smlogfs mount again: recovery replays the state log"
-"$S" mount "$vol" "$mnt"
+"$S" mount "$vol" "$mnt" "${mirror[@]}"
 grep "recovered" "$vol/daemon.log" | tail -1 || true
 
 say "verifying checksums"
@@ -59,7 +81,20 @@ diff "$work/before.md5" "$work/after.md5"
 getfattr -n user.owner "$mnt/docs/hello.txt" 2>/dev/null || true
 stat -c '%n: %h links' "$mnt/docs/hello.txt"
 
+say "more writes, then kill -9 again and delete the local ring: only the agent has them now"
+echo "after the first crash" > "$mnt/docs/second.txt"
+head -c 1M /dev/urandom > "$mnt/docs/second.bin"
+(cd "$mnt" && find . -type f | sort | xargs md5sum) > "$work/before2.md5"
+killed_and_gone "$(head -1 "$vol/daemon.pid")"
+rm -v "$vol/statelog"
+
+say "smlogfs mount: the ring is gone, recovery reads the entries back from the agent"
+"$S" mount "$vol" "$mnt" "${mirror[@]}"
+grep -E "from the mirror agent|recovered" "$vol/daemon.log" | tail -2 || true
+(cd "$mnt" && find . -type f | sort | xargs md5sum) > "$work/after2.md5"
+diff "$work/before2.md5" "$work/after2.md5" && echo "all $(wc -l <"$work/after2.md5") files identical"
+
 say "clean unmount and fsck"
 "$S" umount "$mnt"
 "$S" fsck "$vol"
-say "demo passed: every acknowledged write survived kill -9"
+say "demo passed: every acknowledged write survived kill -9, and the loss of the local ring"

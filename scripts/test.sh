@@ -9,4 +9,8 @@ echo "== unit, property, real-mount and crash tests"
 cargo test --release --workspace --no-fail-fast -- --test-threads=2
 echo "== fsx on a mounted file"
 bash scripts/fsx.sh 100000
+echo "== the demo (README's first command)"
+bash scripts/demo.sh
+echo "== the failover demo (two hosts in network namespaces)"
+bash scripts/failover-demo.sh
 echo "== all tests passed"

@@ -118,7 +118,8 @@ fn read_superblock(
 
 /// Refuses a mount by a node other than the one that took the volume over.
 pub fn check_owner(voldir: &Path, node: &str) -> Result<(), CliError> {
-    let (_, sb) = read_superblock(voldir)?;
+    // Without assembling: the node holding the volume now keeps its lock.
+    let sb = super::status::read_superblock_offline(voldir)?;
     if !sb.owner.is_empty() && sb.owner != node {
         return Err(CliError::new(
             exit::FENCED,

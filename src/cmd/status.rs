@@ -284,6 +284,19 @@ fn unreadable(voldir: &Path, raid: Value, why: CliError) -> serde_json::Map<Stri
     doc
 }
 
+/// The volume's superblock read without assembling (a RAID-5 volume: from its member files)
+/// and so without its lock: it works while another process holds the volume, and writes
+/// nothing. Mount uses it to check ownership before it takes any lock.
+pub fn read_superblock_offline(voldir: &Path) -> Result<Superblock, CliError> {
+    let vol: Box<dyn raid_sim::BlockVolume> = if control::raid_status(voldir).is_null() {
+        raid_sim::open_volume(voldir).map_err(|e| open_error(e.into()))?
+    } else {
+        Box::new(MemberFiles::open(voldir).map_err(|e| open_error(e.into()))?)
+    };
+    Superblock::read(vol.as_ref())
+        .map_err(|e| CliError::new(exit::CORRUPT, format!("{}: {e}", voldir.display())))
+}
+
 /// A read-only view of a RAID-5 volume straight from its member files, enough to read the
 /// superblock: a missing or failed member's chunks are rebuilt from the others by parity.
 /// (Updates still in the RAID journal after a crash are not seen: the figures may be older
