@@ -80,7 +80,8 @@ ip -n "$ns_a" link set "sdA$tag" up
 ip -n "$ns_b" link set "sdB$tag" up
 
 say "host B: mirror-agent --listen $ip_b:$port"
-on_b "$AGENT" --listen "$ip_b:$port" --dir "$work/agent" 2>"$work/agent.log" &
+# nsenter itself, not the on_b function: $! must be the agent's pid for the cleanup to kill it
+nsenter --net="/run/netns/$ns_b" "$AGENT" --listen "$ip_b:$port" --dir "$work/agent" 2>"$work/agent.log" &
 agent_pid=$!
 disown "$agent_pid"   # killed in cleanup; no "Killed" notice from bash
 for _ in $(seq 1 100); do
