@@ -19,6 +19,9 @@ use crate::core::{Attr, Caller, Errno, Fs, Kind, Ts};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request (also bounds one ring entry).
 pub const MAX_WRITE_BYTES: u32 = 1 << 20;
+// One write becomes one ring entry (op header and frame: well under 4 KiB on top of the data),
+// and every entry must fit in one mirror entry.
+const _: () = assert!(MAX_WRITE_BYTES as usize + 4096 <= smlog_wire::format::MAX_ENTRY_BYTES);
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,

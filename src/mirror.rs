@@ -140,6 +140,17 @@ impl Mirror {
         if let Some(why) = self.fenced() {
             return Err(MirrorWaitError::Fenced(why));
         }
+        if self.fatal.load(Ordering::Acquire) {
+            // An entry could not be queued: the agent's copy has a hole from here on, and no
+            // later entry can be acknowledged. Say so at once instead of timing out every op.
+            return match self.options.on_loss {
+                OnLoss::Degrade => Ok(()),
+                OnLoss::Wait => Err(MirrorWaitError::Failed(
+                    "the mirror link failed for good (see the error above); remount to resynchronise the agent"
+                        .into(),
+                )),
+            };
+        }
         if self.options.on_loss == OnLoss::Degrade
             && self.warned_unprotected.load(Ordering::Acquire)
             && !self.client.status().protected

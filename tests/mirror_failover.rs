@@ -1227,6 +1227,46 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
     s.vol.assert_fsck_clean();
 }
 
+/// The largest writes the daemon takes (1 MiB, FUSE's max_write here) go to the agent like
+/// any other entry: they are acknowledged, and they come back from the agent's copy.
+#[test]
+fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
+    let mut s = Setup::new(1);
+    let mirror = s.host.addr(0);
+    s.vol.mount(&mirror_args(
+        &mirror,
+        &["--node", "A", "-o", NO_CHECKPOINTS],
+    ));
+    let mut data = vec![0u8; 8 << 20];
+    let mut rng = StdRng::seed_from_u64(seed());
+    rng.fill(&mut data[..]);
+    let path = s.vol.path("big.bin");
+    // One write(2) of 8 MiB: the kernel hands it to the daemon as writes of max_write bytes.
+    let mut f = fs::File::create(&path).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(s.mirror_status("protected"), "true");
+    let log = s.daemon_log();
+    assert!(
+        !log.contains("ERROR"),
+        "the daemon logged an error for 1 MiB writes:\n{log}"
+    );
+    let last = s.next_seq() - 1;
+    wait_for(
+        Duration::from_secs(10),
+        "the agent to hold every entry",
+        || s.agent.last_seq() >= Some(last),
+    );
+    s.lose_ring_and_remount();
+    assert!(
+        fs::read(s.vol.path("big.bin")).unwrap() == data,
+        "big.bin differs after recovery from the agent"
+    );
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+}
+
 /// A still running when B takes over: A learns of the fence at its next heartbeat, refuses
 /// every change (EROFS) and lets go of the volume, and B mounts while A's mount stays up
 /// read-only. A's refused write never reaches the volume.

@@ -46,8 +46,10 @@ pub const HEADER_BYTES: usize = HEADER_CRC_AT + HEADER_CRC_BYTES;
 
 /// Largest body a frame may carry. A reader rejects a larger `body_len` before reading it.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// Largest single entry the mirror stores (entries are opaque bytes to the mirror).
-pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Largest single entry the mirror stores (entries are opaque bytes to the mirror). The
+/// daemon's largest entry is a 1 MiB write with its op header and entry frame: the 64 KiB
+/// above 1 MiB leave room for those (the daemon asserts that it fits at compile time).
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024 + 64 * 1024;
 /// Most entries one Append or Entries frame may carry.
 pub const MAX_BATCH_ENTRIES: usize = 8192;
 /// Longest node name, in bytes of UTF-8.
