@@ -171,18 +171,23 @@ pub fn live_daemon(voldir: &std::path::Path) -> Option<(u32, String)> {
     process_alive(pid).then_some((pid, mnt))
 }
 
-/// True while `pid` runs (a zombie waiting to be reaped counts as gone).
+/// True while any thread of `pid` runs (a zombie waiting to be reaped counts as gone). The
+/// main thread of an exiting daemon can be a zombie while its other threads still exit and
+/// hold its files, the volume lock among them: only when all are gone is the volume free.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesised command name.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
+    let running = |stat: &str| {
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z') | Some('X') | None)
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| running(&stat)))
 }
 
 /// Holds `VOLDIR/lock` exclusively for as long as the value lives.

@@ -14,7 +14,8 @@
 //!   40    … payload        bincode v1 of Vec<MetaRecord>
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use raid_sim::BlockVolume;
@@ -139,20 +140,40 @@ pub struct Loaded {
 
 /// Rebuilds the file system of checkpoint `sb`.
 pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String> {
-    let mut inodes: HashMap<u64, InodeRec> = HashMap::new();
-    let mut dirents: HashMap<(u64, Vec<u8>), (u64, u64)> = HashMap::new();
-    let mut extents: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    // Sized up front from the blobs (a record is some 50 bytes): growing maps of a million
+    // entries rehashes and copies them again and again.
+    let records = (sb.blobs.iter().map(|b| b.payload_bytes).sum::<u64>() / 50) as usize;
+    let total_blocks = sb.capacity_bytes / BLOCK_BYTES;
+    let mut state = FsState::new(
+        vol.clone(),
+        total_blocks.saturating_sub(meta_reserve_blocks(total_blocks)),
+    );
+    // Inodes go straight into the file system (a later record of an inode replaces its
+    // attributes; inode numbers are never reused, so its kind stays what it was).
+    state.inodes.reserve(records / 2);
+    // Entries go straight into their directory once it is loaded (a snapshot writes each
+    // directory before its entries); the others wait here, latest record per name winning.
+    let mut pending: FastMap<(u64, Vec<u8>), (u64, u64)> = FastMap::default();
+    let mut extents: FastMap<u64, BTreeMap<u64, u64>> = FastMap::default();
     let mut next_ino = ROOT_INO + 1;
     let mut meta_bytes = 0;
     for blob in &sb.blobs {
         meta_bytes += blob.payload_bytes;
         for rec in read_blob(vol.as_ref(), blob)? {
             match rec {
-                MetaRecord::Inode(r) => {
-                    inodes.insert(r.ino, r);
-                }
+                MetaRecord::Inode(r) => match state.inodes.entry(r.ino) {
+                    Entry::Occupied(mut e) => e.get_mut().rec = r,
+                    Entry::Vacant(e) => {
+                        e.insert(Inode::new(r));
+                    }
+                },
                 MetaRecord::InodeGone(ino) => {
-                    inodes.remove(&ino);
+                    // Entries still in a removed directory are reported at the end.
+                    if let Some(dir) = state.inodes.remove(&ino).and_then(|n| n.dir) {
+                        for (name, entry) in dir.entries {
+                            pending.insert((ino, name), entry);
+                        }
+                    }
                     extents.remove(&ino);
                 }
                 MetaRecord::Dirent {
@@ -160,11 +181,24 @@ pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String
                     name,
                     ino,
                     cookie,
-                } => {
-                    dirents.insert((parent, name), (ino, cookie));
-                }
+                } => match state.inodes.get_mut(&parent).and_then(|p| p.dir.as_mut()) {
+                    Some(dir) => {
+                        if !pending.is_empty() {
+                            pending.remove(&(parent, name.clone()));
+                        }
+                        dir.insert_with_cookie(name, ino, cookie);
+                    }
+                    None => {
+                        pending.insert((parent, name), (ino, cookie));
+                    }
+                },
                 MetaRecord::DirentGone { parent, name } => {
-                    dirents.remove(&(parent, name));
+                    if let Some(dir) = state.inodes.get_mut(&parent).and_then(|p| p.dir.as_mut()) {
+                        dir.remove(&name);
+                    }
+                    if !pending.is_empty() {
+                        pending.remove(&(parent, name));
+                    }
                 }
                 MetaRecord::Extent { ino, blk, phys } => {
                     extents.entry(ino).or_default().insert(blk, phys);
@@ -178,7 +212,6 @@ pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String
             }
         }
     }
-    let total_blocks = sb.capacity_bytes / BLOCK_BYTES;
     let mut alloc = Allocator::new(FIRST_DATA_BLOCK, total_blocks);
     for blob in &sb.blobs {
         for b in blob.start_block..blob.start_block + blob.blocks as u64 {
@@ -186,20 +219,35 @@ pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String
         }
     }
     let mut problems = Vec::new();
-    let mut state = FsState::new(
-        vol,
-        total_blocks.saturating_sub(meta_reserve_blocks(total_blocks)),
-    );
     state.next_ino = next_ino;
-    for (ino, rec) in inodes {
+    for &ino in state.inodes.keys() {
         if ino >= next_ino {
             problems.push(format!(
                 "inode {ino} is not below the next inode number {next_ino}"
             ));
         }
-        state.inodes.insert(ino, Inode::new(rec));
     }
-    for ((parent, name), (ino, cookie)) in dirents {
+    // Entries naming an inode that does not exist are problems, and left out.
+    let mut dangling = Vec::new();
+    for node in state.inodes.values() {
+        if let Some(dir) = &node.dir {
+            for (name, (ino, _)) in &dir.entries {
+                if !state.inodes.contains_key(ino) {
+                    dangling.push((node.rec.ino, name.clone(), *ino));
+                }
+            }
+        }
+    }
+    for (parent, name, ino) in dangling {
+        problems.push(format!(
+            "entry {:?} in directory {parent} names inode {ino}, which does not exist",
+            String::from_utf8_lossy(&name)
+        ));
+        if let Some(dir) = state.inodes.get_mut(&parent).and_then(|p| p.dir.as_mut()) {
+            dir.remove(&name);
+        }
+    }
+    for ((parent, name), (ino, cookie)) in pending {
         if !state.inodes.contains_key(&ino) {
             problems.push(format!(
                 "entry {:?} in directory {parent} names inode {ino}, which does not exist",

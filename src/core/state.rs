@@ -16,7 +16,7 @@ use super::types::*;
 /// never reused within a directory, so offsets stay stable while entries come and go.
 #[derive(Clone, Debug, Default)]
 pub struct Dir {
-    pub entries: HashMap<Vec<u8>, (u64, u64)>,
+    pub entries: FastMap<Vec<u8>, (u64, u64)>,
     pub by_cookie: BTreeMap<u64, Vec<u8>>,
     pub next_cookie: u64,
 }
@@ -45,7 +45,7 @@ impl Dir {
         self.insert_with_cookie(name, ino, cookie);
     }
 
-    fn remove(&mut self, name: &[u8]) -> Option<u64> {
+    pub(super) fn remove(&mut self, name: &[u8]) -> Option<u64> {
         let (ino, cookie) = self.entries.remove(name)?;
         self.by_cookie.remove(&cookie);
         Some(ino)
@@ -95,7 +95,7 @@ impl Dirty {
 }
 
 pub struct FsState {
-    pub inodes: HashMap<u64, Inode>,
+    pub inodes: FastMap<u64, Inode>,
     pub next_ino: u64,
     write_gen: u64,
     pub dirty: Dirty,
@@ -124,7 +124,7 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 impl FsState {
     pub fn new(vol: Arc<dyn BlockVolume>, capacity_blocks: u64) -> FsState {
         FsState {
-            inodes: HashMap::new(),
+            inodes: FastMap::default(),
             next_ino: ROOT_INO + 1,
             write_gen: 0,
             dirty: Dirty::default(),

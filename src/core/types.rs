@@ -169,3 +169,8 @@ pub struct Attr {
     pub rec: InodeRec,
     pub blocks: u64,
 }
+
+/// The maps of the in-memory file system: ahash is several times faster than SipHash on the
+/// mount path (millions of inserts) and is keyed per process, so names chosen by users cannot
+/// force collisions.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
