@@ -301,3 +301,151 @@ pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String
 pub fn meta_reserve_blocks(total_blocks: u64) -> u64 {
     (total_blocks / 32).max(64).min(total_blocks / 2) + super::superblock::FIRST_DATA_BLOCK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(ino: u64, kind: Kind, size: u64) -> InodeRec {
+        InodeRec {
+            ino,
+            kind,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size,
+            rdev: 0,
+            atime: Ts::default(),
+            mtime: Ts::default(),
+            ctime: Ts::default(),
+            crtime: Ts::default(),
+            xattrs: BTreeMap::new(),
+            target: None,
+            parent: ROOT_INO,
+        }
+    }
+
+    fn dirent(parent: u64, name: &str, ino: u64, cookie: u64) -> MetaRecord {
+        MetaRecord::Dirent {
+            parent,
+            name: name.as_bytes().to_vec(),
+            ino,
+            cookie,
+        }
+    }
+
+    /// Writes `blobs` (a snapshot, then deltas) to a fresh volume and loads them.
+    fn load_blobs(blobs: &[Vec<MetaRecord>]) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let vol: Arc<dyn BlockVolume> =
+            Arc::new(raid_sim::SingleFileVolume::create(dir.path(), 8 << 20).unwrap());
+        let mut refs = Vec::new();
+        let mut at = FIRST_DATA_BLOCK;
+        for (i, records) in blobs.iter().enumerate() {
+            let kind = if i == 0 { BLOB_SNAPSHOT } else { BLOB_DELTA };
+            let (bytes, payload_bytes, crc) = encode_blob(kind, i as u64 + 1, records);
+            vol.write_at(at * BLOCK_BYTES, &bytes).unwrap();
+            let blocks = (bytes.len() as u64 / BLOCK_BYTES) as u32;
+            refs.push(BlobRef {
+                start_block: at,
+                blocks,
+                payload_bytes,
+                crc,
+            });
+            at += blocks as u64;
+        }
+        let sb = Superblock {
+            volume_id: [7; 16],
+            capacity_bytes: 8 << 20,
+            generation: blobs.len() as u64,
+            covers_seq: 0,
+            epoch: 1,
+            next_ino: 100,
+            ring_path: String::new(),
+            ring_bytes: 0,
+            blobs: refs,
+            created: Ts::default(),
+            owner: String::new(),
+        };
+        load(vol, &sb).unwrap()
+    }
+
+    fn names(l: &Loaded, dir: u64) -> Vec<String> {
+        let mut v: Vec<String> = l.state.inodes[&dir]
+            .dir
+            .as_ref()
+            .unwrap()
+            .entries
+            .keys()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The latest record of each inode and entry wins, whichever blob it is in and whether
+    /// an entry comes before or after its directory.
+    #[test]
+    fn later_records_win_and_entries_may_precede_their_directory() {
+        let l = load_blobs(&[
+            vec![
+                MetaRecord::Inode(rec(ROOT_INO, Kind::Dir, 0)),
+                dirent(ROOT_INO, "d", 2, 3),
+                // An entry of directory 2 before directory 2's own record.
+                dirent(2, "early", 3, 3),
+                MetaRecord::Inode(rec(2, Kind::Dir, 0)),
+                MetaRecord::Inode(rec(3, Kind::File, 10)),
+                dirent(2, "gone", 3, 4),
+                MetaRecord::NextIno(10),
+            ],
+            vec![
+                MetaRecord::Inode(rec(3, Kind::File, 99)),
+                MetaRecord::DirentGone {
+                    parent: 2,
+                    name: b"gone".to_vec(),
+                },
+                dirent(2, "late", 3, 5),
+                // Replaced: the entry now carries a new cookie.
+                dirent(2, "early", 3, 6),
+            ],
+        ]);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(names(&l, ROOT_INO), ["d"]);
+        assert_eq!(names(&l, 2), ["early", "late"]);
+        let d = l.state.inodes[&2].dir.as_ref().unwrap();
+        assert_eq!(d.entries[b"early".as_slice()], (3, 6));
+        assert_eq!(d.by_cookie.len(), 2, "a replaced entry keeps one cookie");
+        assert_eq!(l.state.inodes[&3].rec.size, 99);
+        assert_eq!(l.state.next_ino, 10);
+    }
+
+    /// Entries naming a missing inode, or left in a removed directory, are problems.
+    #[test]
+    fn dangling_entries_are_reported_and_left_out() {
+        let l = load_blobs(&[
+            vec![
+                MetaRecord::Inode(rec(ROOT_INO, Kind::Dir, 0)),
+                dirent(ROOT_INO, "ghost", 42, 3),
+                dirent(ROOT_INO, "d", 2, 4),
+                MetaRecord::Inode(rec(2, Kind::Dir, 0)),
+                MetaRecord::Inode(rec(3, Kind::File, 0)),
+                dirent(2, "f", 3, 3),
+                MetaRecord::NextIno(10),
+            ],
+            vec![MetaRecord::InodeGone(2)],
+        ]);
+        // "d" names the removed directory 2 now: left out as well.
+        assert!(names(&l, ROOT_INO).is_empty(), "{:?}", names(&l, ROOT_INO));
+        let text = l.problems.join("\n");
+        assert!(
+            text.contains("\"ghost\"") && text.contains("inode 42"),
+            "{text}"
+        );
+        assert!(text.contains("\"d\"") && text.contains("inode 2"), "{text}");
+        assert!(
+            text.contains("\"f\"") && text.contains("directory 2, which does not exist"),
+            "{text}"
+        );
+    }
+}
