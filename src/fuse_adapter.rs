@@ -359,7 +359,12 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.getattr(ino.0) {
-            Ok(a) if a.rec.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            // The kernel may keep what readdir returned and reuse it across opens: every
+            // change to a directory goes through this mount, which invalidates the cache.
+            Ok(a) if a.rec.kind == Kind::Dir => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),
             Err(e) => reply.error(errno(e)),
         }
