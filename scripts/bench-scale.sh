@@ -81,26 +81,7 @@ trap 'exit 130' INT TERM
 
 # --- helpers -------------------------------------------------------------------------------
 
-# True once no thread of PID runs any more (a killed daemon's main thread can be a zombie
-# while other threads still exit and hold the volume lock).
-pid_gone() {
-    local s st
-    for s in /proc/"$1"/task/*/stat; do
-        [ -e "$s" ] || continue
-        st="$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f1)"
-        case "$st" in Z | X | "") ;; *) return 1 ;; esac
-    done
-    return 0
-}
-
-wait_pid_gone() {
-    for _ in $(seq 1 6000); do
-        if pid_gone "$1"; then return 0; fi
-        sleep 0.01
-    done
-    echo "process $1 did not exit" >&2
-    return 1
-}
+. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone
 
 daemon_pid() { head -1 "$1/daemon.pid" 2>/dev/null; }
 ms_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }'; }

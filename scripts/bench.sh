@@ -118,26 +118,7 @@ trap 'exit 130' INT TERM
 
 # --- targets -----------------------------------------------------------------------------
 
-# True once no thread of PID runs any more: a killed daemon's main thread can be a zombie while
-# other threads still exit (and hold the volume lock); nobody here reaps it.
-pid_gone() {
-    local s st
-    for s in /proc/"$1"/task/*/stat; do
-        [ -e "$s" ] || continue
-        st="$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f1)"
-        case "$st" in Z | X | "") ;; *) return 1 ;; esac
-    done
-    return 0
-}
-
-wait_pid_gone() {
-    for _ in $(seq 1 3000); do
-        if pid_gone "$1"; then return 0; fi
-        sleep 0.01
-    done
-    echo "process $1 did not exit" >&2
-    return 1
-}
+. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone
 
 daemon_pid() { head -1 "$1/daemon.pid" 2>/dev/null; }
 
@@ -146,7 +127,7 @@ kill9_daemon() { # VOLDIR: kill -9 of its daemon, returns once every thread is g
     pid="$(daemon_pid "$1")"
     [ -n "$pid" ] || { echo "no daemon pid in $1" >&2; return 1; }
     kill -9 "$pid"
-    wait_pid_gone "$pid"
+    wait_pid_gone "$pid" 30
 }
 
 port_free() {
@@ -234,7 +215,7 @@ wait_daemon_gone() {
     local pid
     pid="$(daemon_pid "$work/$1.vol")"
     [ -n "$pid" ] || return 0
-    wait_pid_gone "$pid"
+    wait_pid_gone "$pid" 30
 }
 
 sample_rss() { # keeps the largest VmRSS seen and the last VmHWM of the target's daemon

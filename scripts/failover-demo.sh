@@ -55,19 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_gone() { # a killed daemon is gone once none of its threads runs
-  local pid=$1
-  for _ in $(seq 1 500); do
-    local alive=0
-    for s in /proc/"$pid"/task/*/stat; do
-      [ -e "$s" ] || continue
-      case "$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f1)" in Z | X | "") ;; *) alive=1 ;; esac
-    done
-    [ "$alive" -eq 0 ] && return 0
-    sleep 0.02
-  done
-  die "process $pid did not exit"
-}
+. scripts/lib.sh   # wait_pid_gone
 
 say "two hosts: $ns_a ($ip_a) and $ns_b ($ip_b), joined by a veth pair"
 ip netns add "$ns_a"
@@ -109,7 +97,7 @@ mv "$mnt_a/projects/numbers.txt" "$mnt_a/projects/smlogfs/numbers.txt"
 pid=$(head -1 "$vol/daemon.pid")
 say "host A is lost: kill -9 $pid, and its local ring is gone too"
 kill -9 "$pid"
-wait_gone "$pid"
+wait_pid_gone "$pid" 10 || die "process $pid did not exit"
 fusermount3 -uz "$mnt_a"
 ring="$vol/statelog"
 [ -f "$ring" ] && rm -f "$ring" && echo "deleted $ring"

@@ -70,17 +70,7 @@ fi
 
 log() { echo "$(date +%T) $*"; }
 
-# True once no thread of PID runs any more: a killed daemon's main thread can be a zombie while
-# other threads still exit (and hold the volume lock); nobody here reaps it.
-pid_gone() {
-    local s st
-    for s in /proc/"$1"/task/*/stat; do
-        [ -e "$s" ] || continue
-        st="$(sed 's/.*) //' "$s" 2>/dev/null | cut -d' ' -f1)"
-        case "$st" in Z | X | "") ;; *) return 1 ;; esac
-    done
-    return 0
-}
+. "$repo/scripts/lib.sh"   # pid_gone
 
 # A small tree for cp -r and tar: files of several sizes, a subdirectory, a symlink.
 make_template() {
