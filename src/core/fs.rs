@@ -890,7 +890,6 @@ impl Fs {
         c.notify_all();
     }
 
-    /// The checkpointer's loop: runs until `stop`.
     /// What to do once this node learns it was fenced (called at most once).
     pub fn set_on_fenced(&self, hook: Box<dyn FnOnce() + Send>) {
         *self.on_fenced.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
@@ -930,6 +929,7 @@ impl Fs {
         }
     }
 
+    /// The checkpointer's loop: runs until `stop`.
     pub fn run_checkpointer(&self) {
         let interval = Duration::from_millis(self.config.checkpoint_interval_ms.max(10));
         let mut last = Instant::now();
