@@ -361,7 +361,12 @@ fn gen_op(m: &Model, rng: &mut StdRng) -> Op {
                     Some(Kind::File(d)) => d.len() as u64,
                     _ => 0,
                 };
-                let len = if rng.gen_bool(0.3) {
+                // A fifth are block-aligned 64 KiB writes, which the daemon writes straight
+                // to fresh volume blocks (direct writes) instead of through the ring.
+                let aligned = rng.gen_bool(0.2);
+                let len = if aligned {
+                    MAX_WRITE_BYTES
+                } else if rng.gen_bool(0.3) {
                     rng.gen_range(1..64)
                 } else {
                     rng.gen_range(1..=MAX_WRITE_BYTES)
@@ -373,6 +378,7 @@ fn gen_op(m: &Model, rng: &mut StdRng) -> Op {
                     _ => rng.gen_range(0..=size + 64 * 1024),
                 };
                 let off = off.min(MAX_FILE_BYTES.saturating_sub(len as u64));
+                let off = if aligned { off / 4096 * 4096 } else { off };
                 Op::Write {
                     path: path.clone(),
                     off,

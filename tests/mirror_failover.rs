@@ -596,7 +596,12 @@ impl Workload {
         let pick = files[rng.gen_range(0..files.len())].clone();
         let tag = self.done as u64 * 7919 + 1;
         match roll {
-            0..=11 | 12..=39 => {
+            0..=5 => {
+                // Block-aligned 64 KiB: a direct write, whose data the agent must still get.
+                let off = rng.gen_range(0..=32u64) * 4096;
+                Op::Pwrite(pick, off, pattern(tag, 64 * 1024))
+            }
+            6..=11 | 12..=39 => {
                 let len = self.model.files[&pick].data.len() as u64;
                 let off = rng.gen_range(0..=len.min(48 * 1024));
                 let n = rng.gen_range(1..=16 * 1024);

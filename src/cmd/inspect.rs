@@ -64,6 +64,15 @@ fn describe_op(op: &FsOp) -> String {
             ino, name, value, ..
         } => format!("setxattr inode {ino} {:?} ({} bytes)", n(name), value.len()),
         FsOp::RemoveXattr { ino, name, .. } => format!("removexattr inode {ino} {:?}", n(name)),
+        FsOp::WriteDirect {
+            ino,
+            offset,
+            len,
+            phys,
+            ..
+        } => format!(
+            "write inode {ino} offset {offset} len {len} (data on the volume at block {phys})"
+        ),
     }
 }
 

@@ -17,6 +17,8 @@ pub fn check_state(state: &FsState) -> Vec<String> {
     }
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    // Volume block -> the file block it holds.
+    let mut placed: HashMap<u64, (u64, u64)> = HashMap::new();
     for node in state.inodes.values() {
         let ino = node.rec.ino;
         if ino >= state.next_ino {
@@ -59,6 +61,16 @@ pub fn check_state(state: &FsState) -> Vec<String> {
             match &node.rec.target {
                 Some(t) if t.len() as u64 == node.rec.size => {}
                 _ => problems.push(format!("symlink {ino}: target missing or size mismatch")),
+            }
+        }
+        for (blk, slot) in &node.blocks {
+            if let Some(p) = slot.phys {
+                if let Some((other, other_blk)) = placed.insert(p, (ino, *blk)) {
+                    problems.push(format!(
+                        "volume block {p} holds both block {blk} of inode {ino} and block \
+                         {other_blk} of inode {other}"
+                    ));
+                }
             }
         }
         if node.rec.kind != Kind::File && !node.blocks.is_empty() {

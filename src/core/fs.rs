@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use raid_sim::BlockVolume;
 
 use super::alloc::Allocator;
+use super::direct;
 use super::meta::{self, MetaRecord, BLOB_DELTA, BLOB_SNAPSHOT};
 use super::ops::FsOp;
 use super::recovery::{self, Action, CheckpointState, OpState};
@@ -34,6 +35,8 @@ pub struct FsConfig {
     pub checkpoint_fill_percent: u64,
     /// msync the ring after every op, not only on fsync.
     pub sync_every_op: bool,
+    /// Large block-aligned writes go straight to fresh volume blocks (see `direct`).
+    pub direct_writes: bool,
 }
 
 impl Default for FsConfig {
@@ -42,6 +45,7 @@ impl Default for FsConfig {
             checkpoint_interval_ms: 5000,
             checkpoint_fill_percent: 50,
             sync_every_op: false,
+            direct_writes: true,
         }
     }
 }
@@ -65,6 +69,10 @@ pub struct RecoveryReport {
     pub torn_tail_at: Option<u64>,
     pub covers_seq: u64,
     pub elapsed_ms: u128,
+    /// Direct writes replayed whose data was read back and checked, and those whose data
+    /// the volume did not hold.
+    pub direct_checked: usize,
+    pub direct_lost: usize,
 }
 
 /// One directory entry for readdir.
@@ -129,6 +137,11 @@ pub struct Fs {
     mirror: std::sync::OnceLock<Arc<crate::mirror::Mirror>>,
     /// Run once when this node learns it was fenced (the daemon releases its volume lock).
     on_fenced: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Direct writes: how many landed on the volume, how many of those a volume flush
+    /// made durable, and bytes of them since the last checkpoint.
+    direct_landed: AtomicU64,
+    direct_flushed: AtomicU64,
+    direct_bytes: AtomicU64,
 }
 
 /// Running totals of ops by the state they reached (for `status`).
@@ -240,6 +253,14 @@ impl Fs {
             rep.orphans_purged,
             rep.elapsed_ms
         );
+        if rep.direct_checked > 0 {
+            log::info!(
+                "recovery read back {} direct writes from the volume: {} intact, {} lost (read as zeroes)",
+                rep.direct_checked,
+                rep.direct_checked - rep.direct_lost,
+                rep.direct_lost
+            );
+        }
         let snapshot_bytes = r.sb.blobs.first().map_or(0, |b| b.payload_bytes);
         let delta_bytes = r.meta_bytes - snapshot_bytes;
         Ok(Fs {
@@ -265,6 +286,9 @@ impl Fs {
             last_checkpoint_at: Mutex::new(Instant::now()),
             mirror: std::sync::OnceLock::new(),
             on_fenced: Mutex::new(None),
+            direct_landed: AtomicU64::new(0),
+            direct_flushed: AtomicU64::new(0),
+            direct_bytes: AtomicU64::new(0),
         })
         .and_then(|fs| {
             if rebuilt {
@@ -300,7 +324,7 @@ impl Fs {
         mirror.checkpoint(covers);
         let mut resent = 0;
         for e in scan.entries.iter().filter(|e| e.header.seq > covers) {
-            mirror.submit(e.header.seq, e.to_bytes());
+            mirror.submit(e.header.seq, self.self_contained(e)?);
             resent += 1;
         }
         if resent > 0 {
@@ -313,6 +337,34 @@ impl Fs {
             .set_sink(Box::new(move |seq, bytes| sink.submit(seq, bytes)));
         let _ = self.mirror.set(mirror);
         Ok(())
+    }
+
+    /// A ring entry as the mirror agent must hold it: a direct write's `Accepted` entry
+    /// carries its data, read back from the volume.
+    fn self_contained(&self, e: &crate::statelog::ScannedEntry) -> Result<Vec<u8>, FsError> {
+        let is_accepted_op =
+            e.header.kind == EntryKind::Op && e.header.state == OpState::Accepted as u8;
+        let op = is_accepted_op
+            .then(|| FsOp::decode(&e.payload).ok())
+            .flatten()
+            .filter(|op| matches!(op, FsOp::WriteDirect { .. }));
+        let Some(FsOp::WriteDirect { len, phys, crc, .. }) = &op else {
+            return Ok(e.to_bytes());
+        };
+        let data = match direct::read_back(&self.vol, *phys, *len, *crc)? {
+            direct::ReadBack::Intact(data) => data,
+            // Recovery replaced it by zeroes and the checkpoint after it covers it; a live
+            // entry whose data is gone cannot happen (it landed before `Applied`).
+            direct::ReadBack::Lost => vec![0u8; *len as usize],
+        };
+        let op = op.as_ref().expect("matched above");
+        let inline = direct::inline_form(op, data)
+            .expect("a direct write")
+            .encode();
+        let mut entry = e.clone();
+        entry.header.len = (crate::statelog::ENTRY_HEADER_BYTES + inline.len()) as u32;
+        entry.payload = inline;
+        Ok(entry.to_bytes())
     }
 
     pub fn mirror(&self) -> Option<&Arc<crate::mirror::Mirror>> {
@@ -338,6 +390,19 @@ impl Fs {
         build: impl Fn(&FsState) -> FsResult<FsOp>,
         answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
     ) -> FsResult<T> {
+        self.execute_with(|core| build(&core.state), None, answer)
+    }
+
+    /// Runs one mutating op through its states: `build` makes it (under the core lock, with
+    /// the allocator at hand for a direct write), it is logged `Accepted`, applied in
+    /// memory, for a direct write `direct_data` lands in its volume blocks, it is logged
+    /// `Applied`, the mirror acknowledges it, and `answer` makes the reply.
+    fn execute_with<T>(
+        &self,
+        mut build: impl FnMut(&mut Core) -> FsResult<FsOp>,
+        direct_data: Option<&[u8]>,
+        answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
+    ) -> FsResult<T> {
         let mut checkpoints_forced = 0;
         loop {
             let mut core = self.lock();
@@ -349,25 +414,39 @@ impl Fs {
                     Errno::EIO
                 });
             }
-            let op = build(&core.state)?;
+            let op = build(&mut core)?;
             let payload = op.encode();
+            // The mirror agent gets a direct write with its data: it cannot read our volume.
+            let mirror_form = match (direct_data, self.mirror.get()) {
+                (Some(data), Some(_)) => {
+                    direct::inline_form(&op, data.to_vec()).map(|inline| inline.encode())
+                }
+                _ => None,
+            };
+            let mirror_parts: Option<[&[u8]; 1]> = mirror_form.as_deref().map(|m| [m]);
             let accepted = self
                 .log
-                .try_append(
+                .try_append_as(
                     EntryKind::Op,
                     None,
                     OpState::Accepted as u8,
                     &[&payload],
                     APPLIED_RESERVE_BYTES + CHECKPOINT_RESERVE_BYTES,
+                    mirror_parts.as_ref().map(|p| &p[..]),
                 )
                 .map_err(|e| {
+                    release_direct_blocks(&mut core, &op);
                     log::error!("{e}");
                     Errno::EIO
                 })?;
             let Some(accepted) = accepted else {
+                release_direct_blocks(&mut core, &op);
                 drop(core);
-                let need = self.log.worst_case_bytes(payload.len())
-                    + APPLIED_RESERVE_BYTES
+                let need = self.log.worst_case_bytes(
+                    payload
+                        .len()
+                        .max(mirror_form.as_ref().map_or(0, |m| m.len())),
+                ) + APPLIED_RESERVE_BYTES
                     + CHECKPOINT_RESERVE_BYTES;
                 self.request_checkpoint();
                 self.log.wait_for_space(need, Duration::from_millis(200));
@@ -376,6 +455,7 @@ impl Fs {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = core.state.apply(&op) {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                release_direct_blocks(&mut core, &op);
                 if e == Errno::NEED_CHECKPOINT {
                     drop(core);
                     checkpoints_forced += 1;
@@ -389,6 +469,26 @@ impl Fs {
                 }
                 // Accepted but never Applied: recovery discards it, like the caller did.
                 return Err(e);
+            }
+            if let (Some(blocks), Some(data)) = (direct::blocks(&op), direct_data) {
+                // Still under the core lock: no reader can look the new blocks up, and no
+                // checkpoint can cover the op, before its data is in them.
+                if let Err(e) = self.vol.write_at(blocks.start * BLOCK_BYTES, data) {
+                    log::error!(
+                        "direct write of {} bytes at volume block {}: {e}",
+                        data.len(),
+                        blocks.start
+                    );
+                    core.poisoned = Some(format!("a direct write to the volume failed: {e}"));
+                    return Err(Errno::EIO);
+                }
+                self.direct_landed.fetch_add(1, Ordering::Release);
+                let since = self
+                    .direct_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if since + data.len() as u64 >= direct::DIRECT_CHECKPOINT_BYTES {
+                    self.request_checkpoint();
+                }
             }
             let applied = self
                 .log
@@ -784,15 +884,33 @@ impl Fs {
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let now = Ts::now();
         let len = data.len() as u32;
-        self.execute(
-            |_| {
-                Ok(FsOp::Write {
-                    ino,
-                    offset,
-                    data: data.to_vec(),
-                    now,
+        let inline = || FsOp::Write {
+            ino,
+            offset,
+            data: data.to_vec(),
+            now,
+        };
+        if !(self.config.direct_writes && direct::eligible(offset, data.len() as u64)) {
+            return self.execute(|_| Ok(inline()), |_, _| Ok(len));
+        }
+        let crc = crc32c::crc32c(data);
+        let count = data.len() as u64 / BLOCK_BYTES;
+        self.execute_with(
+            |core| {
+                // Fresh contiguous blocks, or the ordinary path when there is no such run.
+                Ok(match core.alloc.alloc_run(count) {
+                    Some(phys) => FsOp::WriteDirect {
+                        ino,
+                        offset,
+                        len: data.len() as u64,
+                        phys,
+                        crc,
+                        now,
+                    },
+                    None => inline(),
                 })
             },
+            Some(data),
             |_, _| Ok(len),
         )
     }
@@ -875,6 +993,15 @@ impl Fs {
             if m.protected() && m.wait(seq).is_ok() {
                 return Ok(());
             }
+        }
+        // Direct writes' data before the ring entries that point at it.
+        let landed = self.direct_landed.load(Ordering::Acquire);
+        if landed > self.direct_flushed.load(Ordering::Acquire) {
+            self.vol.flush().map_err(|e| {
+                log::error!("fsync: flushing the volume: {e}");
+                Errno::EIO
+            })?;
+            self.direct_flushed.fetch_max(landed, Ordering::AcqRel);
         }
         self.log.flush().map(|_| ()).map_err(|e| {
             log::error!("fsync: {e}");
@@ -1000,6 +1127,7 @@ impl Fs {
         let generation = guard.sb.generation + 1;
         let applied_at_snapshot = self.counters.applied.load(Ordering::Relaxed);
         let dirty = guard.state.take_dirty();
+        self.direct_bytes.store(0, Ordering::Relaxed);
         let core = &mut *guard;
         let mut records = Vec::new();
         let mut jobs: Vec<(u64, Option<Arc<Vec<u8>>>, u64, u64, u64)> = Vec::new();
@@ -1014,6 +1142,12 @@ impl Fs {
             };
             match node.blocks.get_mut(&blk) {
                 Some(slot) => {
+                    // A direct write placed it: record where, whether or not it changed since.
+                    if std::mem::take(&mut slot.unrecorded) {
+                        if let Some(phys) = slot.phys {
+                            records.push(MetaRecord::Extent { ino, blk, phys });
+                        }
+                    }
                     if slot.dirty_gen == 0 {
                         continue;
                     }
@@ -1308,6 +1442,16 @@ impl Fs {
     }
 }
 
+/// Gives a direct write's blocks back when the op will not be applied (they hold nothing
+/// anybody references).
+fn release_direct_blocks(core: &mut Core, op: &FsOp) {
+    if let Some(blocks) = direct::blocks(op) {
+        for b in blocks {
+            core.alloc.free(b);
+        }
+    }
+}
+
 /// A volume's state after loading its checkpoint and replaying its ring, in memory only.
 pub struct Recovered {
     pub vol: Arc<dyn BlockVolume>,
@@ -1379,6 +1523,7 @@ pub fn recover(
             detail,
         })?;
     let mut state = loaded.state;
+    let mut alloc = loaded.alloc;
     state.replaying = true;
     let to_replay = plan.iter().filter(|o| o.action == Action::Replay).count() as u64;
     let bar = progress("replaying the state log", to_replay);
@@ -1387,6 +1532,8 @@ pub fn recover(
             Action::Replay => {
                 match FsOp::decode(&op.payload) {
                     Ok(fsop) => {
+                        let fsop =
+                            replayable_direct(&vol, &mut alloc, op.op_id, fsop, &mut report)?;
                         if let Err(e) = state.apply(&fsop) {
                             log::error!(
                                 "replaying op {} ({}) failed with errno {}: the volume and the ring disagree",
@@ -1424,7 +1571,7 @@ pub fn recover(
     Ok(Recovered {
         vol,
         state,
-        alloc: loaded.alloc,
+        alloc,
         meta_bytes: loaded.meta_bytes,
         sb,
         scan: gathered.scan,
@@ -1433,6 +1580,63 @@ pub fn recover(
         ring_path,
         next_seq,
         from_mirror: gathered.from_mirror,
+    })
+}
+
+/// A direct write as replay applies it: its blocks taken from the allocator when they hold
+/// its data; when they do not (the volume lost writes the ring kept, after a power or kernel
+/// failure before fsync), a write of zeroes, so that the file keeps its size and never shows
+/// what those blocks held before.
+fn replayable_direct(
+    vol: &Arc<dyn BlockVolume>,
+    alloc: &mut Allocator,
+    op_id: u64,
+    op: FsOp,
+    report: &mut RecoveryReport,
+) -> Result<FsOp, FsError> {
+    let FsOp::WriteDirect {
+        ino,
+        offset,
+        len,
+        phys,
+        crc,
+        now,
+    } = op
+    else {
+        return Ok(op);
+    };
+    let intact = match direct::read_back(vol, phys, len, crc)? {
+        direct::ReadBack::Intact(_) => true,
+        direct::ReadBack::Lost => false,
+    };
+    report.direct_checked += 1;
+    if intact {
+        let mut taken = true;
+        for b in phys..phys + len / BLOCK_BYTES {
+            taken &= alloc.mark_used(b);
+        }
+        if taken {
+            return Ok(op);
+        }
+        return Err(FsError::Corrupt {
+            what: "state log",
+            at: format!("op {op_id}"),
+            detail: format!(
+                "a direct write names volume blocks {phys}..{} that the checkpoint already uses",
+                phys + len / BLOCK_BYTES
+            ),
+        });
+    }
+    log::warn!(
+        "op {op_id}: the data of a write of {len} bytes at offset {offset} of inode {ino} is not on \
+         the volume (lost with the page cache before an fsync); that range reads as zeroes"
+    );
+    report.direct_lost += 1;
+    Ok(FsOp::Write {
+        ino,
+        offset,
+        data: vec![0u8; len as usize],
+        now,
     })
 }
 

@@ -281,6 +281,7 @@ pub fn load(vol: Arc<dyn BlockVolume>, sb: &Superblock) -> Result<Loaded, String
                     phys: Some(phys),
                     data: None,
                     dirty_gen: 0,
+                    unrecorded: false,
                 },
             );
             state.used_blocks += 1;

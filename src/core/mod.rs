@@ -3,6 +3,7 @@
 
 mod alloc;
 pub mod check;
+pub mod direct;
 mod fs;
 pub mod meta;
 pub mod ops;

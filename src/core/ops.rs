@@ -81,6 +81,17 @@ pub enum FsOp {
         name: Vec<u8>,
         now: Ts,
     },
+    /// A block-aligned write whose data went straight to fresh volume blocks
+    /// `phys .. phys + len / BLOCK_BYTES` instead of into the ring. `crc` (crc32c of the data)
+    /// lets recovery tell whether the data reached the volume.
+    WriteDirect {
+        ino: u64,
+        offset: u64,
+        len: u64,
+        phys: u64,
+        crc: u32,
+        now: Ts,
+    },
 }
 
 impl FsOp {
@@ -107,6 +118,7 @@ impl FsOp {
             FsOp::Fallocate { .. } => "fallocate",
             FsOp::SetXattr { .. } => "setxattr",
             FsOp::RemoveXattr { .. } => "removexattr",
+            FsOp::WriteDirect { .. } => "write (direct)",
         }
     }
 

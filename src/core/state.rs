@@ -242,6 +242,14 @@ impl FsState {
                 now,
             } => self.apply_setxattr(*ino, name, value, *flags, *now),
             FsOp::RemoveXattr { ino, name, now } => self.apply_removexattr(*ino, name, *now),
+            FsOp::WriteDirect {
+                ino,
+                offset,
+                len,
+                phys,
+                now,
+                ..
+            } => self.apply_write_direct(*ino, *offset, *len, *phys, *now),
         }
     }
 
@@ -690,13 +698,21 @@ impl FsState {
     }
 
     fn check_space(&self, new_blocks: u64) -> FsResult<()> {
+        self.check_space_replacing(new_blocks, 0)
+    }
+
+    /// Room for `new_blocks` more file blocks, and for `replaced` placed blocks to wait in
+    /// `pending_free` until the next checkpoint.
+    fn check_space_replacing(&self, new_blocks: u64, replaced: u64) -> FsResult<()> {
         if self.replaying {
             return Ok(());
         }
         if self.used_blocks + new_blocks > self.capacity_blocks {
             return Err(Errno::ENOSPC);
         }
-        if self.used_blocks + self.pending_free.len() as u64 + new_blocks > self.capacity_blocks {
+        if self.used_blocks + self.pending_free.len() as u64 + new_blocks + replaced
+            > self.capacity_blocks
+        {
             // There is room once the next checkpoint releases the blocks freed since the last.
             return Err(Errno::NEED_CHECKPOINT);
         }
@@ -743,6 +759,58 @@ impl FsState {
         n.rec.size = n.rec.size.max(end);
         n.rec.mtime = now;
         n.rec.ctime = now;
+        self.dirty.inodes.insert(ino);
+        Ok(())
+    }
+
+    /// Maps blocks `[offset, offset + len)` of `ino` (block-aligned) to the volume blocks
+    /// starting at `phys`, which already hold the data. The blocks they replace are released
+    /// at the next checkpoint.
+    fn apply_write_direct(
+        &mut self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        phys: u64,
+        now: Ts,
+    ) -> FsResult<()> {
+        self.file_for_data(ino)?;
+        if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 || len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_BYTES {
+            return Err(Errno::EFBIG);
+        }
+        let first = offset / BLOCK_BYTES;
+        let count = len / BLOCK_BYTES;
+        // Every block either is new or hands its old volume block to pending_free.
+        let placed = {
+            let n = self.get(ino)?;
+            n.blocks
+                .range(first..first + count)
+                .filter(|(_, s)| s.phys.is_some())
+                .count() as u64
+        };
+        let absent = self.new_blocks_needed(ino, first, first + count - 1)?;
+        self.check_space_replacing(absent, placed)?;
+        let node = self.inodes.get_mut(&ino).expect("checked above");
+        for i in 0..count {
+            let slot = node.blocks.entry(first + i).or_insert_with(|| {
+                self.used_blocks += 1;
+                Slot::default()
+            });
+            if let Some(old) = slot.phys.replace(phys + i) {
+                self.pending_free.push(old);
+            }
+            slot.data = None;
+            slot.dirty_gen = 0;
+            slot.unrecorded = true;
+            self.dirty.blocks.insert((ino, first + i));
+        }
+        node.rec.size = node.rec.size.max(end);
+        node.rec.mtime = now;
+        node.rec.ctime = now;
         self.dirty.inodes.insert(ino);
         Ok(())
     }
@@ -802,6 +870,7 @@ impl FsState {
                         phys: None,
                         data: None,
                         dirty_gen: 1,
+                        unrecorded: false,
                     });
                     self.used_blocks += 1;
                     self.dirty.blocks.insert((ino, blk));

@@ -161,6 +161,8 @@ pub struct Slot {
     pub data: Option<Arc<Vec<u8>>>,
     /// 0 when the volume copy is current; otherwise the write generation of `data`.
     pub dirty_gen: u64,
+    /// `phys` was set by a direct write and no checkpoint has recorded it yet.
+    pub unrecorded: bool,
 }
 
 /// What `getattr` reports.

@@ -8,7 +8,7 @@ mod mmap;
 mod ring;
 mod scan;
 
-pub use format::{EntryHeader, EntryKind, MAX_PAYLOAD_BYTES, MIN_RING_BYTES};
+pub use format::{EntryHeader, EntryKind, ENTRY_HEADER_BYTES, MAX_PAYLOAD_BYTES, MIN_RING_BYTES};
 pub use ring::{Appended, RingStats, StateLog};
 pub use scan::{read_header, scan, ScanEnd, ScanError, ScanResult, ScannedEntry};
 

@@ -205,13 +205,56 @@ impl StateLog {
         parts: &[&[u8]],
         reserve_bytes: u64,
     ) -> Result<Option<Appended>, LogError> {
+        self.try_append_as(kind, op_id, state, parts, reserve_bytes, None)
+    }
+
+    /// `try_append`, with the sink (the mirror) getting the entry with `mirror_parts` as its
+    /// payload instead: the same seq, op and state, self-contained where the local payload
+    /// refers to data kept elsewhere (a direct write's volume blocks).
+    pub fn try_append_as(
+        &self,
+        kind: EntryKind,
+        op_id: Option<u64>,
+        state: u8,
+        parts: &[&[u8]],
+        reserve_bytes: u64,
+        mirror_parts: Option<&[&[u8]]>,
+    ) -> Result<Option<Appended>, LogError> {
         let payload_bytes: usize = parts.iter().map(|p| p.len()).sum();
-        if payload_bytes > MAX_PAYLOAD_BYTES {
-            return Err(LogError::TooLarge { payload_bytes });
+        let mirror_bytes: usize = mirror_parts.map_or(0, |m| m.iter().map(|p| p.len()).sum());
+        if payload_bytes.max(mirror_bytes) > MAX_PAYLOAD_BYTES {
+            return Err(LogError::TooLarge {
+                payload_bytes: payload_bytes.max(mirror_bytes),
+            });
         }
         let mut ring = self.lock();
         let appended = ring.append(kind, op_id, state, parts, reserve_bytes);
-        self.forward(&mut ring);
+        match (mirror_parts, appended, self.sink.get()) {
+            (Some(mparts), Some(a), Some(sink)) => {
+                // Filler entries written before it still go as they are.
+                let written = std::mem::take(&mut ring.written);
+                for (seq, start, len) in written {
+                    if seq == a.seq {
+                        let header = EntryHeader {
+                            len: (ENTRY_HEADER_BYTES + mirror_bytes) as u32,
+                            seq,
+                            op_id: op_id.unwrap_or(seq),
+                            kind,
+                            state,
+                        };
+                        let mut bytes = Vec::with_capacity(ENTRY_HEADER_BYTES + mirror_bytes);
+                        bytes.extend_from_slice(&header.encode(mparts));
+                        for part in mparts {
+                            bytes.extend_from_slice(part);
+                        }
+                        sink(seq, bytes);
+                    } else {
+                        sink(seq, ring.map.bytes_mut()[start..start + len].to_vec());
+                    }
+                }
+            }
+            _ => self.forward(&mut ring),
+        }
         Ok(appended)
     }
 

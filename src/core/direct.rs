@@ -1,0 +1,79 @@
+//! Direct writes: large block-aligned writes whose data goes straight to fresh volume blocks
+//! instead of through the ring (the ring's `Accepted` entry then names the blocks and the
+//! data's checksum). The data is written once, not twice, and the checkpoint only records
+//! where it is.
+//!
+//! The blocks are always fresh (never referenced by the volume's checkpoint or by another
+//! file), so a direct write that never completes changes nothing anybody can see. The data
+//! lands on the volume before the op's `Applied` entry; like the ring itself it survives
+//! `kill -9` in the page cache, and `fsync` flushes the volume before the ring. The mirror
+//! agent gets the op in its self-contained form (an ordinary write carrying the data), so
+//! that a peer can recover it without this node's page cache.
+
+use std::sync::Arc;
+
+use raid_sim::BlockVolume;
+
+use super::ops::FsOp;
+use super::types::BLOCK_BYTES;
+
+/// Writes at least this large (and block-aligned) go direct.
+pub const DIRECT_WRITE_MIN_BYTES: u64 = 64 << 10;
+
+/// A checkpoint is asked for once this much direct data is not yet covered by one, which
+/// bounds what recovery reads back to check.
+pub const DIRECT_CHECKPOINT_BYTES: u64 = 256 << 20;
+
+/// Whether a write of `len` bytes at `offset` can go direct.
+pub fn eligible(offset: u64, len: u64) -> bool {
+    len >= DIRECT_WRITE_MIN_BYTES && offset % BLOCK_BYTES == 0 && len % BLOCK_BYTES == 0
+}
+
+/// The volume blocks a direct write placed its data in.
+pub fn blocks(op: &FsOp) -> Option<std::ops::Range<u64>> {
+    match op {
+        FsOp::WriteDirect { phys, len, .. } => Some(*phys..*phys + len / BLOCK_BYTES),
+        _ => None,
+    }
+}
+
+/// The self-contained form of a direct write, carrying `data`: what the mirror agent stores.
+pub fn inline_form(op: &FsOp, data: Vec<u8>) -> Option<FsOp> {
+    match op {
+        FsOp::WriteDirect {
+            ino, offset, now, ..
+        } => Some(FsOp::Write {
+            ino: *ino,
+            offset: *offset,
+            data,
+            now: *now,
+        }),
+        _ => None,
+    }
+}
+
+/// What a read-back of a direct write's blocks found.
+pub enum ReadBack {
+    /// The data is there, as written.
+    Intact(Vec<u8>),
+    /// The blocks do not hold it: the volume lost writes the ring kept (a power or kernel
+    /// failure before fsync).
+    Lost,
+}
+
+/// Reads the `len` bytes a direct write placed at volume block `phys` and checks them
+/// against the write's checksum.
+pub fn read_back(
+    vol: &Arc<dyn BlockVolume>,
+    phys: u64,
+    len: u64,
+    crc: u32,
+) -> Result<ReadBack, raid_sim::VolumeError> {
+    let mut data = vec![0u8; len as usize];
+    vol.read_at(phys * BLOCK_BYTES, &mut data)?;
+    Ok(if crc32c::crc32c(&data) == crc {
+        ReadBack::Intact(data)
+    } else {
+        ReadBack::Lost
+    })
+}
