@@ -82,6 +82,13 @@ pub trait BlockVolume: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError>;
     /// Writes all of `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError>;
+    /// Writes `data` at `offset` into space that holds nothing anybody reads: if the call
+    /// never returns (a crash), the range may afterwards hold anything, and that is all it
+    /// may affect. A RAID-5 then writes the stripes the range covers whole without
+    /// journaling them. The default is `write_at`.
+    fn write_fresh_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.write_at(offset, data)
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), VolumeError>;
     /// A one-line description for logs and `status` (kind, members, state).

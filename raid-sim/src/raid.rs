@@ -197,6 +197,8 @@ pub struct Stats {
     pub rcw_stripes: AtomicU64,
     pub degraded_writes: AtomicU64,
     pub replayed_records: AtomicU64,
+    /// Whole stripes of fresh data written without a journal record.
+    pub unlogged_stripes: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -831,6 +833,12 @@ impl Inner {
     // ---------------------------------------------------------------------------------
 
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.write_as(offset, data, false)
+    }
+
+    /// `write`; with `fresh`, the caller vouches that nothing lives in the range, so that
+    /// stripes the write covers whole skip the journal (see `BlockVolume::write_fresh_at`).
+    pub fn write_as(&self, offset: u64, data: &[u8], fresh: bool) -> Result<(), VolumeError> {
         self.check_poisoned()?;
         self.check_range(offset, data.len())?;
         let g = self.geometry;
@@ -850,13 +858,13 @@ impl Inner {
                 ((last_stripe + 1) * g.stripe_data_bytes()).min(offset + data.len() as u64);
             let batch_len = (batch_end_logical - offset) as usize - done;
             let batch = &data[done..done + batch_len];
-            self.write_batch(offset + done as u64, batch)?;
+            self.write_batch(offset + done as u64, batch, fresh)?;
             done += batch_len;
         }
         Ok(())
     }
 
-    fn write_batch(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+    fn write_batch(&self, offset: u64, data: &[u8], fresh: bool) -> Result<(), VolumeError> {
         let g = self.geometry;
         // Split into per-stripe pieces: (stripe, [(data_index, chunk_offset, bytes)]).
         let mut stripes: Vec<(u64, Vec<Piece>)> = Vec::new();
@@ -878,11 +886,19 @@ impl Inner {
         self.with_retries(|| {
             self.check_poisoned()?;
             let view = self.view();
-            let mut records = Vec::with_capacity(stripes.len());
+            let mut logged = Vec::with_capacity(stripes.len());
+            let mut unlogged = Vec::new();
             for (s, pieces) in &stripes {
-                records.push(self.plan_stripe(&view, *s, pieces)?);
+                let record = self.plan_stripe(&view, *s, pieces)?;
+                let whole =
+                    pieces.iter().map(|p| p.2.len() as u64).sum::<u64>() == g.stripe_data_bytes();
+                if fresh && whole {
+                    unlogged.push(record);
+                } else {
+                    logged.push(record);
+                }
             }
-            self.journal_and_apply(&view, records)
+            self.journal_and_apply(&view, logged, unlogged)
         })
     }
 
@@ -1013,14 +1029,27 @@ impl Inner {
         })
     }
 
-    fn journal_and_apply(&self, view: &View, mut records: Vec<Record>) -> Result<(), OpError> {
-        let stripes: Vec<u64> = records.iter().map(|r| r.stripe).collect();
+    /// Logs `records` in the journal, then writes them and `unlogged` (whole stripes of
+    /// fresh data, whose loss in a crash harms nobody) to the members. Every stripe's region
+    /// is marked dirty first, so that assembly after a crash resyncs the parity of an
+    /// unlogged stripe that was cut short.
+    fn journal_and_apply(
+        &self,
+        view: &View,
+        mut records: Vec<Record>,
+        unlogged: Vec<Record>,
+    ) -> Result<(), OpError> {
+        let stripes: Vec<u64> = records.iter().chain(&unlogged).map(|r| r.stripe).collect();
         loop {
             let gate = lock_read(&self.gate);
             let (appended, strict) = {
                 let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
                 j.mark_dirty(&stripes).map_err(|e| self.poison(e))?;
-                let a = j.append(&mut records).map_err(|e| self.poison(e))?;
+                let a = if records.is_empty() {
+                    Ok(())
+                } else {
+                    j.append(&mut records).map_err(|e| self.poison(e))?
+                };
                 (a, j.strict())
             };
             if appended.is_err() {
@@ -1031,9 +1060,12 @@ impl Inner {
                 self.checkpoint_journal(strict)?;
                 continue;
             }
-            for r in &records {
+            for r in records.iter().chain(&unlogged) {
                 self.apply_record(view, r)?;
             }
+            self.stats
+                .unlogged_stripes
+                .fetch_add(unlogged.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
     }
@@ -1237,6 +1269,13 @@ impl BlockVolume for RaidVolume {
                 whole[at..at + data.len()].copy_from_slice(data);
                 self.inner.write(start, &whole)
             }
+        }
+    }
+
+    fn write_fresh_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        match self.inner.enclosing_blocks(offset, data.len())? {
+            None => self.inner.write_as(offset, data, true),
+            Some(_) => self.write_at(offset, data),
         }
     }
 

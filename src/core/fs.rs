@@ -473,7 +473,7 @@ impl Fs {
             if let (Some(blocks), Some(data)) = (direct::blocks(&op), direct_data) {
                 // Still under the core lock: no reader can look the new blocks up, and no
                 // checkpoint can cover the op, before its data is in them.
-                if let Err(e) = self.vol.write_at(blocks.start * BLOCK_BYTES, data) {
+                if let Err(e) = self.vol.write_fresh_at(blocks.start * BLOCK_BYTES, data) {
                     log::error!(
                         "direct write of {} bytes at volume block {}: {e}",
                         data.len(),
@@ -1142,14 +1142,21 @@ impl Fs {
             };
             match node.blocks.get_mut(&blk) {
                 Some(slot) => {
-                    // A direct write placed it: record where, whether or not it changed since.
-                    if std::mem::take(&mut slot.unrecorded) {
-                        if let Some(phys) = slot.phys {
+                    let unrecorded = std::mem::take(&mut slot.unrecorded);
+                    if slot.dirty_gen == 0 {
+                        // A direct write placed it and nothing changed it since: record where.
+                        if let (true, Some(phys)) = (unrecorded, slot.phys) {
                             records.push(MetaRecord::Extent { ino, blk, phys });
                         }
-                    }
-                    if slot.dirty_gen == 0 {
                         continue;
+                    }
+                    // A block a direct write placed is left as it is until a checkpoint covers
+                    // that write: recovery checks the write's data there. Changed since, it
+                    // moves to a new block (the old one is released after this checkpoint).
+                    if unrecorded {
+                        if let Some(old) = slot.phys.take() {
+                            core.state.pending_free.push(old);
+                        }
                     }
                     let phys = match slot.phys {
                         Some(p) => p,
