@@ -4,7 +4,7 @@
 //! returns an error, so an op that fails leaves no trace and an op that succeeds can be
 //! logged and later replayed with the same result.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use raid_sim::BlockVolume;
@@ -83,9 +83,9 @@ impl Inode {
 /// What changed since the last checkpoint, at the granularity the metadata delta records.
 #[derive(Debug, Default)]
 pub struct Dirty {
-    pub inodes: HashSet<u64>,
-    pub dirents: HashSet<(u64, Vec<u8>)>,
-    pub blocks: HashSet<(u64, u64)>,
+    pub inodes: FastSet<u64>,
+    pub dirents: FastSet<(u64, Vec<u8>)>,
+    pub blocks: FastSet<(u64, u64)>,
 }
 
 impl Dirty {

@@ -176,3 +176,5 @@ pub struct Attr {
 /// mount path (millions of inserts) and is keyed per process, so names chosen by users cannot
 /// force collisions.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// The set kept the same way (the dirty sets: one insert per changed block).
+pub type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;

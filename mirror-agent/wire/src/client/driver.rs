@@ -63,7 +63,12 @@ impl State {
 pub(super) struct Shared {
     pub(super) cfg: MirrorConfig,
     pub(super) state: Mutex<State>,
+    /// Waiters for acknowledgements (and for failures) wait on this one…
     pub(super) changed: Condvar,
+    /// …the driver on this one (something to send), so that neither wakes the other for
+    /// nothing: with several writers waiting, an ack used to wake the driver and every
+    /// submit every waiter.
+    pub(super) work: Condvar,
     pub(super) clock: Instant,
 }
 
@@ -72,6 +77,12 @@ impl Shared {
         // A panic in another thread holding the lock is a bug; the state is still
         // consistent enough to report, so take it rather than panic again.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the driver and every waiter (connection or failure news).
+    pub(super) fn wake_all(&self) {
+        self.changed.notify_all();
+        self.work.notify_all();
     }
 
     pub(super) fn now_us(&self) -> u64 {
@@ -90,7 +101,7 @@ impl Shared {
                 let _ = stream.shutdown(Shutdown::Both);
             }
         }
-        self.changed.notify_all();
+        self.wake_all();
     }
 }
 
@@ -123,7 +134,7 @@ pub(super) fn install(
                 st.ack_through(held);
             }
         }
-        shared.changed.notify_all();
+        shared.wake_all();
         st.generation
     };
     log::info!("mirror: connected via {route}");
@@ -167,7 +178,7 @@ pub(super) fn read_loop(
             } => {
                 let mut st = shared.lock();
                 st.echo_pending = Some(stamp_us);
-                shared.changed.notify_all();
+                shared.work.notify_one();
             }
             Message::Heartbeat {
                 stamp_us,
@@ -237,7 +248,7 @@ pub(super) fn drive(
                             log::error!("mirror: {e}");
                             let _ = session.stream.shutdown(Shutdown::Both);
                             st.fatal = Some(e);
-                            shared.changed.notify_all();
+                            shared.wake_all();
                             break;
                         }
                     }
@@ -259,7 +270,7 @@ pub(super) fn drive(
                     log::error!("mirror: {e}");
                     let mut st = shared.lock();
                     st.fatal = Some(e);
-                    shared.changed.notify_all();
+                    shared.wake_all();
                     break;
                 }
                 Err(e) => {
@@ -273,7 +284,7 @@ pub(super) fn drive(
                             break;
                         }
                         st = shared
-                            .changed
+                            .work
                             .wait_timeout(st, deadline - now)
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
@@ -347,7 +358,7 @@ pub(super) fn drive(
         if out.is_empty() {
             let wait = heartbeat.saturating_sub(since_ping);
             let _unused = shared
-                .changed
+                .work
                 .wait_timeout(st, wait)
                 .unwrap_or_else(|p| p.into_inner());
             continue;

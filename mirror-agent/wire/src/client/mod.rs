@@ -171,6 +171,7 @@ impl MirrorClient {
             cfg,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            work: Condvar::new(),
             clock: Instant::now(),
         });
         let (writer, reader_thread) = install(&shared, session).map_err(|e| MirrorError::Io {
@@ -218,7 +219,7 @@ impl MirrorClient {
         }
         st.queue_bytes += entry.len();
         st.queue.push_back((seq, entry));
-        self.shared.changed.notify_all();
+        self.shared.work.notify_one();
         Ok(())
     }
 
@@ -273,7 +274,7 @@ impl MirrorClient {
                 st.queue_bytes -= len;
                 st.queue.pop_front();
             }
-            self.shared.changed.notify_all();
+            self.shared.wake_all();
         }
     }
 
@@ -454,7 +455,7 @@ impl Drop for MirrorClient {
             if let Some(stream) = st.stream.take() {
                 let _ = stream.shutdown(Shutdown::Both);
             }
-            self.shared.changed.notify_all();
+            self.shared.wake_all();
         }
         if let Some(driver) = self.driver.take() {
             let _ = driver.join();
