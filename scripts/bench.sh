@@ -211,6 +211,14 @@ cold() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
+# Before a write workload: the write-back of what earlier workloads (or targets) wrote must
+# not be charged to this one. The same for every target.
+settle() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    sleep 1
+}
+
 wait_daemon_gone() {
     local pid
     pid="$(daemon_pid "$work/$1.vol")"
@@ -240,6 +248,7 @@ run_workloads() {
     # until it was remounted (daemon.log: "cannot queue seq N: entry of 1048648 bytes exceeds
     # the mirror limit of 1048576 bytes"), which must not spoil this figure.
     local j read_mib
+    settle
     echo "== $t: seq-write ${file_mib} MiB (512 KiB blocks, end_fsync; at most ${seq_cap}s)"
     j=$(fio_json --name=seq512 --filename="$d/seq512.dat" --rw=write --bs=512k --size="${file_mib}M" \
         --ioengine=psync --end_fsync=1 --runtime="$seq_cap")
@@ -251,6 +260,7 @@ run_workloads() {
     rm -f "$d/seq512.dat"
     sample_rss "$t"
 
+    settle
     echo "== $t: seq-write ${file_mib} MiB (1 MiB blocks, end_fsync; at most ${seq_cap}s)"
     j=$(fio_json --name=seq --filename="$d/seq.dat" --rw=write --bs=1M --size="${file_mib}M" \
         --ioengine=psync --end_fsync=1 --runtime="$seq_cap")
@@ -281,6 +291,7 @@ run_workloads() {
     echo "   ${R[$t,rand_read]} IOPS"
     sample_rss "$t"
 
+    settle
     echo "== $t: 4 KiB random writes, fsync after each (${seconds}s)"
     j=$(fio_json --name=rw --filename="$d/rand.dat" --rw=randwrite --bs=4k --size=64M \
         --ioengine=psync --fsync=1 --time_based --runtime="$seconds")
@@ -292,6 +303,7 @@ run_workloads() {
     rm -f "$d/rand.dat"
     sample_rss "$t"
 
+    settle
     echo "== $t: fs_mark (4 KiB files, fsync before close, 2 threads)"
     local out
     # fs_mark wants a directory name shorter than 40 bytes: run it from inside.
@@ -301,6 +313,7 @@ run_workloads() {
     rm -rf "$d/fsm"
     sample_rss "$t"
 
+    settle
     echo "== $t: dbench 4 clients (${seconds}s)"
     mkdir -p "$d/dbench"
     out=$(cd "$d/dbench" && dbench -D "$d/dbench" -t "$seconds" 4 2>&1)

@@ -378,20 +378,16 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, offset, 4096) {
-            Ok(entries) => {
-                for (e, _) in entries {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        e.offset,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.fs.readdir(ino.0, offset, false, |e, _| {
+            reply.add(
+                INodeNo(e.ino),
+                e.offset,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -404,24 +400,20 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino.0, offset, 4096) {
-            Ok(entries) => {
-                for (e, attr) in entries {
-                    let Some(attr) = attr else { continue };
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(
-                        INodeNo(e.ino),
-                        e.offset,
-                        name,
-                        &TTL,
-                        &file_attr(&attr),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.fs.readdir(ino.0, offset, true, |e, attr| {
+            // An entry whose inode vanished meanwhile is left out.
+            let Some(attr) = attr else { return false };
+            reply.add(
+                INodeNo(e.ino),
+                e.offset,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -547,58 +547,54 @@ impl Fs {
     }
 
     /// Entries after `offset`, at most `limit`, with offsets to resume from.
+    /// Lists directory `ino` from after `offset`, handing each entry (with its attributes
+    /// when `with_attr`) to `emit` until it returns true (its reply buffer is full): the
+    /// work per call is what the caller takes, not the whole directory.
     pub fn readdir(
         &self,
         ino: u64,
         offset: u64,
-        limit: usize,
-    ) -> FsResult<Vec<(DirEntry, Option<Attr>)>> {
+        with_attr: bool,
+        mut emit: impl FnMut(DirEntry, Option<Attr>) -> bool,
+    ) -> FsResult<()> {
         let core = self.lock();
         let node = core.state.get(ino)?;
         let dir = node.dir.as_ref().ok_or(Errno::ENOTDIR)?;
-        let mut out = Vec::new();
-        let attr_of = |i: u64| core.state.get(i).ok().map(|n| n.attr());
-        if offset < 1 {
-            out.push((
-                DirEntry {
-                    offset: 1,
-                    ino,
+        let attr_of = |i: u64| {
+            if with_attr {
+                core.state.get(i).ok().map(|n| n.attr())
+            } else {
+                None
+            }
+        };
+        let dots = [(1, ino, &b"."[..]), (2, node.rec.parent, &b".."[..])];
+        for (cookie, child, name) in dots {
+            if offset < cookie {
+                let entry = DirEntry {
+                    offset: cookie,
+                    ino: child,
                     kind: Kind::Dir,
-                    name: b".".to_vec(),
-                },
-                attr_of(ino),
-            ));
-        }
-        if offset < 2 {
-            let p = node.rec.parent;
-            out.push((
-                DirEntry {
-                    offset: 2,
-                    ino: p,
-                    kind: Kind::Dir,
-                    name: b"..".to_vec(),
-                },
-                attr_of(p),
-            ));
+                    name: name.to_vec(),
+                };
+                if emit(entry, attr_of(child)) {
+                    return Ok(());
+                }
+            }
         }
         for (cookie, name) in dir.by_cookie.range(offset.max(FIRST_COOKIE - 1) + 1..) {
-            if out.len() >= limit {
+            let child = dir.entries[name].0;
+            let kind = core.state.get(child).map_or(Kind::File, |n| n.rec.kind);
+            let entry = DirEntry {
+                offset: *cookie,
+                ino: child,
+                kind,
+                name: name.clone(),
+            };
+            if emit(entry, attr_of(child)) {
                 break;
             }
-            let child = dir.entries[name].0;
-            let attr = attr_of(child);
-            let kind = attr.as_ref().map_or(Kind::File, |a| a.rec.kind);
-            out.push((
-                DirEntry {
-                    offset: *cookie,
-                    ino: child,
-                    kind,
-                    name: name.clone(),
-                },
-                attr,
-            ));
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
