@@ -135,7 +135,7 @@ fn run(args: Args) -> Result<()> {
     std::thread::Builder::new()
         .name("sync".into())
         .spawn(move || loop {
-            std::thread::sleep(interval);
+            flusher.volumes.wait_for_kick(interval);
             flusher.volumes.sync_all();
         })?;
 

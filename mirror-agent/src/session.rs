@@ -351,6 +351,9 @@ impl<'a> Session<'a> {
                     if let Some(held) = s.append(&entries).map_err(from_store)? {
                         self.pending_ack = Some(held);
                     }
+                    if s.wants_sync() {
+                        self.agent.volumes.kick_sync();
+                    }
                 }
                 Message::Checkpoint { through_seq } => {
                     let store = self.writer_only("Checkpoint", &store)?;

@@ -417,13 +417,21 @@ impl Fs {
             let op = build(&mut core)?;
             let payload = op.encode();
             // The mirror agent gets a direct write with its data: it cannot read our volume.
-            let mirror_form = match (direct_data, self.mirror.get()) {
-                (Some(data), Some(_)) => {
-                    direct::inline_form(&op, data.to_vec()).map(|inline| inline.encode())
+            let mirror_entry = match (&op, direct_data, self.mirror.get()) {
+                (
+                    FsOp::WriteDirect {
+                        ino, offset, now, ..
+                    },
+                    Some(data),
+                    Some(_),
+                ) => {
+                    let mut entry = vec![0u8; crate::statelog::ENTRY_HEADER_BYTES];
+                    super::ops::encode_write_into(&mut entry, *ino, *offset, data, *now);
+                    Some(entry)
                 }
                 _ => None,
             };
-            let mirror_parts: Option<[&[u8]; 1]> = mirror_form.as_deref().map(|m| [m]);
+            let mirror_bytes = mirror_entry.as_ref().map_or(0, |m| m.len());
             let accepted = self
                 .log
                 .try_append_as(
@@ -432,7 +440,7 @@ impl Fs {
                     OpState::Accepted as u8,
                     &[&payload],
                     APPLIED_RESERVE_BYTES + CHECKPOINT_RESERVE_BYTES,
-                    mirror_parts.as_ref().map(|p| &p[..]),
+                    mirror_entry,
                 )
                 .map_err(|e| {
                     release_direct_blocks(&mut core, &op);
@@ -442,11 +450,8 @@ impl Fs {
             let Some(accepted) = accepted else {
                 release_direct_blocks(&mut core, &op);
                 drop(core);
-                let need = self.log.worst_case_bytes(
-                    payload
-                        .len()
-                        .max(mirror_form.as_ref().map_or(0, |m| m.len())),
-                ) + APPLIED_RESERVE_BYTES
+                let need = self.log.worst_case_bytes(payload.len().max(mirror_bytes))
+                    + APPLIED_RESERVE_BYTES
                     + CHECKPOINT_RESERVE_BYTES;
                 self.request_checkpoint();
                 self.log.wait_for_space(need, Duration::from_millis(200));

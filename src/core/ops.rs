@@ -131,6 +131,72 @@ impl FsOp {
     }
 }
 
+/// `FsOp::Write { ino, offset, data, now }` encoded (exactly as `FsOp::encode` would) and
+/// appended to `out`, without first copying `data` into an `FsOp`: the mirror form of a
+/// direct write is built this way, straight into the entry that goes to the agent.
+pub fn encode_write_into(out: &mut Vec<u8>, ino: u64, offset: u64, data: &[u8], now: Ts) {
+    struct WriteRef<'a> {
+        ino: u64,
+        offset: u64,
+        data: &'a [u8],
+        now: Ts,
+    }
+    impl Serialize for WriteRef<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStructVariant;
+            // Variant 5 of FsOp (the test below holds the two encodings equal).
+            let mut v = s.serialize_struct_variant("FsOp", 5, "Write", 4)?;
+            v.serialize_field("ino", &self.ino)?;
+            v.serialize_field("offset", &self.offset)?;
+            v.serialize_field("data", &BytesRef(self.data))?;
+            v.serialize_field("now", &self.now)?;
+            v.end()
+        }
+    }
+    let w = WriteRef {
+        ino,
+        offset,
+        data,
+        now,
+    };
+    out.reserve(data.len() + 64);
+    bincode::serialize_into(out, &w).expect("a write always serialises");
+}
+
+/// `data` serialised as one byte run, the way `serde_bytes_vec` does.
+struct BytesRef<'a>(&'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_write_into_matches_the_derived_encoding() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let now = Ts {
+            sec: -3,
+            nsec: 999_999_999,
+        };
+        let op = FsOp::Write {
+            ino: 42,
+            offset: 1 << 33,
+            data: data.clone(),
+            now,
+        };
+        let mut out = vec![7u8; 5];
+        encode_write_into(&mut out, 42, 1 << 33, &data, now);
+        assert_eq!(&out[..5], &[7u8; 5]);
+        assert_eq!(out[5..], op.encode()[..]);
+        assert_eq!(FsOp::decode(&out[5..]).unwrap(), op);
+    }
+}
+
 /// Serialises write data as one length-prefixed byte run (bincode's default for Vec<u8>
 /// is element-wise, which is slow for large writes).
 mod serde_bytes_vec {

@@ -208,9 +208,11 @@ impl StateLog {
         self.try_append_as(kind, op_id, state, parts, reserve_bytes, None)
     }
 
-    /// `try_append`, with the sink (the mirror) getting the entry with `mirror_parts` as its
-    /// payload instead: the same seq, op and state, self-contained where the local payload
-    /// refers to data kept elsewhere (a direct write's volume blocks).
+    /// `try_append`, with the sink (the mirror) getting `mirror_entry` instead: a buffer whose
+    /// first `ENTRY_HEADER_BYTES` are room for the header (filled in here: the same seq, op
+    /// and state) and whose rest is the payload, self-contained where the local payload
+    /// refers to data kept elsewhere (a direct write's volume blocks). Built in place, so
+    /// that a 1 MiB payload is not copied again on its way to the mirror.
     pub fn try_append_as(
         &self,
         kind: EntryKind,
@@ -218,10 +220,12 @@ impl StateLog {
         state: u8,
         parts: &[&[u8]],
         reserve_bytes: u64,
-        mirror_parts: Option<&[&[u8]]>,
+        mirror_entry: Option<Vec<u8>>,
     ) -> Result<Option<Appended>, LogError> {
         let payload_bytes: usize = parts.iter().map(|p| p.len()).sum();
-        let mirror_bytes: usize = mirror_parts.map_or(0, |m| m.iter().map(|p| p.len()).sum());
+        let mirror_bytes = mirror_entry
+            .as_ref()
+            .map_or(0, |m| m.len().saturating_sub(ENTRY_HEADER_BYTES));
         if payload_bytes.max(mirror_bytes) > MAX_PAYLOAD_BYTES {
             return Err(LogError::TooLarge {
                 payload_bytes: payload_bytes.max(mirror_bytes),
@@ -229,28 +233,25 @@ impl StateLog {
         }
         let mut ring = self.lock();
         let appended = ring.append(kind, op_id, state, parts, reserve_bytes);
-        match (mirror_parts, appended, self.sink.get()) {
-            (Some(mparts), Some(a), Some(sink)) => {
+        match (mirror_entry, appended, self.sink.get()) {
+            (Some(mut entry), Some(a), Some(sink)) if entry.len() >= ENTRY_HEADER_BYTES => {
                 // Filler entries written before it still go as they are.
                 let written = std::mem::take(&mut ring.written);
                 for (seq, start, len) in written {
-                    if seq == a.seq {
-                        let header = EntryHeader {
-                            len: (ENTRY_HEADER_BYTES + mirror_bytes) as u32,
-                            seq,
-                            op_id: op_id.unwrap_or(seq),
-                            kind,
-                            state,
-                        };
-                        let mut bytes = Vec::with_capacity(ENTRY_HEADER_BYTES + mirror_bytes);
-                        bytes.extend_from_slice(&header.encode(mparts));
-                        for part in mparts {
-                            bytes.extend_from_slice(part);
-                        }
-                        sink(seq, bytes);
-                    } else {
+                    if seq != a.seq {
                         sink(seq, ring.map.bytes_mut()[start..start + len].to_vec());
+                        continue;
                     }
+                    let header = EntryHeader {
+                        len: entry.len() as u32,
+                        seq,
+                        op_id: op_id.unwrap_or(seq),
+                        kind,
+                        state,
+                    };
+                    let encoded = header.encode(&[&entry[ENTRY_HEADER_BYTES..]]);
+                    entry[..ENTRY_HEADER_BYTES].copy_from_slice(&encoded);
+                    sink(seq, std::mem::take(&mut entry));
                 }
             }
             _ => self.forward(&mut ring),

@@ -81,6 +81,8 @@ pub const RECORD_HEAD_BYTES: usize = RECORD_CRC_AT + CRC_BYTES;
 
 /// A new segment is started once the active one reaches this size.
 pub const SEGMENT_TARGET_BYTES: u64 = 8 * 1024 * 1024;
+/// A segment still waiting for its background sync is closed anyway at this size.
+pub const SEGMENT_MAX_BYTES: u64 = 128 * 1024 * 1024;
 
 const _: () = assert!(META_BYTES == 64);
 const _: () = assert!(SEGMENT_HEADER_BYTES == 36);
@@ -189,20 +191,27 @@ pub fn decode_segment_header(raw: &[u8]) -> Result<(VolumeId, u64), (&'static st
     ))
 }
 
-/// Appends one record to `out`.
+/// Appends one record to `out` (the tests' way to build segments).
+#[cfg(test)]
 pub fn encode_record(seq: u64, entry: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&record_head(seq, entry));
+    out.extend_from_slice(entry);
+}
+
+/// The head of the record holding `entry` (the entry's bytes follow it), so that a batch
+/// can be written with one vectored write instead of being copied together first.
+pub fn record_head(seq: u64, entry: &[u8]) -> [u8; RECORD_HEAD_BYTES] {
     assert!(
         entry.len() <= MAX_ENTRY_BYTES,
         "entry over the limit reached the store"
     );
-    let start = out.len();
-    out.extend_from_slice(&RECORD_MAGIC);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(entry.len() as u32).to_le_bytes());
-    let mut crc = crc32c::crc32c(&out[start + RECORD_SEQ_AT..start + RECORD_CRC_AT]);
-    crc = crc32c::crc32c_append(crc, entry);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(entry);
+    let mut head = [0u8; RECORD_HEAD_BYTES];
+    head[..RECORD_SEQ_AT].copy_from_slice(&RECORD_MAGIC);
+    head[RECORD_SEQ_AT..RECORD_LEN_AT].copy_from_slice(&seq.to_le_bytes());
+    head[RECORD_LEN_AT..RECORD_CRC_AT].copy_from_slice(&(entry.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[RECORD_SEQ_AT..RECORD_CRC_AT]), entry);
+    head[RECORD_CRC_AT..RECORD_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    head
 }
 
 /// A record head: (seq, entry length, stored crc), or what is wrong with it.

@@ -94,6 +94,11 @@ pub struct VolumeStore {
     /// The last segment, open for appending.
     active: Option<File>,
     dirty: bool,
+    /// Counts appends; the background sync marks the store clean only if none came in while
+    /// it synced.
+    appends: u64,
+    /// Bytes appended to the active segment since it was last synced.
+    unsynced_bytes: u64,
     poisoned: Option<String>,
     sync_each_batch: bool,
     /// Opened by `inspect`: nothing is created, cut, deleted or written.
@@ -175,6 +180,8 @@ impl VolumeStore {
             segments: Vec::new(),
             active: None,
             dirty: false,
+            appends: 0,
+            unsynced_bytes: 0,
             poisoned: None,
             sync_each_batch,
             read_only,
@@ -474,10 +481,15 @@ impl VolumeStore {
         // Append to the active segment unless it is full, or it is empty and named after
         // another seq (left by a failed start or a checkpoint): records must start at the
         // seq in the segment's name.
+        // A full segment is closed once the background sync has made it durable (closing
+        // syncs it, and must: a later segment may only exist on disk after the earlier ones),
+        // so that a burst of writes never waits for a sync in here, unless the segment grew
+        // to SEGMENT_MAX_BYTES first.
         let reuse = match self.segments.last() {
             Some(s) => {
                 self.active.is_some()
-                    && s.bytes < SEGMENT_TARGET_BYTES
+                    && (s.bytes < SEGMENT_TARGET_BYTES
+                        || (self.dirty && s.bytes < SEGMENT_MAX_BYTES))
                     && (s.last_seq.is_some() || s.first_seq == first)
             }
             None => false,
@@ -487,18 +499,27 @@ impl VolumeStore {
                 return Err(self.poison(e));
             }
         }
-        let mut buf = Vec::new();
-        for (seq, entry) in &fresh {
-            encode_record(*seq, entry, &mut buf);
+        // One vectored write of every record head and entry, without copying them together.
+        let heads: Vec<[u8; RECORD_HEAD_BYTES]> = fresh
+            .iter()
+            .map(|(seq, entry)| record_head(*seq, entry))
+            .collect();
+        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(2 * fresh.len());
+        for (head, (_, entry)) in heads.iter().zip(&fresh) {
+            slices.push(std::io::IoSlice::new(head));
+            slices.push(std::io::IoSlice::new(entry));
         }
+        let written: usize = slices.iter().map(|s| s.len()).sum();
         let last = fresh.last().map(|e| e.0).expect("fresh is not empty");
         let segment = self.segments.last_mut().expect("a segment was started");
         let path = segment.path.clone();
         let file = self.active.as_mut().expect("the active segment is open");
-        if let Err(e) = file.write_all(&buf) {
+        if let Err(e) = write_all_vectored(file, &mut slices) {
             return Err(self.poison(io_err("write", &path)(e)));
         }
-        segment.bytes += buf.len() as u64;
+        segment.bytes += written as u64;
+        self.appends += 1;
+        self.unsynced_bytes += written as u64;
         segment.last_seq = Some(last);
         self.next_seq = Some(last + 1);
         self.dirty = true;
@@ -552,7 +573,32 @@ impl VolumeStore {
             }
         }
         self.dirty = false;
+        self.unsynced_bytes = 0;
         Ok(())
+    }
+
+    /// Whether enough is unsynced that the background sync should not wait for its timer.
+    pub fn wants_sync(&self) -> bool {
+        self.dirty && self.unsynced_bytes >= SEGMENT_TARGET_BYTES
+    }
+
+    /// For a sync outside the store's lock: a handle on the active segment and the append
+    /// count it covers; None when there is nothing to sync.
+    fn sync_handle(&self) -> Option<(File, u64, PathBuf)> {
+        if !self.dirty || self.poisoned.is_some() {
+            return None;
+        }
+        let file = self.active.as_ref()?.try_clone().ok()?;
+        let path = self.segments.last()?.path.clone();
+        Some((file, self.appends, path))
+    }
+
+    /// After a sync outside the lock covered `appends` appends: clean unless more came.
+    fn synced(&mut self, appends: u64) {
+        if self.appends == appends {
+            self.dirty = false;
+            self.unsynced_bytes = 0;
+        }
     }
 
     /// Records that the node's volume holds everything up to `through_seq`, then drops the
@@ -700,6 +746,8 @@ pub struct Volumes {
     sync_each_batch: bool,
     max_volumes: usize,
     open: Mutex<HashMap<VolumeId, Arc<Mutex<VolumeStore>>>>,
+    /// Wakes the background sync early.
+    kick: (Mutex<bool>, std::sync::Condvar),
 }
 
 /// Locks a store; a panic elsewhere while holding it is a bug, the data is still on disk.
@@ -714,6 +762,7 @@ impl Volumes {
             sync_each_batch,
             max_volumes,
             open: Mutex::new(HashMap::new()),
+            kick: (Mutex::new(false), std::sync::Condvar::new()),
         }
     }
 
@@ -773,7 +822,8 @@ impl Volumes {
         Ok(opened)
     }
 
-    /// Syncs every volume with unsynced writes (the background flush).
+    /// Syncs every volume with unsynced writes (the background flush). The fdatasync runs
+    /// without the store's lock, so that appends (and their acks) go on meanwhile.
     pub fn sync_all(&self) {
         let stores: Vec<_> = self
             .open
@@ -783,10 +833,38 @@ impl Volumes {
             .cloned()
             .collect();
         for store in stores {
-            if let Err(e) = lock(&store).sync() {
-                log::error!("background sync: {e}");
+            let Some((file, appends, path)) = lock(&store).sync_handle() else {
+                continue;
+            };
+            match file.sync_data() {
+                Ok(()) => lock(&store).synced(appends),
+                Err(e) => {
+                    let mut st = lock(&store);
+                    let e = st.poison(io_err("sync", &path)(e));
+                    log::error!("background sync: {e}");
+                }
             }
         }
+    }
+
+    /// Asks the background sync to run now (a store has a segment's worth unsynced).
+    pub fn kick_sync(&self) {
+        let (m, c) = &self.kick;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        c.notify_one();
+    }
+
+    /// Waits until `kick_sync` or `timeout`, whichever comes first.
+    pub fn wait_for_kick(&self, timeout: std::time::Duration) {
+        let (m, c) = &self.kick;
+        let mut kicked = m.lock().unwrap_or_else(|p| p.into_inner());
+        if !*kicked {
+            kicked = c
+                .wait_timeout(kicked, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *kicked = false;
     }
 }
 
@@ -799,6 +877,28 @@ pub fn parse_hex(text: &str) -> Option<VolumeId> {
         *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(id)
+}
+
+/// `write_all` for several buffers: retries short writes until every byte is written.
+fn write_all_vectored(
+    file: &mut std::fs::File,
+    mut slices: &mut [std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "wrote nothing",
+                ))
+            }
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -874,6 +974,33 @@ mod tests {
     }
 
     #[test]
+    fn a_full_segment_is_closed_once_synced_or_at_the_maximum() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = VolumeStore::open(root.path(), [5; 16], false).unwrap();
+        let entry = vec![9u8; 1 << 20];
+        let mut seq = 1u64;
+        let mut append = |store: &mut VolumeStore, n: usize| {
+            for _ in 0..n {
+                store.append(&[(seq, entry.clone())]).unwrap();
+                seq += 1;
+            }
+        };
+        // Past the target but never synced: the burst stays in one segment, no sync waited.
+        append(&mut store, 20);
+        assert_eq!(store.segments.len(), 1);
+        assert!(store.wants_sync(), "20 MiB unsynced must ask for a sync");
+        // Synced: the next append closes it and starts another.
+        store.sync().unwrap();
+        assert!(!store.wants_sync());
+        append(&mut store, 1);
+        assert_eq!(store.segments.len(), 2);
+        // Without syncs a segment still ends at the maximum.
+        append(&mut store, (SEGMENT_MAX_BYTES >> 20) as usize + 2);
+        assert_eq!(store.segments.len(), 3);
+        assert!(store.segments[1].bytes >= SEGMENT_MAX_BYTES);
+    }
+
+    #[test]
     fn several_segments_checkpoint_and_corruption_in_an_earlier_one() {
         let root = tempfile::tempdir().unwrap();
         let mut store = VolumeStore::open(root.path(), [4; 16], false).unwrap();
@@ -882,6 +1009,8 @@ mod tests {
             .collect();
         for batch in big.chunks(10) {
             store.append(batch).unwrap();
+            // The background sync between batches: full segments are closed once clean.
+            store.sync().unwrap();
         }
         assert!(
             store.segments.len() >= 2,
