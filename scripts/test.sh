@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
 # The test command: everything CI runs. Needs fuse3 and attr installed (see .ci/run).
-set -euo pipefail
+# Every stage runs even when an earlier one failed; at the end, a digest of the failures
+# (the FAIL lines and panic messages, which the full output buries in the middle) is
+# printed last, so that the tail of a CI log always says what went wrong.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=1
-echo "== build"
-cargo build --release --workspace
-echo "== unit, property, real-mount and crash tests"
-cargo test --release --workspace --no-fail-fast -- --test-threads=2
-echo "== fsx on a mounted file"
-bash scripts/fsx.sh 100000
-echo "== the demo (README's first command)"
-bash scripts/demo.sh
-echo "== the failover demo (two hosts in network namespaces)"
-bash scripts/failover-demo.sh
+log=$(mktemp /tmp/smlogfs-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+failed=()
+stage() {
+    local name="$1"
+    shift
+    echo "== $name"
+    if ! "$@" 2>&1 | tee -a "$log"; then
+        failed+=("$name")
+    fi
+}
+stage "build" cargo build --release --workspace
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "== the build failed" >&2
+    exit 1
+fi
+stage "unit, property, real-mount and crash tests" \
+    cargo test --release --workspace --no-fail-fast -- --test-threads=2
+stage "fsx on a mounted file" bash scripts/fsx.sh 100000
+stage "the demo (README's first command)" bash scripts/demo.sh
+stage "the failover demo (two hosts in network namespaces)" bash scripts/failover-demo.sh
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "== failure digest"
+    grep -E -A4 ' FAIL |panicked at|^test .* FAILED$|^error|failed after' "$log" | cut -c1-400 | tail -200
+    printf '== FAILED stage: %s\n' "${failed[@]}"
+    exit 1
+fi
 echo "== all tests passed"

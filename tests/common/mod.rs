@@ -27,6 +27,8 @@ pub const DEFAULT_MKFS: &[&str] = &["--size", "1G", "--ring", "16M", "--disks", 
 
 /// How long a mount, unmount or daemon exit may take before the harness gives up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `Volume::umount` tries again a mount that is busy (see there).
+const BUSY_UMOUNT_RETRY: Duration = Duration::from_secs(5);
 
 /// An ordinary user and a second one, neither root. Uid 1001 need not exist in /etc/passwd.
 pub const USER_A: (u32, u32) = (1000, 1000);
@@ -209,13 +211,24 @@ impl Volume {
             return;
         }
         let pid = self.daemon_pid();
-        let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&self.mnt));
-        assert!(
-            out.status.success(),
-            "smlogfs umount {} failed: {}",
-            self.mnt.display(),
-            describe(&out)
-        );
+        // EBUSY can be transient here: a sibling test thread that spawns a process at the
+        // moment this one holds a file of the mount open hands the child a copy of that
+        // descriptor, which it keeps until its exec closes it (O_CLOEXEC). So a busy mount is
+        // tried again for a while; any other failure, or a mount still busy after that, fails.
+        let deadline = Instant::now() + BUSY_UMOUNT_RETRY;
+        loop {
+            let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&self.mnt));
+            if out.status.success() {
+                break;
+            }
+            let text = describe(&out);
+            assert!(
+                text.contains("busy") && Instant::now() < deadline,
+                "smlogfs umount {} failed: {text}",
+                self.mnt.display(),
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         wait_until(READY_TIMEOUT, || !is_fuse_mount(&self.mnt))
             .unwrap_or_else(|| panic!("{} still mounted after umount", self.mnt.display()));
         if let Some(pid) = pid {
