@@ -217,6 +217,60 @@ impl Mirror {
         })
     }
 
+    /// Follows every resynchronisation of the agent (at mount, and after each reconnect
+    /// while entries were outstanding) until the agent holds everything again: progress as
+    /// `Progress` shows it (plain log lines in the daemon, whose stderr is its log), and one
+    /// line when it ends. Runs in a thread of its own for as long as the mirror exists.
+    pub fn watch_resync(mirror: &std::sync::Arc<Mirror>) {
+        let weak = std::sync::Arc::downgrade(mirror);
+        let spawned = std::thread::Builder::new()
+            .name("mirror-resync".into())
+            .spawn(move || {
+                // (progress, the seq it started from, when it started)
+                let mut running: Option<(crate::progress::Progress, u64, Instant)> = None;
+                loop {
+                    let Some(m) = weak.upgrade() else { return };
+                    let st = m.client.status();
+                    drop(m);
+                    let acked = st.acked_through.unwrap_or(0);
+                    match (st.connected, st.resync_through, running.as_ref()) {
+                        (true, Some(target), None) if target > acked => {
+                            let p = crate::progress::Progress::new(
+                                "mirror resync (entries acknowledged)",
+                                target - acked,
+                            );
+                            log::info!(
+                                "mirror: resynchronising the agent: seq {}..={target} to acknowledge",
+                                acked + 1
+                            );
+                            running = Some((p, acked, Instant::now()));
+                        }
+                        (_, Some(_), Some((p, from, _))) => p.set(acked.saturating_sub(*from)),
+                        (_, None, Some((p, from, started))) => {
+                            p.set(acked.saturating_sub(*from));
+                            p.finish();
+                            log::info!(
+                                "mirror: resynchronised: the agent holds every entry through seq {acked} ({} entries in {} ms)",
+                                acked.saturating_sub(*from),
+                                started.elapsed().as_millis()
+                            );
+                            running = None;
+                        }
+                        _ => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("mirror: cannot start the resync progress thread: {e}");
+        }
+    }
+
+    /// The highest seq the agent acknowledged (every entry up to it is stored there).
+    pub fn acked_through(&self) -> Option<u64> {
+        self.client.acked_through()
+    }
+
     pub fn checkpoint(&self, through_seq: u64) {
         self.client.checkpoint(through_seq);
     }

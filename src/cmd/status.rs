@@ -526,6 +526,12 @@ fn render_mirror(m: &Value) -> String {
         show(get(m, "on_loss")),
         show(get(m, "reconnects"))
     );
+    if let Some(through) = get(m, "resync_through").as_u64() {
+        s += &format!(
+            "           RESYNCHRONISING the agent: acked to seq {} of {through}\n",
+            show(get(m, "acked_through"))
+        );
+    }
     if let Value::String(e) = get(m, "last_error") {
         s += &format!("           last error: {e}\n");
     }

@@ -153,6 +153,11 @@ struct OpCounters {
     failed: AtomicU64,
     /// Applied ops covered by a completed checkpoint.
     committed: AtomicU64,
+    /// Seqs of the `Applied` entries of ops applied in memory whose caller waits for the
+    /// mirror agent's acknowledgement (sync mode): the ones at or below the agent's
+    /// acknowledged seq are *Mirrored*, the others still *Accepted* as far as the caller
+    /// knows. Bounded by the number of FUSE worker threads.
+    awaiting_mirror: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// A point-in-time view of the running file system (`smlogfs status`).
@@ -194,6 +199,8 @@ pub struct MirrorInfo {
     pub on_loss: String,
     pub unacked_entries: u64,
     pub acked_through: Option<u64>,
+    /// Resynchronising the agent: it must acknowledge through this seq to be protected.
+    pub resync_through: Option<u64>,
     pub rtt_us: u64,
     pub reconnects: u64,
     pub last_error: Option<String>,
@@ -332,6 +339,7 @@ impl Fs {
                 "mirror: resynchronising the agent with {resent} local entries after seq {covers}"
             );
         }
+        crate::mirror::Mirror::watch_resync(&mirror);
         let sink = mirror.clone();
         self.log
             .set_sink(Box::new(move |seq, bytes| sink.submit(seq, bytes)));
@@ -515,7 +523,11 @@ impl Fs {
             let fill = self.fill_percent();
             drop(core);
             if let (Some(m), Some(applied)) = (self.mirror.get(), applied) {
-                if let Err(e) = m.wait(applied.seq) {
+                let waiting = &self.counters.awaiting_mirror;
+                lock_ignoring_poison(waiting).insert(applied.seq);
+                let acked = m.wait(applied.seq);
+                lock_ignoring_poison(waiting).remove(&applied.seq);
+                if let Err(e) = acked {
                     return Err(self.mirror_failed(e));
                 }
             }
@@ -1116,9 +1128,13 @@ impl Fs {
             return Err(FsError::Poisoned(why.clone()));
         }
         let covers = self.log.stats().next_seq - 1;
+        // Exactly two entries after the last checkpoint are its own Begun and Done (both come
+        // after the seq it covers): covering them changes nothing, and would only log two
+        // more, so that an idle volume checkpointed (and fsync'ed) at every interval forever.
+        let only_own_entries = covers == guard.sb.covers_seq + 2;
         if guard.state.dirty.is_empty()
             && guard.state.pending_free.is_empty()
-            && covers == guard.sb.covers_seq
+            && (covers == guard.sb.covers_seq || only_own_entries)
         {
             return Ok(CheckpointReport {
                 covers_seq: covers,
@@ -1126,6 +1142,7 @@ impl Fs {
             });
         }
         let generation = guard.sb.generation + 1;
+        let first_seq = guard.sb.covers_seq + 1;
         let applied_at_snapshot = self.counters.applied.load(Ordering::Relaxed);
         let dirty = guard.state.take_dirty();
         self.direct_bytes.store(0, Ordering::Relaxed);
@@ -1323,7 +1340,13 @@ impl Fs {
             compacted: compact,
             elapsed_ms: started.elapsed().as_millis(),
         };
-        log::debug!("checkpoint {generation}: {report:?}");
+        log::info!(
+            "checkpoint {generation}: covers seq {first_seq}..={covers}; wrote {} data blocks and {} bytes of metadata ({}) in {} ms",
+            report.data_blocks,
+            report.meta_bytes,
+            if compact { "a compacted snapshot" } else { "a delta" },
+            report.elapsed_ms
+        );
         Ok(report)
     }
 
@@ -1396,11 +1419,21 @@ impl Fs {
         let applied = self.counters.applied.load(Ordering::Relaxed);
         let failed = self.counters.failed.load(Ordering::Relaxed);
         let committed = self.counters.committed.load(Ordering::Relaxed);
+        // Ops applied in memory but waiting for the agent are not answered yet: Mirrored
+        // once the agent acknowledged their entry, else still Accepted.
+        let (waiting, mirrored) = {
+            let set = lock_ignoring_poison(&self.counters.awaiting_mirror);
+            let acked = self
+                .mirror
+                .get()
+                .and_then(|m| m.acked_through())
+                .unwrap_or(0);
+            (set.len() as u64, set.range(..=acked).count() as u64)
+        };
         FsStatus {
-            ops_accepted: accepted.saturating_sub(applied + failed),
-            ops_mirrored: 0,
-            // (with a mirror, ops_applied counts answered ops; the agent's ack state is in `mirror`)
-            ops_applied: applied.saturating_sub(committed),
+            ops_accepted: accepted.saturating_sub(applied + failed) + (waiting - mirrored),
+            ops_mirrored: mirrored,
+            ops_applied: applied.saturating_sub(committed).saturating_sub(waiting),
             ops_committed: committed,
             ring_used_bytes: ring.used_bytes,
             ring_area_bytes: ring.area_bytes,
@@ -1433,6 +1466,7 @@ impl Fs {
                     on_loss: format!("{:?}", m.options.on_loss).to_lowercase(),
                     unacked_entries: st.unacked_entries as u64,
                     acked_through: st.acked_through,
+                    resync_through: st.resync_through,
                     rtt_us: st.rtt_us,
                     reconnects: st.reconnects,
                     last_error: st.last_error,
@@ -1815,4 +1849,10 @@ pub fn ring_path_of(voldir: &Path, sb: &Superblock) -> PathBuf {
     } else {
         voldir.join(p)
     }
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves data that is still consistent here
+/// (sets and counters), so the poison is ignored.
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -150,6 +150,9 @@ pub struct MirrorStatus {
     /// been acknowledged since: only then does the agent hold all it should.
     pub protected: bool,
     pub acked_through: Option<u64>,
+    /// While the agent is being resynchronised after a (re)connect: the seq it must
+    /// acknowledge before the node is protected again; None when it holds everything.
+    pub resync_through: Option<u64>,
     pub reconnects: u64,
     /// Why the last connection or attempt failed, or the fatal error.
     pub last_error: Option<String>,
@@ -302,6 +305,7 @@ impl MirrorClient {
             rtt_us: st.rtt_us,
             protected: st.connected && st.fatal.is_none() && resynced,
             acked_through: st.acked,
+            resync_through: if resynced { None } else { st.resync_through },
             reconnects: st.reconnects,
             last_error: st
                 .fatal
