@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::core::{check, recover};
+use crate::core::{check, meta, recover};
 use crate::progress::Progress;
 
 pub fn fsck(voldir: &Path) -> i32 {
@@ -13,7 +13,21 @@ pub fn fsck(voldir: &Path) -> i32 {
     }
     let r = match recover(voldir, &Progress::new, None) {
         Ok(r) => r,
+        // Readable metadata that contradicts itself is a problem to report, not an unreadable
+        // volume: recovery refuses to build on it, so list what the load found.
         Err(e) => {
+            let problems = checkpoint_problems(voldir);
+            if !problems.is_empty() {
+                eprintln!("smlogfs fsck: {e}");
+                for p in &problems {
+                    println!("problem: {p}");
+                }
+                println!(
+                    "{} problem(s) found in the checkpoint's metadata",
+                    problems.len()
+                );
+                return 1;
+            }
             eprintln!(
                 "smlogfs fsck: cannot read the volume in {}: {e}",
                 voldir.display()
@@ -56,4 +70,16 @@ pub fn fsck(voldir: &Path) -> i32 {
         println!("{} problem(s) found", problems.len());
         1
     }
+}
+
+/// The inconsistencies the load of the last checkpoint's metadata finds (none when it
+/// cannot be read at all).
+fn checkpoint_problems(voldir: &Path) -> Vec<String> {
+    let Ok(vol) = raid_sim::open_volume(voldir) else {
+        return Vec::new();
+    };
+    let Ok(sb) = crate::core::superblock::Superblock::read(vol.as_ref()) else {
+        return Vec::new();
+    };
+    meta::load(std::sync::Arc::from(vol), &sb).map_or(Vec::new(), |l| l.problems)
 }
