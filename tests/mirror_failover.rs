@@ -1509,3 +1509,440 @@ fn a_secret_mismatch_is_a_clear_error() {
     s.vol.umount();
     agent.kill();
 }
+
+// ----- 7. a damaged (not deleted) local ring; `smlogfs recover` -----
+
+use smlogfs::statelog::{format::HEADER_AREA_BYTES, ScanEnd, ScannedEntry, StateLog};
+
+/// How the local ring is damaged after the daemon was killed.
+#[derive(Clone, Copy, Debug)]
+enum RingDamage {
+    /// The file is cut in the middle of the entries written after the last checkpoint.
+    Truncate,
+    /// Bytes inside an entry in the middle of that stretch are overwritten; valid entries
+    /// follow it.
+    Overwrite,
+}
+
+/// Mounts with the mirror and no periodic checkpoint, runs ops, cycles the mount once (a
+/// checkpoint the agent learns of: recovery must join it with the agent's entries after it),
+/// runs more ops and kills the daemon in the middle of a workload.
+fn run_then_kill_after_a_checkpoint(s: &mut Setup, mirror: &str) -> Workload {
+    s.vol
+        .mount(&mirror_args(mirror, &["--node", "A", "-o", NO_CHECKPOINTS]));
+    let mut w = Workload::new(seed());
+    w.run(s.vol.mnt(), 80);
+    s.vol.cycle();
+    w.run(s.vol.mnt(), 150);
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = spawn_workload(w, s.vol.mnt().to_path_buf(), stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    s.vol.kill9();
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap().0
+}
+
+/// Damages VOLDIR/statelog at an entry in the middle of those after the volume's last
+/// checkpoint; checks with the ring's own scanner that the damage took and cut acknowledged
+/// entries off. Returns the seq of the damaged entry.
+fn damage_ring(voldir: &Path, how: RingDamage) -> u64 {
+    // A checkpoint may have run since the mount (the ring filling up): ask the superblock.
+    let covers_seq = smlogfs::cmd::status::read_superblock_offline(voldir)
+        .unwrap_or_else(|e| panic!("superblock of {}: {e}", voldir.display()))
+        .covers_seq;
+    let from_seq = covers_seq + 1;
+    let ring = voldir.join("statelog");
+    let scan =
+        StateLog::scan_file(&ring).unwrap_or_else(|e| panic!("scan {}: {e}", ring.display()));
+    let after: Vec<&ScannedEntry> = scan
+        .entries
+        .iter()
+        .filter(|e| e.header.seq >= from_seq)
+        .collect();
+    assert!(
+        after.len() >= 20,
+        "only {} ring entries after the checkpoint (seq {from_seq}): the workload did not run",
+        after.len()
+    );
+    let victim = after[after.len() / 2];
+    let at = HEADER_AREA_BYTES + victim.offset;
+    let file = fs::OpenOptions::new().write(true).open(&ring).unwrap();
+    match how {
+        RingDamage::Truncate => file.set_len(at + 8).unwrap(),
+        RingDamage::Overwrite => {
+            // len, seq, op_id, kind and state of the entry header: its checksum fails.
+            file.write_all_at(&[0xA5; 24], at + 4).unwrap();
+        }
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    let rescan = StateLog::scan_file(&ring).unwrap();
+    let last_left = rescan.entries.last().map_or(0, |e| e.header.seq);
+    assert!(
+        last_left < victim.header.seq,
+        "{how:?} at seq {} left the ring readable through seq {last_left}",
+        victim.header.seq
+    );
+    match how {
+        RingDamage::Truncate => assert!(rescan.truncated_len.is_some()),
+        RingDamage::Overwrite => assert!(
+            matches!(rescan.end, ScanEnd::Corrupt { .. }),
+            "the overwrite does not read as damage in the middle: {:?}",
+            rescan.end
+        ),
+    }
+    eprintln!(
+        "{how:?}: checkpoint covers seq {covers_seq}; ring entries {}..={} after it, damaged at \
+         seq {} (byte {at})",
+        after[0].header.seq,
+        after.last().unwrap().header.seq,
+        victim.header.seq
+    );
+    victim.header.seq
+}
+
+/// Remounts with the last mount's arguments (the mirror among them) and checks that
+/// daemon.log says `expect`, proof that the damage was seen and the agent's copy used.
+fn remount_from_damaged_ring(s: &mut Setup, expect: &str) {
+    let log_before = s.daemon_log().len();
+    s.vol.try_remount().unwrap_or_else(|e| panic!("{e}"));
+    let log = s.daemon_log();
+    let new = &log[log_before..];
+    assert!(
+        new.contains(expect) && new.contains("from the mirror"),
+        "the remount did not say {expect:?} and that it recovered from the mirror:\n{new}"
+    );
+}
+
+#[test]
+fn truncated_ring_is_completed_from_the_agent() {
+    let mut s = Setup::new(1);
+    let mirror = s.host.addr(0);
+    let mut w = run_then_kill_after_a_checkpoint(&mut s, &mirror);
+    damage_ring(s.vol.voldir(), RingDamage::Truncate);
+    // The entries before the cut come from the local ring, those after it from the agent.
+    remount_from_damaged_ring(&mut s, "after the local ring's last");
+    w.check(s.vol.mnt());
+    w.run(s.vol.mnt(), 20);
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+    s.vol.remount();
+    w.check(s.vol.mnt());
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+}
+
+#[test]
+fn ring_corrupt_in_the_middle_is_recovered_from_the_agent() {
+    let mut s = Setup::new(1);
+    let mirror = s.host.addr(0);
+    let mut w = run_then_kill_after_a_checkpoint(&mut s, &mirror);
+    damage_ring(s.vol.voldir(), RingDamage::Overwrite);
+    remount_from_damaged_ring(&mut s, "local state log unusable");
+    w.check(s.vol.mnt());
+    w.run(s.vol.mnt(), 20);
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+    s.vol.remount();
+    w.check(s.vol.mnt());
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+}
+
+/// Name -> (length, crc32c) of every regular file in VOLDIR (other kinds by name only),
+/// except daemon.log, to which every mount attempt appends its story.
+fn voldir_digest(voldir: &Path) -> BTreeMap<String, Option<(u64, u32)>> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(voldir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "daemon.log" {
+            continue;
+        }
+        if !e.file_type().unwrap().is_file() {
+            out.insert(name, None);
+            continue;
+        }
+        let mut f = fs::File::open(e.path()).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut len, mut crc) = (0u64, 0u32);
+        loop {
+            let n = io::Read::read(&mut f, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+        }
+        out.insert(name, Some((len, crc)));
+    }
+    out
+}
+
+#[track_caller]
+fn assert_voldir_unchanged(
+    voldir: &Path,
+    before: &BTreeMap<String, Option<(u64, u32)>>,
+    log_before: &str,
+    what: &str,
+) {
+    let after = voldir_digest(voldir);
+    for name in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+        assert_eq!(
+            before.get(name),
+            after.get(name),
+            "{what} changed {} in VOLDIR (length, crc32c)",
+            name
+        );
+    }
+    let log = fs::read_to_string(voldir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.starts_with(log_before),
+        "{what} rewrote daemon.log instead of appending to it"
+    );
+}
+
+/// The runbook's path for a damaged ring: a plain mount refuses (exit 7, nothing changed),
+/// `smlogfs recover VOLDIR --mirror` replays the agent's copy onto the volume, and a mount
+/// *without* the mirror then holds every acknowledged op: recover did the work.
+#[test]
+fn explicit_recover_from_the_agent_then_a_mount_without_the_mirror() {
+    let mut s = Setup::new(1);
+    let mirror = s.host.addr(0);
+    let mut w = run_then_kill_after_a_checkpoint(&mut s, &mirror);
+    damage_ring(s.vol.voldir(), RingDamage::Overwrite);
+    let voldir = s.vol.voldir().display().to_string();
+    let mnt = s.vol.mnt().display().to_string();
+    let before = voldir_digest(s.vol.voldir());
+    let log_before = s.daemon_log();
+    let out = smlogfs(&["mount", &voldir, &mnt]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "a mount without the mirror over a ring damaged in the middle: {}",
+        describe(&out)
+    );
+    assert!(
+        text(&out).contains("recover"),
+        "the refusal does not point at `smlogfs recover`: {}",
+        text(&out)
+    );
+    assert!(
+        !s.vol.path(WORK).exists(),
+        "the refused mount serves the volume"
+    );
+    assert_voldir_unchanged(s.vol.voldir(), &before, &log_before, "the refused mount");
+
+    let out = smlogfs(&["recover", &voldir, "--mirror", &mirror, "--node", "A"]);
+    eprintln!("recover: {}", text(&out).trim());
+    assert!(out.status.success(), "smlogfs recover: {}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let replayed: u64 = said
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the replayed count from {said:?}"));
+    assert!(
+        said.contains("ops replayed") && replayed > 0,
+        "recover replayed nothing: {said}"
+    );
+    assert!(
+        text(&out).contains("recovering") && text(&out).contains("from the mirror agent"),
+        "recover did not say it used the agent's copy: {}",
+        text(&out)
+    );
+    // No --mirror: only what recover put on the volume can be there.
+    s.vol.mount(&["-o", NO_CHECKPOINTS]);
+    w.check(s.vol.mnt());
+    w.run(s.vol.mnt(), 20);
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+}
+
+// ----- 8. an agent whose directory for our volume holds another volume -----
+
+/// The `vol-*` directories in the agent's DIR.
+fn agent_volume_dirs(dir: &Path) -> BTreeSet<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vol-"))
+        })
+        .collect()
+}
+
+fn copy_flat_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        assert!(p.is_file(), "{} is not a plain file", p.display());
+        fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+/// The agent's directory for our volume holds another volume's store (someone restored or
+/// copied the wrong directory): the mount must fail with exit 12 naming the conflict and
+/// the route, change nothing in VOLDIR (the killed daemon's ops are still to be replayed),
+/// and once the right directory is back the mount recovers everything.
+#[test]
+fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
+    let mut s = Setup::new(1);
+    let mirror = s.host.addr(0);
+    s.vol.mount(&mirror_args(
+        &mirror,
+        &["--node", "A", "-o", NO_CHECKPOINTS],
+    ));
+    let mut w = Workload::new(seed());
+    w.run(s.vol.mnt(), 60);
+    let ours: Vec<PathBuf> = agent_volume_dirs(&s.agent.dir).into_iter().collect();
+    assert_eq!(ours.len(), 1, "the agent holds {ours:?}");
+    let ours = ours[0].clone();
+    // Killed: the next mount has ops to replay, so a mount that went ahead would change VOLDIR.
+    s.vol.kill9();
+
+    // Another volume mirrored to the same agent.
+    let mut other = Volume::new(MKFS);
+    other.mount(&["--mirror", &mirror, "--node", "B"]);
+    write_file(other.path("from-b"), b"volume b");
+    other.umount();
+    let theirs: Vec<PathBuf> = agent_volume_dirs(&s.agent.dir)
+        .into_iter()
+        .filter(|d| *d != ours)
+        .collect();
+    assert_eq!(theirs.len(), 1, "the second volume's directory: {theirs:?}");
+
+    // Our directory at the agent is replaced by a copy of the other volume's.
+    s.agent.kill();
+    let saved = s.dir.path().join("saved-ours");
+    fs::rename(&ours, &saved).unwrap();
+    copy_flat_dir(&theirs[0], &ours);
+    s.agent.restart();
+    let agent_log = fs::read_to_string(&s.agent.log).unwrap();
+    assert!(
+        agent_log.contains("belongs to volume"),
+        "the agent did not report the foreign volume at start-up:\n{agent_log}"
+    );
+
+    let before = voldir_digest(s.vol.voldir());
+    let log_before = s.daemon_log();
+    let out = smlogfs(&[
+        "mount",
+        &s.vol.voldir().display().to_string(),
+        &s.vol.mnt().display().to_string(),
+        "--mirror",
+        &mirror,
+        "--node",
+        "A",
+        "--mirror-wait-ms",
+        "2000",
+    ]);
+    eprintln!("mount against the foreign directory: {}", text(&out).trim());
+    assert_eq!(
+        out.status.code(),
+        Some(12),
+        "mount with the agent's copy of another volume: {}",
+        describe(&out)
+    );
+    assert!(
+        text(&out).contains("belongs to volume") && text(&out).contains(&mirror),
+        "the error does not name the conflict and the route: {}",
+        text(&out)
+    );
+    assert!(
+        !s.vol.path(WORK).exists(),
+        "the refused mount serves the volume"
+    );
+    assert_voldir_unchanged(s.vol.voldir(), &before, &log_before, "the refused mount");
+
+    // The right directory back: everything acknowledged is recovered.
+    s.agent.kill();
+    fs::remove_dir_all(&ours).unwrap();
+    fs::rename(&saved, &ours).unwrap();
+    s.agent.restart();
+    s.vol.remount();
+    w.check(s.vol.mnt());
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+    // The other volume was never touched.
+    other.remount();
+    assert_eq!(read_file(other.path("from-b")), b"volume b");
+    other.umount();
+}
+
+// ----- 9. --mirror-mode async -----
+
+fn status_json(s: &Setup) -> serde_json::Value {
+    let out = smlogfs(&["status", &s.vol.mnt().display().to_string(), "--json"]);
+    assert!(out.status.success(), "smlogfs status: {}", describe(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out)))
+}
+
+/// Async mode answers without waiting for the agent: writes go on even while the agent is
+/// down (under `wait`, which would fail them with EIO after 2 s in sync mode), and the
+/// agent still ends up with every entry, checked by the read-back.
+#[test]
+fn async_mode_answers_at_once_and_the_agent_catches_up() {
+    let mut s = Setup::new(1);
+    let mirror = s.host.addr(0);
+    s.vol.mount(&mirror_args(
+        &mirror,
+        &[
+            "--node",
+            "A",
+            "--mirror-mode",
+            "async",
+            "--on-mirror-loss",
+            "wait",
+            "--mirror-wait-ms",
+            "2000",
+            "--heartbeat-ms",
+            "200",
+            "--detect-ms",
+            "1000",
+            "-o",
+            NO_CHECKPOINTS,
+        ],
+    ));
+    let st = status_json(&s);
+    assert_eq!(st["mirror"]["mode"], "async", "status: {st}");
+    let human = smlogfs(&["status", &s.vol.mnt().display().to_string()]);
+    assert!(
+        text(&human).contains("mode async"),
+        "status does not show the mode: {}",
+        text(&human)
+    );
+    let mut w = Workload::new(seed());
+    w.run(s.vol.mnt(), 200);
+    let last = s.next_seq() - 1;
+    wait_for(
+        Duration::from_secs(20),
+        "the agent to hold every entry",
+        || s.agent.last_seq() >= Some(last),
+    );
+    // The agent away: async writes do not wait for it.
+    s.agent.kill();
+    w.run(s.vol.mnt(), 150);
+    s.agent.restart();
+    let last = s.next_seq() - 1;
+    wait_for(
+        Duration::from_secs(20),
+        "the agent to catch up with the entries written while it was down",
+        || s.agent.last_seq() >= Some(last),
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "status to show nothing unacknowledged",
+        || {
+            let m = &status_json(&s)["mirror"];
+            m["unacked_entries"] == 0 && m["acked_through"].as_u64() >= Some(last)
+        },
+    );
+    s.lose_ring_and_remount();
+    w.check(s.vol.mnt());
+    assert_eq!(status_json(&s)["mirror"]["mode"], "async");
+    s.vol.umount();
+    s.vol.assert_fsck_clean();
+}

@@ -1,0 +1,153 @@
+//! The frame decoder on arbitrary bytes: it never panics, never asks for more than one
+//! maximal frame, and whatever it accepts re-encodes to exactly the bytes it consumed —
+//! except the two non-canonical encodings it tolerates (see `non_canonical`), which must
+//! re-decode to the same frame.
+//!
+//! Each input is tried three ways:
+//! 1. as raw bytes at the front of a connection (`decode_frame`);
+//! 2. as the kind byte, flags byte and body of a frame whose header and checksums are made
+//!    right here — random bytes almost never pass two crc32c checks, and this is what lets
+//!    the fuzzer reach every body decoder;
+//! 3. as a byte stream fed to `FrameReader` in reads of a size the input picks, the way the
+//!    agent and the client read a socket.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smlog_wire::conn::FrameReader;
+use smlog_wire::format::{
+    BODY_CRC_AT, BODY_LEN_AT, FLAGS_AT, HEADER_BYTES, HEADER_CRC_AT, KIND_AT, MAGIC, MAGIC_AT,
+    MAX_BODY_BYTES, MAX_FRAME_BYTES, VERSION_AT, VOLUME_ID_AT,
+};
+use smlog_wire::message::{decode_frame, encode_frame, Frame, Message};
+use smlog_wire::{ErrorCode, Version};
+
+fuzz_target!(|data: &[u8]| {
+    check_decode(data);
+    if data.len() >= 2 {
+        check_decode(&sealed_frame(data[0], data[1], &data[2..]));
+    }
+    check_stream(data);
+});
+
+/// Decodes `bytes` once and checks what came out.
+fn check_decode(bytes: &[u8]) {
+    match decode_frame(bytes) {
+        Ok(Some((frame, used))) => {
+            assert!(
+                (HEADER_BYTES..=bytes.len()).contains(&used),
+                "used {used} of {} bytes",
+                bytes.len()
+            );
+            let again = reencode(&frame);
+            if non_canonical(&frame, bytes) {
+                // Re-encoded in canonical form, it must still mean the same frame.
+                let back = decode_frame(&again).expect("a re-encoded frame decodes");
+                assert_eq!(back.map(|(f, _)| f), Some(frame), "re-decoding differs");
+            } else {
+                assert_eq!(again, &bytes[..used], "re-encoding differs");
+            }
+        }
+        // "Need more" is only allowed while less than one maximal frame is there: a hostile
+        // length must be refused, not waited for.
+        Ok(None) => assert!(bytes.len() < MAX_FRAME_BYTES),
+        Err(_) => {}
+    }
+}
+
+/// True for the two encodings the decoder accepts without their being the canonical form of
+/// the message it returns (so they cannot re-encode to the same bytes):
+/// * an Error frame whose code (body bytes 0..2) is not one `ErrorCode` names: read as
+///   `Other` (11);
+/// * a Welcome frame whose `next_seq` (body 16..24) or `checkpoint_through` (24..32) is not
+///   zero although its flag bit (body byte 8) says it is absent: the value is ignored.
+fn non_canonical(frame: &Frame, bytes: &[u8]) -> bool {
+    // An accepted frame has its whole body: these reads are in range.
+    let body = &bytes[HEADER_BYTES..];
+    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+    match frame.message {
+        Message::Error { code, .. } => {
+            code == ErrorCode::Other
+                && u16::from_le_bytes([body[0], body[1]]) != ErrorCode::Other as u16
+        }
+        Message::Welcome { .. } => {
+            (body[8] & 1 == 0 && u64_at(16) != 0) || (body[8] & 2 == 0 && u64_at(24) != 0)
+        }
+        _ => false,
+    }
+}
+
+fn reencode(frame: &Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(&frame.volume_id, &frame.message, &mut out);
+    out
+}
+
+/// A frame of any kind byte and flags byte around `body`, with a valid version and both
+/// checksums right. `flags` is kept 0 most of the time (anything else is refused at once).
+fn sealed_frame(kind: u8, flags: u8, body: &[u8]) -> Vec<u8> {
+    let body = &body[..body.len().min(MAX_BODY_BYTES)];
+    let mut out = vec![0u8; HEADER_BYTES];
+    out[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
+    out[VERSION_AT..KIND_AT].copy_from_slice(&Version::CURRENT.as_u16().to_le_bytes());
+    out[KIND_AT] = kind;
+    out[FLAGS_AT] = if flags >= 0xf0 { flags & 0x0f } else { 0 };
+    out[VOLUME_ID_AT..BODY_LEN_AT].copy_from_slice(&[0x5a; 16]);
+    out[BODY_LEN_AT..BODY_CRC_AT].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    out[BODY_CRC_AT..HEADER_CRC_AT].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[..HEADER_CRC_AT]);
+    out[HEADER_CRC_AT..HEADER_BYTES].copy_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A reader that hands out at most `chunk` bytes per `read`.
+struct Trickle<'a> {
+    rest: &'a [u8],
+    chunk: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.rest.len().min(self.chunk).min(buf.len());
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
+    }
+}
+
+/// Feeds `data` (after its first byte, which picks the read size) to a `FrameReader`: the
+/// frames it yields, re-encoded one after the other, must be exactly the front of the stream.
+fn check_stream(data: &[u8]) {
+    let Some((&pick, stream)) = data.split_first() else {
+        return;
+    };
+    let mut source = Trickle {
+        rest: stream,
+        chunk: usize::from(pick % 64) + 1,
+    };
+    let mut reader = FrameReader::new();
+    let mut accepted = Vec::new();
+    let mut reads = 0;
+    loop {
+        match reader.next_buffered() {
+            Ok(Some(frame)) => {
+                accepted.extend_from_slice(&reencode(&frame));
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        match reader.fill(&mut source) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        // Every read that returned bytes took at least one of the stream's.
+        reads += 1;
+        assert!(reads <= stream.len(), "the reader does not make progress");
+    }
+    assert!(
+        stream.starts_with(&accepted),
+        "the frames read from the stream do not re-encode to its first {} bytes",
+        accepted.len()
+    );
+}
