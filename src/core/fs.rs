@@ -1149,8 +1149,13 @@ impl Fs {
         let core = &mut *guard;
         let mut records = Vec::new();
         let mut jobs: Vec<(u64, Option<Arc<Vec<u8>>>, u64, u64, u64)> = Vec::new();
-        let compact = core.sb.blobs.len() + 1 >= MAX_BLOBS
-            || core.delta_bytes > core.snapshot_bytes.max(4 << 20);
+        // A full snapshot once the deltas outgrow it: its cost is then paid for by at least as
+        // many bytes of changes. When only the superblock's blob list is full, the newer half
+        // of the deltas is merged into this checkpoint's delta instead (their records in
+        // order, which loads the same): cost in changes, not in the size of the file system.
+        let compact = core.delta_bytes > core.snapshot_bytes.max(4 << 20);
+        let merge_from = (!compact && core.sb.blobs.len() + 1 >= MAX_BLOBS)
+            .then(|| 1 + (core.sb.blobs.len() - 1) / 2);
         let mut blocks: Vec<(u64, u64)> = dirty.blocks.into_iter().collect();
         blocks.sort_unstable();
         let mut prev_phys: Option<u64> = None;
@@ -1233,6 +1238,15 @@ impl Fs {
         });
         let (kind, records) = if compact {
             (BLOB_SNAPSHOT, meta::snapshot_records(&core.state))
+        } else if let Some(from) = merge_from {
+            let mut merged = Vec::new();
+            for blob in &core.sb.blobs[from..] {
+                merged.extend(meta::read_blob(self.vol.as_ref(), blob).map_err(|e| {
+                    FsError::Poisoned(format!("merging metadata deltas: {e}"))
+                })?);
+            }
+            merged.extend(records);
+            (BLOB_DELTA, merged)
         } else {
             (BLOB_DELTA, records)
         };
@@ -1241,16 +1255,14 @@ impl Fs {
         let blob_start = core.alloc.alloc_run(blob_blocks).ok_or_else(|| {
             FsError::Poisoned("the volume is full: no room for checkpoint metadata".into())
         })?;
-        let mut blobs = if compact {
-            Vec::new()
-        } else {
-            core.sb.blobs.clone()
+        // The blobs this checkpoint's blob replaces are freed once its superblock is written.
+        let kept = match (compact, merge_from) {
+            (true, _) => 0,
+            (false, Some(from)) => from,
+            (false, None) => core.sb.blobs.len(),
         };
-        let old_blobs = if compact {
-            core.sb.blobs.clone()
-        } else {
-            Vec::new()
-        };
+        let mut blobs = core.sb.blobs[..kept].to_vec();
+        let old_blobs = core.sb.blobs[kept..].to_vec();
         blobs.push(BlobRef {
             start_block: blob_start,
             blocks: blob_blocks as u32,
@@ -1310,7 +1322,8 @@ impl Fs {
             core.snapshot_bytes = payload_bytes;
             core.delta_bytes = 0;
         } else {
-            core.delta_bytes += payload_bytes;
+            let replaced: u64 = old_blobs.iter().map(|b| b.payload_bytes).sum();
+            core.delta_bytes = core.delta_bytes.saturating_sub(replaced) + payload_bytes;
         }
         core.sb = new_sb;
         let _ = self.log.try_append(
@@ -1344,7 +1357,11 @@ impl Fs {
             "checkpoint {generation}: covers seq {first_seq}..={covers}; wrote {} data blocks and {} bytes of metadata ({}) in {} ms",
             report.data_blocks,
             report.meta_bytes,
-            if compact { "a compacted snapshot" } else { "a delta" },
+            match (compact, merge_from) {
+                (true, _) => "a compacted snapshot".to_string(),
+                (false, Some(_)) => format!("a delta merged with the {} newest ones", old_blobs.len()),
+                (false, None) => "a delta".to_string(),
+            },
             report.elapsed_ms
         );
         Ok(report)
