@@ -937,6 +937,15 @@ fn wait_policy_blocks_writes_until_the_agent_returns() {
         matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)),
         "a write returned while the mirror agent was down under --on-mirror-loss wait"
     );
+    // The blocked op is logged and applied in memory but not answered: status counts it
+    // Accepted (not Mirrored: the agent never acknowledged it), and its entry unacknowledged.
+    let waiting = status_json(&s);
+    assert!(
+        waiting["ops_accepted"].as_u64() >= Some(1)
+            && waiting["ops_mirrored"].as_u64() == Some(0)
+            && waiting["mirror"]["unacked_entries"].as_u64() >= Some(1),
+        "status while a write waits for the dead agent: {waiting}"
+    );
     s.agent.restart();
     let (r, took) = rx
         .recv_timeout(Duration::from_secs(20))
@@ -947,6 +956,13 @@ fn wait_policy_blocks_writes_until_the_agent_returns() {
         "the blocked write failed after the agent returned: {r:?}"
     );
     eprintln!("the write blocked for {took:?} (agent down ~1.2 s)");
+    let answered = status_json(&s);
+    assert!(
+        answered["ops_accepted"].as_u64() == Some(0)
+            && answered["ops_mirrored"].as_u64() == Some(0)
+            && answered["ops_applied"].as_u64() > waiting["ops_applied"].as_u64(),
+        "after the agent acknowledged, the op must count as applied: {answered} (before: {waiting})"
+    );
     // Writes go on as before.
     w.run(s.vol.mnt(), 100);
     let last = s.next_seq() - 1;
@@ -1079,6 +1095,22 @@ fn degrade_policy_goes_on_unprotected_and_resyncs_the_agent() {
     assert!(
         s.daemon_log().contains("protected again"),
         "daemon.log does not say protected again"
+    );
+    // The resync was followed: a start line, and an end line once the agent held it all.
+    wait_for(
+        Duration::from_secs(10),
+        "daemon.log to say the agent is resynchronised",
+        || s.daemon_log().contains("mirror: resynchronised: the agent holds every entry"),
+    );
+    assert!(
+        s.daemon_log().contains("mirror: resynchronising the agent: seq"),
+        "daemon.log does not show the resync starting:\n{}",
+        s.daemon_log()
+    );
+    assert_eq!(
+        status_json(&s)["mirror"]["resync_through"],
+        serde_json::Value::Null,
+        "status still shows a resync after the agent caught up"
     );
     let last = s.next_seq() - 1;
     wait_for(
