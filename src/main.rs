@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use smlogfs::cmd::{self, exit, parse_size, CliError};
 
 #[derive(Parser)]
@@ -218,7 +218,16 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version: printed on stdout, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let args: Vec<_> = std::env::args_os().collect();
+            eprintln!("smlogfs: {}", cmd::usage_line(&e, &Cli::command(), &args));
+            std::process::exit(exit::USAGE);
+        }
+    };
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -845,3 +845,112 @@ fn missing_fusermount3_or_dev_fuse_says_how_to_install_it() {
     assert!(!is_fuse_mount(v.mnt()));
     assert_eq!(checksums(v.voldir()), sums);
 }
+
+#[test]
+fn usage_errors_are_one_line_and_name_the_help_while_help_and_version_still_print() {
+    let root = tempfile::tempdir().unwrap();
+    let voldir = root.path().join("vol");
+    let out = smlogfs(&[&"mkfs", &voldir, &"--bogus"]);
+    assert_fails(&out, USAGE, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "smlogfs: unexpected argument '--bogus' for 'mkfs'; see 'smlogfs mkfs --help'"
+    );
+    assert!(
+        !voldir.exists(),
+        "a refused mkfs created {}",
+        voldir.display()
+    );
+    let out = smlogfs(&[&"mkfs", &voldir, &"--forc"]);
+    assert_fails(&out, USAGE, &["'--forc'", "did you mean '--force'"]);
+    let out = smlogfs(&[&"mount", &voldir]);
+    assert_fails(&out, USAGE, &["<MOUNTPOINT>", "'smlogfs mount --help'"]);
+    let out = smlogfs(&[&"status", &voldir, &"--interval", &"soon"]);
+    assert_fails(
+        &out,
+        USAGE,
+        &["'soon'", "--interval", "'smlogfs status --help'"],
+    );
+    let out = smlogfs(&[&"mkfs", &voldir, &"--disks", &"four"]);
+    assert_fails(&out, USAGE, &["'four'", "--disks"]);
+    let out = smlogfs(&[&"format", &voldir]);
+    assert_fails(&out, USAGE, &["'format'", "'smlogfs --help'"]);
+    let out = smlogfs(&[]);
+    assert_fails(
+        &out,
+        USAGE,
+        &["no command given", "mkfs", "'smlogfs --help'"],
+    );
+    assert!(!voldir.exists());
+    for args in [
+        &[&"--help" as &dyn AsRef<std::ffi::OsStr>][..],
+        &[&"--version"],
+        &[&"mkfs", &"--help"],
+        &[&"help", &"mount"],
+    ] {
+        let out = smlogfs(args);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(!out.stdout.is_empty(), "{}", describe(&out));
+    }
+}
+
+#[test]
+fn mkfs_permission_denied_on_the_volume_directory_or_a_backing_file_exits_13() {
+    let root = tempfile::tempdir().unwrap();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = user_copy_of_binary(root.path());
+    let small = ["--size", "8M", "--ring", "4M", "--disks", "1"];
+    let mkfs = |voldir: &Path, extra: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"mkfs", &voldir];
+        args.extend(small.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        as_uid_1000(&bin, &args)
+    };
+
+    // VOLDIR in a directory of root's: nothing is created.
+    let roots = root.path().join("roots");
+    fs::create_dir(&roots).unwrap();
+    let voldir = roots.join("vol");
+    let out = mkfs(&voldir, &[]);
+    assert_fails(
+        &out,
+        PERMISSION,
+        &[
+            voldir.to_str().unwrap(),
+            "permission denied",
+            "chown",
+            "nothing was changed",
+        ],
+    );
+    assert!(!voldir.exists());
+
+    // VOLDIR the user's, but the backing file in it root's: named, and left as it was.
+    let voldir = root.path().join("users");
+    fs::create_dir(&voldir).unwrap();
+    std::os::unix::fs::chown(&voldir, Some(USER_A.0), Some(USER_A.1)).unwrap();
+    let backing = voldir.join("disk.img");
+    fs::write(&backing, b"root's data").unwrap();
+    let sums = checksums(&voldir);
+    let out = mkfs(&voldir, &["--force"]);
+    assert_fails(
+        &out,
+        PERMISSION,
+        &[
+            backing.to_str().unwrap(),
+            "permission denied",
+            "no volume was created",
+        ],
+    );
+    assert_eq!(checksums(&voldir), sums);
+
+    // A ring file in a directory of root's: named, with what to do next.
+    fs::remove_file(&backing).unwrap();
+    let ring = roots.join("ring");
+    let out = mkfs(&voldir, &["--ring-file", ring.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        PERMISSION,
+        &[ring.to_str().unwrap(), "permission denied", "--force"],
+    );
+    assert!(!ring.exists());
+}

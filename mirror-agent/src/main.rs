@@ -8,21 +8,131 @@
 mod session;
 mod store;
 
-use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use session::{Agent, Limits};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use store::Volumes;
 
+/// Exit codes, one per kind of failure (docs/operations.md, "Exit codes"). A number means
+/// the same in smlogfs, raid-sim and mirror-agent; 16 to 18 are the agent's own.
+mod exit {
+    /// `--inspect` found a damaged volume (the report names it).
+    pub const DAMAGED: u8 = 1;
+    /// Bad command line (clap's errors too), a limit of 0.
+    pub const USAGE: u8 = 2;
+    /// Another mirror-agent already serves DIR.
+    pub const BUSY: u8 = 6;
+    /// An I/O error on the named file or directory.
+    pub const IO: u8 = 9;
+    /// Permission denied on DIR, a file in it, the secret file, or a port below 1024.
+    pub const PERMISSION: u8 = 13;
+    /// Cannot listen on an address: another process listens there, or it is not this host's.
+    pub const ADDRESS: u8 = 16;
+    /// The secret file is missing, cannot be read, or is empty.
+    pub const SECRET: u8 = 17;
+    /// DIR cannot be created, is not a directory, or is not writable (a read-only mount).
+    pub const DIR: u8 = 18;
+}
+
+/// A failed start: its exit code and its one-line message.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    msg: String,
+}
+
+impl Failure {
+    fn new(code: u8, msg: impl Into<String>) -> Self {
+        Failure {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    /// The one place an I/O error gets its exit code: permission denied is PERMISSION
+    /// wherever it happens, anything else is `code`. `what` says what failed, `fix` what to do.
+    fn io(code: u8, what: String, e: &std::io::Error, fix: &str) -> Self {
+        if e.kind() == ErrorKind::PermissionDenied {
+            return Failure::new(
+                exit::PERMISSION,
+                format!(
+                    "{what}: {e}; run as a user that may use it, or give this user access \
+                     (ls -ld, chown, chmod)"
+                ),
+            );
+        }
+        Failure::new(code, format!("{what}: {e}; {fix}"))
+    }
+}
+
+/// A command-line error of clap's as one line: what is wrong and where the help is, e.g.
+/// `unexpected argument '--bogus'; see 'mirror-agent --help'`. A copy of smlogfs's
+/// `cmd::usage_line` (this binary does not link smlogfs); keep them alike.
+fn usage_line(e: &clap::Error, cmd: &clap::Command, args: &[std::ffi::OsString]) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let bin = cmd.get_name();
+    let sub = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| cmd.find_subcommand(a))
+        .map(|s| s.get_name())
+        .filter(|s| *s != "help");
+    let value = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    // clap's own text up to its first blank line, "error: " dropped, lines joined.
+    let first_paragraph = || {
+        let text = e.render().to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        lines.join(" ").trim_start_matches("error: ").to_string()
+    };
+    let mut what = match (e.kind(), sub) {
+        (
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand,
+            None,
+        ) => {
+            let names: Vec<&str> = cmd
+                .get_subcommands()
+                .map(|s| s.get_name())
+                .filter(|n| *n != "help")
+                .collect();
+            format!("no command given; use one of {}", names.join(", "))
+        }
+        (ErrorKind::UnknownArgument, _) => match (value(ContextKind::InvalidArg), sub) {
+            (Some(arg), Some(s)) => format!("unexpected argument '{arg}' for '{s}'"),
+            (Some(arg), None) => format!("unexpected argument '{arg}'"),
+            _ => first_paragraph(),
+        },
+        _ => first_paragraph(),
+    };
+    if let Some(s) = value(ContextKind::SuggestedArg).or(value(ContextKind::SuggestedSubcommand)) {
+        what.push_str(&format!(" (did you mean '{s}'?)"));
+    }
+    match sub {
+        Some(s) => format!("{what}; see '{bin} {s} --help'"),
+        None => format!("{what}; see '{bin} --help'"),
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mirror-agent",
+    version,
     about = "Mirror of smlogfs state logs, served over TCP"
 )]
 struct Args {
@@ -30,7 +140,7 @@ struct Args {
     #[arg(long, required_unless_present = "inspect")]
     listen: Vec<SocketAddr>,
     /// Print what DIR holds (volumes, epochs, checkpoints, segments, damage) and exit
-    /// without changing anything; exit status 2 if any volume is damaged.
+    /// without changing anything; exit status 1 if any volume is damaged.
     #[arg(long)]
     inspect: bool,
     /// Directory holding one sub-directory per volume.
@@ -59,39 +169,87 @@ struct Args {
     sync_interval_ms: u64,
 }
 
-fn main() {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("mirror-agent: error: {e:#}");
-        std::process::exit(1);
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // --help, --version: printed on stdout, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let argv: Vec<_> = std::env::args_os().collect();
+            eprintln!(
+                "mirror-agent: error: {}",
+                usage_line(&e, &Args::command(), &argv)
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("mirror-agent: error: {}", f.msg);
+            ExitCode::from(f.code)
+        }
     }
 }
 
-fn run(args: Args) -> Result<()> {
+/// Serves until killed; `--inspect` returns its exit code.
+fn run(args: Args) -> Result<u8, Failure> {
     if args.inspect {
         let damaged = inspect(&args.dir)?;
-        std::process::exit(if damaged { 2 } else { 0 });
+        return Ok(if damaged { exit::DAMAGED } else { 0 });
     }
     if args.max_connections == 0 || args.stall_timeout_ms == 0 || args.idle_timeout_ms == 0 {
-        bail!("--max-connections, --stall-timeout-ms and --idle-timeout-ms must be positive");
+        return Err(Failure::new(
+            exit::USAGE,
+            "--max-connections, --stall-timeout-ms and --idle-timeout-ms must be positive",
+        ));
     }
     let secret = match &args.secret_file {
-        Some(path) => Some(smlog_wire::auth::read_secret_file(path).map_err(anyhow::Error::msg)?),
+        Some(path) => Some(read_secret(path)?),
         None => None,
     };
     let lock = prepare_dir(&args.dir)?;
     let mut listeners = Vec::new();
     for addr in &args.listen {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            let what = format!("cannot listen on {addr}: {e}");
+            let port = addr.port();
+            match e.kind() {
+                ErrorKind::AddrInUse => Failure::new(
+                    exit::ADDRESS,
+                    format!(
+                        "{what}; stop what listens there (ss -ltnp 'sport = :{port}') or give \
+                         another --listen port"
+                    ),
+                ),
+                ErrorKind::AddrNotAvailable => Failure::new(
+                    exit::ADDRESS,
+                    format!("{what}; give an address of this host (ip -brief address)"),
+                ),
+                ErrorKind::PermissionDenied => Failure::new(
+                    exit::PERMISSION,
+                    format!(
+                        "{what}; ports below 1024 need root (or CAP_NET_BIND_SERVICE): run \
+                         as root or give a port of 1024 or more"
+                    ),
+                ),
+                _ => Failure::new(exit::IO, format!("{what}; check the address")),
+            }
+        })?;
         listeners.push(listener);
     }
     let volumes = Volumes::new(args.dir.clone(), args.fsync, args.max_volumes);
-    let opened = volumes
-        .open_existing()
-        .with_context(|| format!("cannot list {}", args.dir.display()))?;
+    let opened = volumes.open_existing().map_err(|e| {
+        Failure::io(
+            exit::IO,
+            format!("cannot list {}", args.dir.display()),
+            &e,
+            "check the disk holding it (dmesg)",
+        )
+    })?;
     log::info!(
         "serving {opened} existing volume(s) from {}; {}; entries {} before ack",
         args.dir.display(),
@@ -118,17 +276,37 @@ fn run(args: Args) -> Result<()> {
     // written at once; a closed stdout later is no reason to stop serving.
     let mut banner = String::new();
     for listener in &listeners {
-        banner.push_str(&format!(
-            "mirror-agent listening on {}\n",
-            listener.local_addr()?
-        ));
+        let addr = listener.local_addr().map_err(|e| {
+            Failure::io(
+                exit::IO,
+                "cannot learn a listening address".into(),
+                &e,
+                "run the agent again",
+            )
+        })?;
+        banner.push_str(&format!("mirror-agent listening on {addr}\n"));
     }
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(banner.as_bytes())
         .and_then(|_| stdout.flush())
-        .context("cannot write the listening addresses to stdout")?;
+        .map_err(|e| {
+            Failure::io(
+                exit::IO,
+                "cannot write the listening addresses to stdout".into(),
+                &e,
+                "keep stdout open (a file or a pipe that is read)",
+            )
+        })?;
     drop(stdout);
+    let no_thread = |e: std::io::Error| {
+        Failure::io(
+            exit::IO,
+            "cannot start a thread".into(),
+            &e,
+            "raise the process or memory limits (ulimit -u, -v)",
+        )
+    };
 
     let flusher = Arc::clone(&agent);
     let interval = Duration::from_millis(args.sync_interval_ms.max(10));
@@ -137,7 +315,8 @@ fn run(args: Args) -> Result<()> {
         .spawn(move || loop {
             flusher.volumes.wait_for_kick(interval);
             flusher.volumes.sync_all();
-        })?;
+        })
+        .map_err(no_thread)?;
 
     let active = Arc::new(AtomicUsize::new(0));
     let mut acceptors = Vec::new();
@@ -148,20 +327,47 @@ fn run(args: Args) -> Result<()> {
         acceptors.push(
             std::thread::Builder::new()
                 .name("accept".into())
-                .spawn(move || accept_loop(listener, agent, active, max))?,
+                .spawn(move || accept_loop(listener, agent, active, max))
+                .map_err(no_thread)?,
         );
     }
     for a in acceptors {
         let _ = a.join();
     }
     drop(lock);
-    Ok(())
+    Ok(0)
+}
+
+/// The shared secret in `path`.
+fn read_secret(path: &Path) -> Result<Vec<u8>, Failure> {
+    smlog_wire::auth::read_secret_file(path).map_err(|msg| {
+        // The wire crate says what is wrong in words; the kind of error decides the code.
+        let denied = matches!(File::open(path), Err(e) if e.kind() == ErrorKind::PermissionDenied);
+        if denied {
+            Failure::new(
+                exit::PERMISSION,
+                format!("{msg}; run as a user that may read it, or give this user access (ls -l, chown, chmod)"),
+            )
+        } else {
+            Failure::new(
+                exit::SECRET,
+                format!("{msg}; write the shared secret into it, the same as the smlogfs node's --secret-file"),
+            )
+        }
+    })
 }
 
 /// Prints every volume under `dir`; returns whether any is damaged.
-fn inspect(dir: &std::path::Path) -> Result<bool> {
+fn inspect(dir: &Path) -> Result<bool, Failure> {
     let mut names: Vec<String> = fs::read_dir(dir)
-        .with_context(|| format!("cannot list --dir {}", dir.display()))?
+        .map_err(|e| {
+            Failure::io(
+                exit::DIR,
+                format!("cannot list --dir {}", dir.display()),
+                &e,
+                "give the agent's --dir (the directory holding vol-* directories)",
+            )
+        })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("vol-"))
@@ -188,34 +394,71 @@ fn inspect(dir: &std::path::Path) -> Result<bool> {
         dir.display(),
         if damaged { "; some DAMAGED" } else { "" }
     ));
-    std::io::stdout().write_all(out.as_bytes())?;
+    std::io::stdout().write_all(out.as_bytes()).map_err(|e| {
+        Failure::io(
+            exit::IO,
+            "cannot write the report to stdout".into(),
+            &e,
+            "keep stdout open",
+        )
+    })?;
     Ok(damaged)
 }
 
 /// Creates DIR if needed, proves it writable, and takes its lock so that two agents never
 /// share one directory. The returned file holds the lock for the life of the process.
-fn prepare_dir(dir: &PathBuf) -> Result<File> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create --dir {}", dir.display()))?;
+fn prepare_dir(dir: &Path) -> Result<File, Failure> {
+    let elsewhere = "give another --dir, or move what is in the way";
+    fs::create_dir_all(dir).map_err(|e| {
+        Failure::io(
+            exit::DIR,
+            format!("cannot create --dir {}", dir.display()),
+            &e,
+            elsewhere,
+        )
+    })?;
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
     let written = File::create(&probe)
         .and_then(|mut f| f.write_all(b"probe").and_then(|_| f.sync_all()))
         .and_then(|_| fs::remove_file(&probe));
-    written.with_context(|| format!("--dir {} is not writable", dir.display()))?;
+    written.map_err(|e| {
+        Failure::io(
+            exit::DIR,
+            format!("--dir {} is not writable", dir.display()),
+            &e,
+            "give a directory on a writable file system with free space",
+        )
+    })?;
     let lock_path = dir.join("agent.lock");
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        .map_err(|e| {
+            Failure::io(
+                exit::IO,
+                format!("cannot open {}", lock_path.display()),
+                &e,
+                "check the disk holding it (dmesg)",
+            )
+        })?;
     match lock.try_lock() {
         Ok(()) => Ok(lock),
-        Err(fs::TryLockError::WouldBlock) => {
-            bail!("another mirror-agent is already using {}", dir.display())
-        }
-        Err(fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
-        }
+        Err(fs::TryLockError::WouldBlock) => Err(Failure::new(
+            exit::BUSY,
+            format!(
+                "another mirror-agent is already using {}; stop it (systemctl stop \
+                 mirror-agent) or give another --dir",
+                dir.display()
+            ),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(Failure::io(
+            exit::IO,
+            format!("cannot lock {}", lock_path.display()),
+            &e,
+            "put --dir on a local file system that supports flock",
+        )),
     }
 }
 

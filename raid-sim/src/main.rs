@@ -6,12 +6,159 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use raid_sim::format::MemberState;
 use raid_sim::{
     in_use, inspect, member_name, CreateOptions, Inspection, RaidOptions, VolumeError,
     REQUEST_FILE, SCRUB_REPORT_FILE,
 };
+
+/// Exit codes, one per kind of failure (docs/operations.md, "Exit codes"). A number means
+/// the same in smlogfs, raid-sim and mirror-agent; 14 and 15 are raid-sim's own.
+mod exit {
+    /// `scrub` found damage it could not repair (the report names member and byte offset).
+    pub const UNREPAIRED: u8 = 1;
+    /// Bad command line (clap's errors too), a size that does not parse, a geometry that
+    /// does not fit, a member index beyond the array, a byte range outside the member file.
+    pub const USAGE: u8 = 2;
+    /// VOLDIR holds no RAID-5 array (no member file with a valid superblock).
+    pub const NOT_A_VOLUME: u8 = 3;
+    /// Another process holds the array's lock and the command could not be handed to it.
+    pub const BUSY: u8 = 6;
+    /// A superblock, the journal or a block is damaged (file and byte offset named).
+    pub const CORRUPT: u8 = 7;
+    /// An I/O error on the named file.
+    pub const IO: u8 = 9;
+    /// The process holding the array took the request but did not report back.
+    pub const DAEMON: u8 = 10;
+    /// Permission denied on the named file.
+    pub const PERMISSION: u8 = 13;
+    /// The member file named by `--member` is missing or cannot be opened.
+    pub const MEMBER: u8 = 14;
+    /// The array refuses to start or to do what was asked: it would not survive it (two
+    /// members down, nothing to rebuild from), a rebuild is unfinished, or it stopped after
+    /// a failure.
+    pub const ARRAY: u8 = 15;
+}
+
+/// A failed command: its exit code and its one-line message.
+struct Failure {
+    code: u8,
+    msg: String,
+}
+
+impl Failure {
+    fn new(code: u8, msg: impl Into<String>) -> Self {
+        Failure {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    /// An I/O error on `path` outside the volume layer.
+    fn io(path: &Path, e: std::io::Error) -> Self {
+        VolumeError::io(path, e).into()
+    }
+}
+
+/// The one place where the volume layer's errors get their exit code and what to do.
+impl From<VolumeError> for Failure {
+    fn from(e: VolumeError) -> Self {
+        use std::io::ErrorKind;
+        let (code, hint) = match &e {
+            VolumeError::Io { source, .. } if source.kind() == ErrorKind::PermissionDenied => (
+                exit::PERMISSION,
+                "run as the owner of the array's files (usually root) or give this user \
+                 access (ls -l, chown, chmod)",
+            ),
+            VolumeError::Io { .. } => (
+                exit::IO,
+                "check the disk holding that file (dmesg, df) and run the command again",
+            ),
+            VolumeError::Corrupt { .. } => (
+                exit::CORRUPT,
+                "keep a copy of VOLDIR before anything else (docs/format-raid.md)",
+            ),
+            VolumeError::NotAVolume { .. } => (
+                exit::NOT_A_VOLUME,
+                "check the path; `raid-sim create VOLDIR` makes an array",
+            ),
+            VolumeError::InUse { .. } => (
+                exit::BUSY,
+                "run the command again: while another process holds the array, raid-sim \
+                 hands fail, scrub and replace to it",
+            ),
+            VolumeError::Assembly { .. } => (
+                exit::ARRAY,
+                "do not force it: restore a member file if you can, then run the command \
+                 again (docs/operations.md, \"A RAID member failed\")",
+            ),
+            VolumeError::Invalid { .. } | VolumeError::Poisoned => (
+                exit::ARRAY,
+                "see `raid-sim status VOLDIR` and docs/operations.md, \"A RAID member failed\"",
+            ),
+            VolumeError::OutOfRange { .. } => (exit::USAGE, "stay within the volume"),
+        };
+        Failure::new(code, format!("{e}; {hint}"))
+    }
+}
+
+/// A command-line error of clap's as one line: what is wrong and where the help is, e.g.
+/// `unexpected argument '--bogus' for 'create'; see 'raid-sim create --help'`. A copy of
+/// smlogfs's `cmd::usage_line` (this binary does not link smlogfs); keep them alike.
+fn usage_line(e: &clap::Error, cmd: &clap::Command, args: &[std::ffi::OsString]) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let bin = cmd.get_name();
+    let sub = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| cmd.find_subcommand(a))
+        .map(|s| s.get_name())
+        .filter(|s| *s != "help");
+    let value = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    // clap's own text up to its first blank line, "error: " dropped, lines joined.
+    let first_paragraph = || {
+        let text = e.render().to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        lines.join(" ").trim_start_matches("error: ").to_string()
+    };
+    let mut what = match (e.kind(), sub) {
+        (
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand,
+            None,
+        ) => {
+            let names: Vec<&str> = cmd
+                .get_subcommands()
+                .map(|s| s.get_name())
+                .filter(|n| *n != "help")
+                .collect();
+            format!("no command given; use one of {}", names.join(", "))
+        }
+        (ErrorKind::UnknownArgument, _) => match (value(ContextKind::InvalidArg), sub) {
+            (Some(arg), Some(s)) => format!("unexpected argument '{arg}' for '{s}'"),
+            (Some(arg), None) => format!("unexpected argument '{arg}'"),
+            _ => first_paragraph(),
+        },
+        _ => first_paragraph(),
+    };
+    if let Some(s) = value(ContextKind::SuggestedArg).or(value(ContextKind::SuggestedSubcommand)) {
+        what.push_str(&format!(" (did you mean '{s}'?)"));
+    }
+    match sub {
+        Some(s) => format!("{what}; see '{bin} {s} --help'"),
+        None => format!("{what}; see '{bin} --help'"),
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -336,9 +483,12 @@ fn status_text(i: &Inspection, busy: bool) -> String {
     s
 }
 
-fn bench(bytes: u64, disks: u32) -> Result<(), String> {
+fn bench(bytes: u64, disks: u32) -> Result<(), Failure> {
     if !(3..=16).contains(&disks) {
-        return Err("bench --disks must be between 3 and 16".into());
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("bench --disks {disks}: use 3 to 16"),
+        ));
     }
     let chunk = 64 << 10;
     let data: Vec<Vec<u8>> = (0..disks - 1)
@@ -403,15 +553,18 @@ fn mb_s(bytes: u64, t: Instant) -> f64 {
 
 /// Sequential write and read of a plain file and of a RAID-5 volume of the same usable
 /// size in `dir`, then an unthrottled rebuild of one member.
-fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), String> {
+fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), Failure> {
     use raid_sim::BlockVolume;
     if io == 0 || !io.is_multiple_of(4096) || size < io {
-        return Err("--io must be a positive multiple of 4096 no larger than --size".into());
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--io {io}: use a positive multiple of 4096 no larger than --size ({size})"),
+        ));
     }
     let size = size / io * io;
     let work = dir.join(format!("raid-sim-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let result = (|| -> Result<(), String> {
+    std::fs::create_dir_all(&work).map_err(|e| Failure::io(&work, e))?;
+    let result = (|| -> Result<(), Failure> {
         let buf: Vec<u8> = (0..io).map(|i| (i * 131 % 251) as u8).collect();
         let mut back = vec![0u8; io as usize];
         // Native file.
@@ -422,17 +575,19 @@ fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), String
             .create(true)
             .truncate(true)
             .open(&native)
-            .map_err(|e| format!("{}: {e}", native.display()))?;
+            .map_err(|e| Failure::io(&native, e))?;
         use std::os::unix::fs::FileExt;
         let t = Instant::now();
         for off in (0..size).step_by(io as usize) {
-            f.write_all_at(&buf, off).map_err(|e| e.to_string())?;
+            f.write_all_at(&buf, off)
+                .map_err(|e| Failure::io(&native, e))?;
         }
-        f.sync_all().map_err(|e| e.to_string())?;
+        f.sync_all().map_err(|e| Failure::io(&native, e))?;
         let native_w = mb_s(size, t);
         let t = Instant::now();
         for off in (0..size).step_by(io as usize) {
-            f.read_exact_at(&mut back, off).map_err(|e| e.to_string())?;
+            f.read_exact_at(&mut back, off)
+                .map_err(|e| Failure::io(&native, e))?;
         }
         let native_r = mb_s(size, t);
         drop(f);
@@ -445,27 +600,32 @@ fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), String
             chunk_bytes: 64 << 10,
             spares: 0,
         };
-        let vol =
-            raid_sim::create_raid(&vdir, &opts, &offline_opts()).map_err(|e| e.to_string())?;
+        let vol = raid_sim::create_raid(&vdir, &opts, &offline_opts())?;
         let t = Instant::now();
         for off in (0..size).step_by(io as usize) {
-            vol.write_at(off, &buf).map_err(|e| e.to_string())?;
+            vol.write_at(off, &buf)?;
         }
-        vol.flush().map_err(|e| e.to_string())?;
+        vol.flush()?;
         let raid_w = mb_s(size, t);
         let t = Instant::now();
         for off in (0..size).step_by(io as usize) {
-            vol.read_at(off, &mut back).map_err(|e| e.to_string())?;
+            vol.read_at(off, &mut back)?;
         }
         let raid_r = mb_s(size, t);
         if back != buf {
-            return Err("RAID volume read back different data".into());
+            return Err(Failure::new(
+                exit::CORRUPT,
+                format!(
+                    "{}: the RAID volume read back different data",
+                    vdir.display()
+                ),
+            ));
         }
-        vol.fail_member(1, "bench").map_err(|e| e.to_string())?;
-        vol.start_rebuild(1, None).map_err(|e| e.to_string())?;
+        vol.fail_member(1, "bench")?;
+        vol.start_rebuild(1, None)?;
         let member_bytes = vol.geometry().stripes * vol.geometry().chunk_bytes;
         let t = Instant::now();
-        vol.run_rebuild(|_, _| {}).map_err(|e| e.to_string())?;
+        vol.run_rebuild(|_, _| {})?;
         let rebuild = mb_s(member_bytes, t);
         println!("sequential, {} KiB per call, {} MiB:", io >> 10, size >> 20);
         println!("  native file  write {native_w:8.1} MB/s   read {native_r:8.1} MB/s");
@@ -484,8 +644,7 @@ fn bench_volume(dir: &Path, disks: u32, size: u64, io: u64) -> Result<(), String
     result
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let err = |e: VolumeError| e.to_string();
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.cmd {
         Cmd::Create {
             voldir,
@@ -508,9 +667,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 ..offline_opts()
             };
             if disks < 3 {
-                return Err(format!("--disks {disks}: RAID-5 needs at least 3 (smlogfs mkfs --disks 1 makes a single file)"));
+                return Err(Failure::new(exit::USAGE, format!("--disks {disks}: RAID-5 needs at least 3 (smlogfs mkfs --disks 1 makes a single file)")));
             }
-            let vol = raid_sim::create_raid(&voldir, &opts, &ropts).map_err(err)?;
+            // Here a refused option is the command line's fault, not the array's.
+            let vol = raid_sim::create_raid(&voldir, &opts, &ropts).map_err(|e| match e {
+                VolumeError::Invalid { .. } => Failure::new(exit::USAGE, e.to_string()),
+                e => e.into(),
+            })?;
             let g = vol.geometry();
             println!(
                 "created RAID-5 in {}: {} disks + {spares} spare(s), chunk {} bytes, {} usable bytes",
@@ -522,7 +685,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Status { voldir, json } => {
-            let i = inspect(&voldir).map_err(err)?;
+            let i = inspect(&voldir)?;
             let busy = in_use(&voldir);
             if json {
                 println!("{}", status_json(&i, busy));
@@ -532,20 +695,23 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Fail { voldir, member } => {
-            let i = inspect(&voldir).map_err(err)?;
+            let i = inspect(&voldir)?;
             if member >= i.geometry.disks {
-                return Err(format!(
-                    "{}: no member {member} in a {}-disk array",
-                    voldir.display(),
-                    i.geometry.disks
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "{}: no member {member} in a {}-disk array; use --member 0 to {}",
+                        voldir.display(),
+                        i.geometry.disks,
+                        i.geometry.disks - 1
+                    ),
                 ));
             }
             if in_use(&voldir) {
-                return request(&voldir, &format!("fail {member}")).map_err(err);
+                return Ok(request(&voldir, &format!("fail {member}"))?);
             }
-            let vol = raid_sim::open_raid(&voldir, &offline_opts()).map_err(err)?;
-            vol.fail_member(member, "failed on request (raid-sim fail)")
-                .map_err(err)?;
+            let vol = raid_sim::open_raid(&voldir, &offline_opts())?;
+            vol.fail_member(member, "failed on request (raid-sim fail)")?;
             println!(
                 "{}: member {member} marked failed; the array runs degraded",
                 voldir.display()
@@ -563,27 +729,40 @@ fn run(cli: Cli) -> Result<(), String> {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let flen = file
-                .metadata()
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .len();
+                .map_err(|e| match (e.kind(), inspect(&voldir)) {
+                    (_, Err(not @ VolumeError::NotAVolume { .. })) => not.into(),
+                    (std::io::ErrorKind::NotFound, _) => Failure::new(
+                        exit::MEMBER,
+                        format!(
+                            "{}: no such member file; check --member {member} \
+                             (`raid-sim status {}` lists the members)",
+                            path.display(),
+                            voldir.display()
+                        ),
+                    ),
+                    _ => Failure::io(&path, e),
+                })?;
+            let flen = file.metadata().map_err(|e| Failure::io(&path, e))?.len();
             if len == 0 || offset.checked_add(len).is_none_or(|end| end > flen) {
-                return Err(format!(
-                    "{}: range {offset}+{len} is outside the file ({flen} bytes)",
-                    path.display()
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "{}: range {offset}+{len} is outside the file ({flen} bytes); \
+                         give --offset and --len within it",
+                        path.display()
+                    ),
                 ));
             }
             use std::os::unix::fs::FileExt;
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, offset)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| Failure::io(&path, e))?;
             for b in &mut buf {
                 *b ^= 0xFF;
             }
             file.write_all_at(&buf, offset)
                 .and_then(|_| file.sync_data())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| Failure::io(&path, e))?;
             println!(
                 "flipped every bit of {len} byte(s) of {} at byte {offset}",
                 path.display()
@@ -594,7 +773,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if in_use(&voldir) {
                 let report = voldir.join(SCRUB_REPORT_FILE);
                 let _ = std::fs::remove_file(&report);
-                request(&voldir, "scrub").map_err(err)?;
+                request(&voldir, "scrub")?;
                 let deadline = Instant::now() + Duration::from_secs(3600);
                 while Instant::now() < deadline {
                     if let Ok(text) = std::fs::read_to_string(&report) {
@@ -603,14 +782,33 @@ fn run(cli: Cli) -> Result<(), String> {
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                return Err("the running volume did not report its scrub within an hour".into());
+                return Err(Failure::new(
+                    exit::DAEMON,
+                    format!(
+                        "{}: the process holding the array did not report its scrub within \
+                         an hour; see its log and `raid-sim status VOLDIR`",
+                        voldir.display()
+                    ),
+                ));
             }
-            let vol = raid_sim::open_raid(&voldir, &offline_opts()).map_err(err)?;
+            let vol = raid_sim::open_raid(&voldir, &offline_opts())?;
             let mut p = Progress::new("scrub");
-            let rep = vol.scrub(!no_repair, |d, t| p.update(d, t)).map_err(err)?;
+            let rep = vol.scrub(!no_repair, |d, t| p.update(d, t))?;
             print!("{}", rep.to_text());
             if rep.unrepaired() > 0 {
-                return Err(format!("{} finding(s) not repaired", rep.unrepaired()));
+                let how = if no_repair {
+                    "run `raid-sim scrub VOLDIR` without --no-repair to repair what parity can"
+                } else {
+                    "parity cannot repair them: restore the data from a copy"
+                };
+                return Err(Failure::new(
+                    exit::UNREPAIRED,
+                    format!(
+                        "{}: {} finding(s) not repaired (listed above, by member and byte); {how}",
+                        voldir.display(),
+                        rep.unrepaired()
+                    ),
+                ));
             }
             Ok(())
         }
@@ -626,39 +824,59 @@ fn run(cli: Cli) -> Result<(), String> {
                     Some(p) => format!("replace {member} {}", p.display()),
                     None => format!("replace {member}"),
                 };
-                return request(&voldir, &line).map_err(err);
+                return Ok(request(&voldir, &line)?);
             }
             let ropts = RaidOptions {
                 rebuild_rate_bytes_per_s: rate,
                 rebuild_checkpoint_stripes: checkpoint_stripes.max(1),
                 ..offline_opts()
             };
-            let vol = raid_sim::open_raid(&voldir, &ropts).map_err(err)?;
+            let vol = raid_sim::open_raid(&voldir, &ropts)?;
             let g = vol.geometry();
             if member >= g.disks {
-                return Err(format!("no member {member} in a {}-disk array", g.disks));
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "{}: no member {member} in a {}-disk array; use --member 0 to {}",
+                        voldir.display(),
+                        g.disks,
+                        g.disks - 1
+                    ),
+                ));
             }
             match vol.rebuild_progress() {
                 Some((m, s)) if m == member => {
                     log::info!("resuming the rebuild of member {m} at stripe {s}/{}", g.stripes)
                 }
                 Some((m, _)) => {
-                    return Err(format!(
-                        "member {m} is being rebuilt; finish that first (raid-sim replace --member {m})"
+                    return Err(Failure::new(
+                        exit::ARRAY,
+                        format!(
+                            "{}: member {m} is being rebuilt; finish that first (raid-sim replace {} --member {m})",
+                            voldir.display(),
+                            voldir.display()
+                        ),
                     ))
                 }
                 None => {
                     if vol.member_states()[member as usize] != MemberState::Failed {
-                        vol.fail_member(member, "replaced (raid-sim replace)")
-                            .map_err(err)?;
+                        vol.fail_member(member, "replaced (raid-sim replace)")?;
                     }
-                    vol.start_rebuild(member, with.as_deref()).map_err(err)?;
+                    vol.start_rebuild(member, with.as_deref())?;
                 }
             }
             let mut p = Progress::new("rebuild");
-            vol.run_rebuild(|d, t| p.update(d, t)).map_err(err)?;
+            vol.run_rebuild(|d, t| p.update(d, t))?;
             if vol.rebuild_progress().is_some() || vol.is_degraded() {
-                return Err("rebuild did not complete".into());
+                return Err(Failure::new(
+                    exit::ARRAY,
+                    format!(
+                        "{}: the rebuild of member {member} did not complete; `raid-sim status {}` \
+                         names the member that stopped it",
+                        voldir.display(),
+                        voldir.display()
+                    ),
+                ));
             }
             println!("member {member} rebuilt; the array is clean");
             Ok(())
@@ -683,12 +901,24 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version: printed on stdout, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let args: Vec<_> = std::env::args_os().collect();
+            eprintln!(
+                "raid-sim: error: {}",
+                usage_line(&e, &Cli::command(), &args)
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raid-sim: error: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("raid-sim: error: {}", f.msg);
+            ExitCode::from(f.code)
         }
     }
 }

@@ -26,13 +26,33 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn fails(args: &[&str]) -> String {
-    let out = raid_sim(args);
-    assert!(!out.status.success(), "raid-sim {args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    let line = err.lines().find(|l| l.contains("error:")).unwrap_or("");
-    assert!(!line.is_empty(), "no error line: {err}");
-    line.to_string()
+/// Exit codes as documented in docs/operations.md (raid-sim/src/main.rs `exit`).
+const UNREPAIRED: i32 = 1;
+const USAGE: i32 = 2;
+const NOT_A_VOLUME: i32 = 3;
+const PERMISSION: i32 = 13;
+const MEMBER: i32 = 14;
+const ARRAY: i32 = 15;
+
+/// Asserts that `raid-sim ARGS` fails with `code` and one line of error (log lines, which
+/// start with '[', aside); returns that line.
+#[track_caller]
+fn fails(args: &[&str], code: i32) -> String {
+    check_failure(&raid_sim(args), code, &format!("raid-sim {args:?}"))
+}
+
+#[track_caller]
+fn check_failure(out: &Output, code: i32, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('['))
+        .collect();
+    assert_eq!(lines.len(), 1, "{what}: one line of error expected: {err}");
+    assert!(lines[0].starts_with("raid-sim: error: "), "{what}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    lines[0].to_string()
 }
 
 #[test]
@@ -98,24 +118,160 @@ fn bad_input_gives_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("vol");
     let d = dir.to_str().unwrap();
-    let e = fails(&["status", d]);
-    assert!(e.contains("vol"), "{e}");
-    fails(&["create", d, "--disks", "2"]);
-    fails(&["create", d, "--chunk", "3000"]);
-    fails(&["create", d, "--size", "12Q"]);
+    let e = fails(&["status", d], NOT_A_VOLUME);
+    assert!(e.contains("vol") && e.contains("raid-sim create"), "{e}");
+    let e = fails(&["create", d, "--disks", "2"], USAGE);
+    assert!(e.contains("--disks 2"), "{e}");
+    let e = fails(&["create", d, "--chunk", "3000"], USAGE);
+    assert!(e.contains("chunk size 3000"), "{e}");
+    let e = fails(&["create", d, "--size", "12Q"], USAGE);
+    assert!(e.contains("--size") && e.contains("12Q"), "{e}");
     ok(&["create", d, "--disks", "3", "--size", "1M", "--chunk", "4K"]);
-    let e = fails(&["corrupt", d, "--member", "7", "--offset", "0"]);
-    assert!(e.contains("member-7.img"), "{e}");
-    let e = fails(&["corrupt", d, "--member", "0", "--offset", "999999999"]);
-    assert!(e.contains("outside"), "{e}");
-    let e = fails(&["fail", d, "--member", "5"]);
+    let e = fails(&["corrupt", d, "--member", "7", "--offset", "0"], MEMBER);
+    assert!(
+        e.contains("member-7.img") && e.contains("--member 7"),
+        "{e}"
+    );
+    let e = fails(
+        &["corrupt", d, "--member", "0", "--offset", "999999999"],
+        USAGE,
+    );
+    assert!(e.contains("outside") && e.contains("member-0.img"), "{e}");
+    let e = fails(&["fail", d, "--member", "5"], USAGE);
+    assert!(
+        e.contains("no member 5") && e.contains("--member 0 to 2"),
+        "{e}"
+    );
+    let e = fails(&["replace", d, "--member", "5"], USAGE);
     assert!(e.contains("no member 5"), "{e}");
     std::fs::remove_file(dir.join("member-0.img")).unwrap();
     std::fs::remove_file(dir.join("member-1.img")).unwrap();
-    let e = fails(&["scrub", d]);
+    let e = fails(&["scrub", d], ARRAY);
     assert!(
-        e.contains("member-0.img") && e.contains("member-1.img"),
+        e.contains("member-0.img") && e.contains("member-1.img") && e.contains("restore"),
         "{e}"
+    );
+    let e = fails(&["replace", d, "--member", "0"], ARRAY);
+    assert!(e.contains("member-1.img"), "{e}");
+}
+
+/// clap's errors are one line naming the argument and where the help is; help and version
+/// still print normally and exit 0.
+#[test]
+fn usage_errors_are_one_line_and_help_still_works() {
+    let e = fails(&["create", "/nonexistent/v", "--bogus"], USAGE);
+    assert_eq!(
+        e,
+        "raid-sim: error: unexpected argument '--bogus' for 'create'; see 'raid-sim create --help'"
+    );
+    let e = fails(&["scrub", "/nonexistent/v", "--no-repiar"], USAGE);
+    assert!(
+        e.contains("'--no-repiar'") && e.contains("did you mean '--no-repair'"),
+        "{e}"
+    );
+    let e = fails(&["fail", "/nonexistent/v"], USAGE);
+    assert!(
+        e.contains("--member") && e.contains("raid-sim fail --help"),
+        "{e}"
+    );
+    let e = fails(&["fail", "/nonexistent/v", "--member", "one"], USAGE);
+    assert!(e.contains("'one'") && e.contains("--member"), "{e}");
+    let e = fails(&["rebuild"], USAGE);
+    assert!(
+        e.contains("'rebuild'") && e.contains("'raid-sim --help'"),
+        "{e}"
+    );
+    let e = fails(&[], USAGE);
+    assert!(
+        e.contains("no command given") && e.contains("replace"),
+        "{e}"
+    );
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["scrub", "--help"],
+        &["help", "create"],
+    ] {
+        let out = raid_sim(args);
+        assert_eq!(out.status.code(), Some(0), "raid-sim {args:?}");
+        assert!(!out.stdout.is_empty(), "raid-sim {args:?} printed nothing");
+    }
+}
+
+/// Damage that scrub is told not to repair: reported by member and byte, exit 1.
+#[test]
+fn unrepaired_findings_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vol");
+    let d = dir.to_str().unwrap();
+    ok(&["create", d, "--disks", "3", "--size", "1M", "--chunk", "4K"]);
+    ok(&[
+        "corrupt", d, "--member", "1", "--offset", "8192", "--len", "8",
+    ]);
+    let out = raid_sim(&["scrub", d, "--no-repair"]);
+    let e = check_failure(&out, UNREPAIRED, "raid-sim scrub --no-repair");
+    assert!(
+        e.contains("1 finding(s) not repaired") && e.contains("without --no-repair"),
+        "{e}"
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("member 1"), "{report}");
+    ok(&["scrub", d]);
+}
+
+/// Permission denied on the array's files: exit 13, the file named. Needs root (to hand the
+/// command to another user); skipped otherwise.
+#[test]
+fn permission_denied_names_the_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("vol");
+    let d = dir.to_str().unwrap();
+    ok(&["create", d, "--disks", "3", "--size", "1M", "--chunk", "4K"]);
+    let before = snapshot(&dir);
+    let bin = tmp.path().join("raid-sim");
+    std::fs::copy(env!("CARGO_BIN_EXE_raid-sim"), &bin).unwrap();
+    let as_user = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .uid(1000)
+            .gid(1000)
+            .output()
+            .unwrap()
+    };
+    // Reading works for anybody; changing needs write access.
+    let out = as_user(&["status", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = check_failure(&as_user(&["fail", d, "--member", "1"]), PERMISSION, "fail");
+    assert!(e.contains(d) && e.contains("chown"), "{e}");
+    let e = check_failure(
+        &as_user(&["corrupt", d, "--member", "1", "--offset", "8192"]),
+        PERMISSION,
+        "corrupt",
+    );
+    assert!(
+        e.contains("member-1.img") && e.contains("Permission denied"),
+        "{e}"
+    );
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a refused command changed the array"
     );
 }
 

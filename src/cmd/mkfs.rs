@@ -5,7 +5,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{exit, CliError, VolumeLock};
+use super::{denied, exit, CliError, VolumeLock};
 use crate::core::meta::{encode_blob, MetaRecord, BLOB_SNAPSHOT};
 use crate::core::superblock::{BlobRef, Superblock, FIRST_DATA_BLOCK};
 use crate::core::types::{InodeRec, Kind, Ts, BLOCK_BYTES, ROOT_INO};
@@ -40,8 +40,20 @@ pub fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// mkfs was refused permission to write `path`; `outcome` says what that left behind.
+fn refused(path: &Path, outcome: &str) -> CliError {
+    CliError::new(
+        exit::PERMISSION,
+        format!(
+            "permission denied on {}: run mkfs as a user that may write there (usually root) \
+             or give this user access (ls -ld, chown, chmod); {outcome}",
+            path.display()
+        ),
+    )
+}
+
 pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
-    if o.size_bytes < 4 << 20 || o.size_bytes % BLOCK_BYTES != 0 {
+    if o.size_bytes < 4 << 20 || !o.size_bytes.is_multiple_of(BLOCK_BYTES) {
         return Err(CliError::new(
             exit::USAGE,
             format!(
@@ -50,7 +62,7 @@ pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
             ),
         ));
     }
-    if o.ring_bytes < MIN_RING_BYTES || o.ring_bytes % 4096 != 0 {
+    if o.ring_bytes < MIN_RING_BYTES || !o.ring_bytes.is_multiple_of(4096) {
         return Err(CliError::new(
             exit::USAGE,
             format!(
@@ -90,8 +102,13 @@ pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
             format!("{} exists and is not a directory", voldir.display()),
         ));
     }
-    std::fs::create_dir_all(voldir)
-        .map_err(|e| CliError::new(exit::IO, format!("cannot create {}: {e}", voldir.display())))?;
+    std::fs::create_dir_all(voldir).map_err(|e| {
+        if denied(&e) {
+            refused(voldir, "nothing was changed")
+        } else {
+            CliError::new(exit::IO, format!("cannot create {}: {e}", voldir.display()))
+        }
+    })?;
     let _lock = VolumeLock::acquire(voldir)?;
     let ring_path = match &o.ring_file {
         Some(p) if p.is_absolute() => p.clone(),
@@ -125,8 +142,11 @@ pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
         chunk_bytes: o.chunk_bytes,
         spares: o.spares,
     };
-    let vol = raid_sim::create_volume(voldir, &opts)
-        .map_err(|e| CliError::new(exit::IO, format!("creating the backing files: {e}")))?;
+    let not_created = |e: raid_sim::VolumeError| match super::volume_permission_denied(&e) {
+        Some(path) => refused(path, "no volume was created"),
+        None => CliError::new(exit::IO, format!("creating the backing files: {e}")),
+    };
+    let vol = raid_sim::create_volume(voldir, &opts).map_err(not_created)?;
     let capacity_bytes = vol.capacity_bytes() / BLOCK_BYTES * BLOCK_BYTES;
     let volume_id = random_id();
     let now = Ts::now();
@@ -187,8 +207,16 @@ pub fn mkfs(voldir: &Path, o: &MkfsOptions) -> Result<String, CliError> {
     other.write(vol.as_ref()).map_err(io)?;
     sb.write(vol.as_ref()).map_err(io)?;
     let bar = Progress::new("creating the state log", o.ring_bytes);
-    StateLog::create(&ring_path, o.ring_bytes, volume_id, |done| bar.set(done))
-        .map_err(|e| CliError::new(exit::IO, e.to_string()))?;
+    StateLog::create(&ring_path, o.ring_bytes, volume_id, |done| bar.set(done)).map_err(|e| {
+        match super::log_permission_denied(&e) {
+            Some(path) => refused(
+                path,
+                "the backing files were written but the volume has no ring: run mkfs again \
+                 with --force once this is fixed",
+            ),
+            None => CliError::new(exit::IO, e.to_string()),
+        }
+    })?;
     bar.finish();
     let _ = std::fs::remove_file(voldir.join("daemon.pid"));
     Ok(format!(

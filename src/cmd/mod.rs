@@ -29,7 +29,7 @@ pub mod exit {
     pub const CORRUPT: i32 = 7;
     /// FUSE is not available (/dev/fuse or fusermount3 missing).
     pub const NO_FUSE: i32 = 8;
-    /// An I/O error (permission denied, disk full, …).
+    /// An I/O error (disk full, a read-only file system, …); permission denied is PERMISSION.
     pub const IO: i32 = 9;
     /// The daemon failed after starting.
     pub const DAEMON: i32 = 10;
@@ -97,12 +97,30 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
 /// The file an open failed on for lack of permission, if that is why it failed.
 fn permission_denied(e: &crate::core::FsError) -> Option<&std::path::Path> {
     use crate::core::FsError;
-    let denied = |s: &std::io::Error| s.kind() == std::io::ErrorKind::PermissionDenied;
     match e {
-        FsError::Volume(raid_sim::VolumeError::Io { path, source }) if denied(source) => Some(path),
-        FsError::Log(crate::statelog::LogError::Io { path, source }) if denied(source) => {
-            Some(path)
-        }
+        FsError::Volume(v) => volume_permission_denied(v),
+        FsError::Log(l) => log_permission_denied(l),
+        _ => None,
+    }
+}
+
+/// True when `e` is "permission denied".
+pub fn denied(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::PermissionDenied
+}
+
+/// The backing file a block volume was refused access to, if that is why it failed.
+pub fn volume_permission_denied(e: &raid_sim::VolumeError) -> Option<&std::path::Path> {
+    match e {
+        raid_sim::VolumeError::Io { path, source } if denied(source) => Some(path),
+        _ => None,
+    }
+}
+
+/// The ring file the state log was refused access to, if that is why it failed.
+pub fn log_permission_denied(e: &crate::statelog::LogError) -> Option<&std::path::Path> {
+    match e {
+        crate::statelog::LogError::Io { path, source } if denied(source) => Some(path),
         _ => None,
     }
 }
@@ -117,6 +135,66 @@ pub fn permission_error(path: &std::path::Path) -> CliError {
             path.display()
         ),
     )
+}
+
+/// A command-line error of clap's as one line: what is wrong and where the help is, e.g.
+/// `unexpected argument '--bogus' for 'mkfs'; see 'smlogfs mkfs --help'`. `args` are the
+/// process arguments (the subcommand is the first one that is not an option).
+///
+/// raid-sim and mirror-agent carry copies of this function (they do not link smlogfs);
+/// keep the three alike.
+pub fn usage_line(e: &clap::Error, cmd: &clap::Command, args: &[std::ffi::OsString]) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let bin = cmd.get_name();
+    let sub = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| cmd.find_subcommand(a))
+        .map(|s| s.get_name())
+        .filter(|s| *s != "help");
+    let value = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    // clap's own text up to its first blank line, "error: " dropped, lines joined.
+    let first_paragraph = || {
+        let text = e.render().to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        lines.join(" ").trim_start_matches("error: ").to_string()
+    };
+    let mut what = match (e.kind(), sub) {
+        (
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand,
+            None,
+        ) => {
+            let names: Vec<&str> = cmd
+                .get_subcommands()
+                .map(|s| s.get_name())
+                .filter(|n| *n != "help")
+                .collect();
+            format!("no command given; use one of {}", names.join(", "))
+        }
+        (ErrorKind::UnknownArgument, _) => match (value(ContextKind::InvalidArg), sub) {
+            (Some(arg), Some(s)) => format!("unexpected argument '{arg}' for '{s}'"),
+            (Some(arg), None) => format!("unexpected argument '{arg}'"),
+            _ => first_paragraph(),
+        },
+        _ => first_paragraph(),
+    };
+    if let Some(s) = value(ContextKind::SuggestedArg).or(value(ContextKind::SuggestedSubcommand)) {
+        what.push_str(&format!(" (did you mean '{s}'?)"));
+    }
+    match sub {
+        Some(s) => format!("{what}; see '{bin} {s} --help'"),
+        None => format!("{what}; see '{bin} --help'"),
+    }
 }
 
 /// Parses sizes like `4096`, `64K`, `64M`, `1G`, `1T` (binary units).
