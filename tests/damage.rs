@@ -135,9 +135,21 @@ fn ring_file_cut_short_keeps_the_entries_before_the_cut() {
         .unwrap()
         .set_len(cut)
         .unwrap();
-    v.remount();
+    // The user who ran mount sees the warning, not only daemon.log.
+    let out = mount_output(&v);
+    v.mark_mounted();
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        said.contains("warning:") && said.contains("shorter than"),
+        "mount did not show the cut-short warning: {said}"
+    );
     for i in 0..9 {
-        assert!(v.path(&format!("f{i}")).exists(), "f{i} lost");
+        assert_eq!(
+            fs::read_to_string(v.path(&format!("f{i}"))).unwrap(),
+            format!("content of file {i}"),
+            "f{i} lost or changed"
+        );
     }
     let log = fs::read_to_string(v.voldir().join("daemon.log")).unwrap();
     assert!(
@@ -280,4 +292,53 @@ fn ring_file_elsewhere_is_remembered() {
     assert!(StateLog::scan_file(&ring).unwrap().entries.len() >= 2);
     v.remount();
     assert_eq!(fs::read(v.path("x")).unwrap(), b"on the other ring");
+}
+
+/// A backing file cut inside its superblocks (slot 1 cut in half, or nothing left at all):
+/// refused with the file named, exit 7 or 4, no panic, and nothing in VOLDIR changed.
+#[test]
+fn backing_file_cut_inside_the_superblocks_refuses_naming_it() {
+    for keep in [6000u64, 0] {
+        let v = crashed_volume(3);
+        let disk = v.voldir().join("disk.img");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+        let before = volume_checksums(v.voldir());
+        let out = mount_output(&v);
+        let text = describe(&out);
+        assert!(
+            matches!(out.status.code(), Some(4) | Some(7)),
+            "cut to {keep} bytes: {text}"
+        );
+        assert!(text.contains("disk.img"), "cut to {keep} bytes: {text}");
+        assert!(!text.contains("panicked"), "cut to {keep} bytes: {text}");
+        assert_eq!(before, volume_checksums(v.voldir()), "cut to {keep} bytes");
+        let (code, fsck) = v.fsck();
+        assert_eq!(code, 2, "fsck of a volume cut to {keep} bytes: {fsck}");
+    }
+}
+
+/// A ring file cut inside its first header slot (no valid header left): refused with the
+/// ring file named, nothing changed. (A cut after a valid header is the cut-short case above.)
+#[test]
+fn ring_file_cut_inside_its_header_refuses_naming_it() {
+    let v = crashed_volume(3);
+    let ring = v.voldir().join("statelog");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&ring)
+        .unwrap()
+        .set_len(40)
+        .unwrap();
+    let before = volume_checksums(v.voldir());
+    let out = mount_output(&v);
+    let text = describe(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("statelog"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(before, volume_checksums(v.voldir()));
 }

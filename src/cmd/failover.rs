@@ -112,7 +112,7 @@ fn read_superblock(
 ) -> Result<(Box<dyn raid_sim::BlockVolume>, Superblock), CliError> {
     let vol = raid_sim::open_volume(voldir).map_err(|e| open_error(e.into()))?;
     let sb = Superblock::read(vol.as_ref())
-        .map_err(|e| CliError::new(exit::CORRUPT, format!("{}: {e}", voldir.display())))?;
+        .map_err(|e| super::status::no_superblock(voldir, vol.as_ref(), e))?;
     Ok((vol, sb))
 }
 

@@ -315,6 +315,7 @@ fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), C
         .append(true)
         .open(&log_path)
         .map_err(|e| CliError::new(exit::IO, format!("cannot open {}: {e}", log_path.display())))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg(voldir).arg(mnt).arg("-f");
     for opt in &o.options {
@@ -339,6 +340,7 @@ fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), C
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
     if line.trim() == "ready" {
+        relay_warnings(&log_path, log_start);
         return Ok(());
     }
     let status = child.wait().ok();
@@ -359,6 +361,31 @@ fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), C
             msg
         },
     ))
+}
+
+/// Shows on our stderr the warnings and errors the daemon logged while it recovered and
+/// mounted (a torn or cut-short ring, direct writes lost, an unprotected mirror...): the
+/// user who ran `mount` must see them, not only whoever reads daemon.log later.
+fn relay_warnings(log_path: &Path, from: u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log_path) else {
+        return;
+    };
+    let mut text = String::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_string(&mut text).is_err() {
+        return;
+    }
+    for line in text.lines() {
+        let level = if line.contains(" WARN ") {
+            "warning"
+        } else if line.contains(" ERROR ") {
+            "error"
+        } else {
+            continue;
+        };
+        let message = line.split_once("] ").map_or(line, |(_, m)| m);
+        eprintln!("smlogfs: {level}: {message}");
+    }
 }
 
 /// Reports to a waiting parent (background mode), or does nothing.

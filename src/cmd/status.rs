@@ -293,8 +293,23 @@ pub fn read_superblock_offline(voldir: &Path) -> Result<Superblock, CliError> {
     } else {
         Box::new(MemberFiles::open(voldir).map_err(|e| open_error(e.into()))?)
     };
-    Superblock::read(vol.as_ref())
-        .map_err(|e| CliError::new(exit::CORRUPT, format!("{}: {e}", voldir.display())))
+    Superblock::read(vol.as_ref()).map_err(|e| no_superblock(voldir, vol.as_ref(), e))
+}
+
+/// The error for a volume whose superblocks cannot be read: where, and what to do.
+pub fn no_superblock(
+    voldir: &Path,
+    vol: &dyn raid_sim::BlockVolume,
+    e: crate::core::superblock::SuperblockError,
+) -> CliError {
+    CliError::new(
+        exit::CORRUPT,
+        format!(
+            "{}: {e}, on {}: the backing storage is damaged or was cut short; restore it from a backup or take the volume over from a peer (nothing was changed)",
+            voldir.display(),
+            vol.describe()
+        ),
+    )
 }
 
 /// A read-only view of a RAID-5 volume straight from its member files, enough to read the

@@ -167,6 +167,12 @@ impl Volume {
         Ok(took)
     }
 
+    /// Records that the volume was mounted by a command the test ran itself (so that it is
+    /// unmounted on drop).
+    pub fn mark_mounted(&mut self) {
+        self.mounted = true;
+    }
+
     /// Keeps the temporary directory (volume and daemon.log) when the Volume is dropped.
     pub fn keep_on_drop(&mut self) {
         self.keep = true;
