@@ -31,31 +31,38 @@ pub enum WireError {
 }
 
 /// The reason code carried by an Error frame. The numbers are part of the format.
+///
+/// A code this build does not name is kept as `Unknown(raw)` rather than refused, so a
+/// later build can add codes to version 1 and an older peer still gets the frame's reason
+/// text (it treats the code like `Other`). Keeping the raw number also keeps decoding
+/// exact: an accepted Error frame re-encodes to the bytes it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
 pub enum ErrorCode {
     /// A frame that is not allowed at this point of the conversation.
-    Protocol = 1,
+    Protocol,
     /// The peer's HMAC proof did not verify.
-    AuthFailed = 2,
+    AuthFailed,
     /// The agent needs a shared secret and the client gave none, or the reverse.
-    AuthRequired = 3,
+    AuthRequired,
     /// The sender's epoch is older than the volume's ownership epoch (`a` = current epoch).
-    Fenced = 4,
+    Fenced,
     /// An append skipped seqs (`a` = expected seq, `b` = seq received).
-    Gap = 5,
+    Gap,
     /// A frame named a volume other than the connection's.
-    WrongVolume = 6,
+    WrongVolume,
     /// The agent is at its connection limit.
-    Busy = 7,
+    Busy,
     /// The agent could not store or read entries (I/O error).
-    Storage = 8,
+    Storage,
     /// Stored entries failed their checks.
-    Corrupt = 9,
+    Corrupt,
     /// A frame could not be decoded.
-    BadFrame = 10,
+    BadFrame,
     /// Anything else; the reason text says what.
-    Other = 11,
+    Other,
+    /// A code no variant above names (a newer peer's). Invariant: never one of their
+    /// numbers; `Message::encode_body` asserts it.
+    Unknown(u16),
 }
 
 impl ErrorCode {
@@ -72,7 +79,41 @@ impl ErrorCode {
             8 => Storage,
             9 => Corrupt,
             10 => BadFrame,
-            _ => Other,
+            11 => Other,
+            _ => Unknown(raw),
+        }
+    }
+
+    pub fn as_u16(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            Protocol => 1,
+            AuthFailed => 2,
+            AuthRequired => 3,
+            Fenced => 4,
+            Gap => 5,
+            WrongVolume => 6,
+            Busy => 7,
+            Storage => 8,
+            Corrupt => 9,
+            BadFrame => 10,
+            Other => 11,
+            Unknown(raw) => raw,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_number_round_trips() {
+        for raw in 0..=u16::MAX {
+            let code = ErrorCode::from_u16(raw);
+            assert_eq!(code.as_u16(), raw);
+            let named = (1..=11).contains(&raw);
+            assert_eq!(matches!(code, ErrorCode::Unknown(_)), !named, "code {raw}");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! Challenge   agent_nonce 32 | agent_proof 32
 //! Proof       client_proof 32
 //! Welcome     epoch 8 | flags 1 (bit0 next_seq set, bit1 checkpoint set) | reserved 7 (=0)
-//!             | next_seq 8 | checkpoint_through 8
+//!             | next_seq 8 | checkpoint_through 8        (a value flagged absent is 0)
 //! Append      count 4 | count x (seq 8 | len 4 | bytes len)      (count >= 1)
 //! Entries     same as Append (count may be 0)
 //! Ack         through_seq 8
@@ -19,7 +19,12 @@
 //! RaiseEpoch  epoch 8
 //! EpochRaised epoch 8
 //! Error       code 2 | reason_len 2 | a 8 | b 8 | reason reason_len (UTF-8)
+//!             (a code this build does not name is kept as `ErrorCode::Unknown`)
 //! ```
+//!
+//! The decoder accepts exactly one encoding of each message: every frame it accepts
+//! re-encodes to the bytes it came from (`tests/fuzz_decoder.rs` and the cargo-fuzz target
+//! check this).
 
 use crate::error::{ErrorCode, WireError};
 use crate::format::*;
@@ -177,7 +182,13 @@ impl Message {
             }
             Message::Error { code, a, b, reason } => {
                 let reason = truncate_utf8(reason, MAX_REASON_BYTES);
-                out.extend_from_slice(&(*code as u16).to_le_bytes());
+                let raw = code.as_u16();
+                assert_eq!(
+                    ErrorCode::from_u16(raw),
+                    *code,
+                    "ErrorCode::Unknown holds a code that has a name"
+                );
+                out.extend_from_slice(&raw.to_le_bytes());
                 out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
                 out.extend_from_slice(&a.to_le_bytes());
                 out.extend_from_slice(&b.to_le_bytes());
@@ -235,8 +246,16 @@ impl Message {
                 if reserved != [0; 7] {
                     return Err(r.malformed("reserved bytes set"));
                 }
+                // A value flagged absent must be zero, like reserved bytes: then every
+                // Welcome the decoder accepts is the one encoding of its message.
                 let next_seq = r.u64("next_seq")?;
+                if flags & 1 == 0 && next_seq != 0 {
+                    return Err(r.malformed("next_seq not zero while flagged absent"));
+                }
                 let checkpoint = r.u64("checkpoint_through")?;
+                if flags & 2 == 0 && checkpoint != 0 {
+                    return Err(r.malformed("checkpoint_through not zero while flagged absent"));
+                }
                 Message::Welcome {
                     epoch,
                     next_seq: (flags & 1 != 0).then_some(next_seq),
@@ -574,6 +593,17 @@ mod tests {
                 b: 0,
                 reason: "fenced".into(),
             },
+            Message::Welcome {
+                epoch: 2,
+                next_seq: None,
+                checkpoint_through: Some(40),
+            },
+            Message::Error {
+                code: ErrorCode::Unknown(0x1234),
+                a: 0,
+                b: 0,
+                reason: "a newer peer's code".into(),
+            },
         ]
     }
 
@@ -618,5 +648,59 @@ mod tests {
         let mut body = Vec::new();
         encode_batch([(1u64, &b"a"[..]), (3, &b"b"[..])].into_iter(), &mut body);
         assert!(Message::decode_body(FrameKind::Append, &body).is_err());
+    }
+
+    #[test]
+    fn welcome_value_flagged_absent_must_be_zero() {
+        for (flags, at, what) in [
+            (0b10u8, 16, "next_seq not zero while flagged absent"),
+            (0b01, 24, "checkpoint_through not zero while flagged absent"),
+        ] {
+            let mut body = vec![0u8; 32];
+            body[8] = flags;
+            assert!(Message::decode_body(FrameKind::Welcome, &body).is_ok());
+            body[at] = 1;
+            let err = Message::decode_body(FrameKind::Welcome, &body).unwrap_err();
+            assert!(
+                matches!(err, WireError::Malformed { what: w, .. } if w == what),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_error_code_keeps_its_number() {
+        let mut body = Vec::new();
+        Message::Error {
+            code: ErrorCode::Other,
+            a: 1,
+            b: 2,
+            reason: "x".into(),
+        }
+        .encode_body(&mut body);
+        body[..2].copy_from_slice(&500u16.to_le_bytes());
+        let message = Message::decode_body(FrameKind::Error, &body).unwrap();
+        assert!(matches!(
+            message,
+            Message::Error {
+                code: ErrorCode::Unknown(500),
+                ..
+            }
+        ));
+        let mut again = Vec::new();
+        message.encode_body(&mut again);
+        assert_eq!(again, body);
+    }
+
+    #[test]
+    #[should_panic(expected = "ErrorCode::Unknown holds a code that has a name")]
+    fn unknown_error_code_with_a_named_number_is_a_programmer_error() {
+        Message::Error {
+            code: ErrorCode::Unknown(4),
+            a: 0,
+            b: 0,
+            reason: String::new(),
+        }
+        .encode_body(&mut Vec::new());
     }
 }
