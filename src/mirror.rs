@@ -217,10 +217,11 @@ impl Mirror {
         })
     }
 
-    /// Follows every resynchronisation of the agent (at mount, and after each reconnect
-    /// while entries were outstanding) until the agent holds everything again: progress as
-    /// `Progress` shows it (plain log lines in the daemon, whose stderr is its log), and one
-    /// line when it ends. Runs in a thread of its own for as long as the mirror exists.
+    /// Shows the progress of a resynchronisation of the agent (at mount, and after each
+    /// reconnect while entries were outstanding) as `Progress` does: plain log lines every
+    /// few seconds in the daemon, whose stderr is its log. (Its start and end are logged by
+    /// the client itself, exactly; this thread samples, so a resync that ends between two
+    /// samples shows no progress lines.) Runs for as long as the mirror exists.
     pub fn watch_resync(mirror: &std::sync::Arc<Mirror>) {
         let weak = std::sync::Arc::downgrade(mirror);
         let spawned = std::thread::Builder::new()
@@ -239,21 +240,12 @@ impl Mirror {
                                 "mirror resync (entries acknowledged)",
                                 target - acked,
                             );
-                            log::info!(
-                                "mirror: resynchronising the agent: seq {}..={target} to acknowledge",
-                                acked + 1
-                            );
                             running = Some((p, acked, Instant::now()));
                         }
                         (_, Some(_), Some((p, from, _))) => p.set(acked.saturating_sub(*from)),
-                        (_, None, Some((p, from, started))) => {
+                        (_, None, Some((p, from, _))) => {
                             p.set(acked.saturating_sub(*from));
                             p.finish();
-                            log::info!(
-                                "mirror: resynchronised: the agent holds every entry through seq {acked} ({} entries in {} ms)",
-                                acked.saturating_sub(*from),
-                                started.elapsed().as_millis()
-                            );
                             running = None;
                         }
                         _ => {}

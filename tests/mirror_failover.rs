@@ -1883,6 +1883,11 @@ fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
         text(&out)
     );
     assert!(
+        text(&out).contains("reachable but refused") && !text(&out).contains("unreachable"),
+        "a refusing agent is reported as unreachable: {}",
+        text(&out)
+    );
+    assert!(
         !s.vol.path(WORK).exists(),
         "the refused mount serves the volume"
     );

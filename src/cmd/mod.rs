@@ -78,6 +78,14 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
             CliError::new(exit::NOT_A_VOLUME, e.to_string())
         }
         FsError::Volume(raid_sim::VolumeError::Io { .. }) => CliError::new(exit::IO, e.to_string()),
+        // The agent answered and refused (its directory holds another volume under this
+        // id, its storage failed...): reachability is not the problem.
+        FsError::Mirror { detail, .. } if detail.contains("mirror agent refused") => CliError::new(
+            exit::MIRROR,
+            format!(
+                "{e}; the agent is reachable but refused the volume: read the agent's log on the peer and fix what it names (docs/operations.md, \"The peer or its mirror agent died\"); nothing was changed"
+            ),
+        ),
         FsError::Mirror { .. } => CliError::new(
             exit::MIRROR,
             format!(

@@ -38,6 +38,9 @@ pub(super) struct State {
     pub(super) rtt_us: u64,
     /// `last_submitted` when the current connection was made.
     pub(super) resync_through: Option<u64>,
+    /// A resynchronisation in progress: its first seq and when it started (logged when it
+    /// starts and when the agent acknowledged `resync_through`).
+    pub(super) resync_started: Option<(u64, Instant)>,
     pub(super) reconnects: u64,
     pub(super) fatal: Option<MirrorError>,
     pub(super) last_error: Option<String>,
@@ -50,6 +53,16 @@ impl State {
             return;
         }
         self.acked = Some(through);
+        if let (Some((first, started)), Some(target)) = (self.resync_started, self.resync_through) {
+            if through >= target {
+                self.resync_started = None;
+                log::info!(
+                    "mirror: resynchronised: the agent holds every entry through seq {target} ({} entries resent in {} ms)",
+                    target + 1 - first,
+                    started.elapsed().as_millis()
+                );
+            }
+        }
         while let Some((seq, bytes)) = self.queue.front() {
             if *seq > through {
                 break;
@@ -129,10 +142,19 @@ pub(super) fn install(
         st.checkpoint_sent = None;
         st.echo_pending = None;
         st.resync_through = st.last_submitted;
+        st.resync_started = None;
         if let Some(next) = welcome.next_seq {
             if let Some(held) = next.checked_sub(1) {
                 st.ack_through(held);
             }
+        }
+        let acked = st.acked.unwrap_or(0);
+        if let Some(target) = st.resync_through.filter(|&t| t > acked) {
+            st.resync_started = Some((acked + 1, Instant::now()));
+            log::info!(
+                "mirror: resynchronising the agent: seq {}..={target} to send again",
+                acked + 1
+            );
         }
         shared.wake_all();
         st.generation

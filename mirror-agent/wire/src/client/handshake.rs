@@ -199,13 +199,28 @@ pub(super) fn open_any(
     cfg.check()?;
     let n = cfg.routes.len();
     let mut failures = Vec::new();
+    // An agent that answered and refused is reachable: say that, not "unreachable".
+    let mut refused = None;
     for k in 0..n {
         let i = (first + k) % n;
         match open_session(cfg, cfg.routes[i], mode) {
             Ok(session) => return Ok((i, session)),
             Err(e) if e.is_fatal() => return Err(e),
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => {
+                if let MirrorError::Refused { code, .. } = &e {
+                    refused.get_or_insert(*code);
+                    failures.push(format!("{}: {e}", cfg.routes[i]));
+                } else {
+                    failures.push(e.to_string());
+                }
+            }
         }
     }
-    Err(MirrorError::Unreachable(failures.join("; ")))
+    match refused {
+        Some(code) => Err(MirrorError::Refused {
+            code,
+            reason: failures.join("; "),
+        }),
+        None => Err(MirrorError::Unreachable(failures.join("; "))),
+    }
 }
