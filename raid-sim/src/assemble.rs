@@ -627,8 +627,10 @@ pub fn create(
         .journal_bytes
         .max(crate::journal::min_ring_bytes(&geometry));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Held through the assembly below: a lock released and taken again can be refused, for
+    // a child that another thread forks in between keeps the released lock until it execs.
+    let lock = take_lock(dir)?;
     {
-        let _lock = take_lock(dir)?;
         for (path, _) in list_files(dir) {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
@@ -673,7 +675,7 @@ pub fn create(
             let _ = d.sync_all();
         }
     }
-    open(dir, ropts)
+    assemble(dir, ropts, lock)
 }
 
 fn create_journal_files(
@@ -760,6 +762,11 @@ pub fn open(dir: &Path, ropts: &RaidOptions) -> Result<RaidVolume, VolumeError> 
         }
         other => other?,
     };
+    assemble(dir, ropts, lock)
+}
+
+/// Assembles the array in `dir` while holding its lock.
+fn assemble(dir: &Path, ropts: &RaidOptions, lock: File) -> Result<RaidVolume, VolumeError> {
     let Classified {
         inspection,
         mut usable,
