@@ -367,6 +367,17 @@ fn json_str(s: &str) -> String {
     out
 }
 
+/// The file that holds a member's data: the target when `member-K.img` is a link (as
+/// `replace --with PATH` makes it), so that status names the file an operator must keep.
+fn data_path(p: &Path) -> PathBuf {
+    match p.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(p)
+            .or_else(|_| std::fs::read_link(p))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    }
+}
+
 fn status_json(i: &Inspection, busy: bool) -> String {
     let g = i.geometry;
     let members: Vec<String> = i
@@ -376,7 +387,7 @@ fn status_json(i: &Inspection, busy: bool) -> String {
             format!(
                 "{{\"index\":{},\"path\":{},\"state\":{},\"problem\":{},\"events\":{}}}",
                 m.index,
-                json_str(&m.path.display().to_string()),
+                json_str(&data_path(&m.path).display().to_string()),
                 json_str(&m.state),
                 m.problem.as_deref().map(json_str).unwrap_or("null".into()),
                 m.events.map(|e| e.to_string()).unwrap_or("null".into())
@@ -445,8 +456,14 @@ fn status_text(i: &Inspection, busy: bool) -> String {
         }
     ));
     for m in &i.members {
+        let target = data_path(&m.path);
+        let link = if target != m.path {
+            format!(" -> {}", target.display())
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "  member {} {}: {}{}\n",
+            "  member {} {}{link}: {}{}\n",
             m.index,
             m.path.display(),
             m.state,

@@ -325,3 +325,108 @@ fn commands_reach_a_running_volume() {
     let rep = vol.scrub(false, |_, _| {}).unwrap();
     assert!(rep.findings.is_empty(), "{}", rep.to_text());
 }
+
+/// The `{"index":K,...}` object of member K in `status --json` output.
+#[track_caller]
+fn member_json(json: &str, k: u32) -> &str {
+    let key = format!("{{\"index\":{k},");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("no member {k}: {json}"));
+    let end = json[at..].find('}').expect("object end") + at;
+    &json[at..=end]
+}
+
+/// `replace --member K --with PATH` from the command line: member K's data lands in PATH,
+/// the array comes back clean, and the failed member's file takes no further part.
+#[test]
+fn replace_with_a_path_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vol");
+    let d = dir.to_str().unwrap();
+    let new_disk = tmp.path().join("elsewhere").join("new-disk.img");
+    std::fs::create_dir(new_disk.parent().unwrap()).unwrap();
+    ok(&[
+        "create", d, "--disks", "4", "--chunk", "16K", "--size", "2M",
+    ]);
+    let model = {
+        let vol = raid_sim::open_raid(&dir, &quiet()).unwrap();
+        fill(&vol, &mut Rng(41))
+    };
+    ok(&["fail", d, "--member", "2"]);
+    let old = dir.join("member-2.img");
+    let old_bytes = std::fs::read(&old).unwrap();
+    let json = ok(&["status", d, "--json"]);
+    assert!(json.contains("\"degraded\":true"), "{json}");
+    assert!(
+        member_json(&json, 2).contains("\"state\":\"failed\""),
+        "{json}"
+    );
+
+    let out = ok(&[
+        "replace",
+        d,
+        "--member",
+        "2",
+        "--with",
+        new_disk.to_str().unwrap(),
+    ]);
+    assert!(out.contains("member 2 rebuilt"), "{out}");
+
+    let new_abs = std::fs::canonicalize(&new_disk).unwrap();
+    let json = ok(&["status", d, "--json"]);
+    let m2 = member_json(&json, 2);
+    assert!(
+        m2.contains(&format!("\"path\":\"{}\"", new_abs.display())),
+        "member 2 should be shown at {}: {json}",
+        new_abs.display()
+    );
+    assert!(m2.contains("\"state\":\"active\""), "{json}");
+    assert!(
+        json.contains("\"degraded\":false") && json.contains("\"rebuild\":null"),
+        "{json}"
+    );
+    assert_eq!(json.matches("\"state\":\"active\"").count(), 4, "{json}");
+    let text = ok(&["status", d]);
+    assert!(
+        text.contains(&format!("member-2.img -> {}: active", new_abs.display())),
+        "{text}"
+    );
+
+    // member-2.img is now a link to the new file; the old file was set aside, unchanged.
+    assert_eq!(std::fs::read_link(&old).unwrap(), new_abs);
+    let aside = dir.join("member-2.img.failed");
+    assert!(
+        std::fs::read(&aside).unwrap() == old_bytes,
+        "the failed member's file was written to after it failed"
+    );
+    assert!(std::fs::metadata(&new_disk).unwrap().len() >= old_bytes.len() as u64);
+
+    let rep = ok(&["scrub", d, "--no-repair"]);
+    assert!(rep.contains(": 0 finding(s)"), "{rep}");
+    // The old file takes no part: with it gone the array assembles clean and reads the same.
+    std::fs::remove_file(&aside).unwrap();
+    let vol = raid_sim::open_raid(&dir, &quiet()).unwrap();
+    assert!(!vol.is_degraded());
+    assert_reads(&vol, &model);
+    drop(vol);
+    // Member 2's data lives in the new file: damage there is found on member 2.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&new_disk)
+            .unwrap();
+        f.write_all_at(&[0x5a; 4], 8192).unwrap();
+    }
+    let out = raid_sim(&["scrub", d, "--no-repair"]);
+    assert_eq!(out.status.code(), Some(UNREPAIRED));
+    let rep = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        rep.contains("1 finding(s)") && rep.contains("member 2 ("),
+        "{rep}"
+    );
+    ok(&["scrub", d]);
+    let json = ok(&["status", d, "--json"]);
+    assert!(json.contains("\"degraded\":false"), "{json}");
+}
