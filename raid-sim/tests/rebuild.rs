@@ -2,6 +2,7 @@
 //! resumed from its checkpoint after the rebuilding process is killed.
 mod common;
 
+use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,170 @@ fn rebuild_resumes_after_the_process_is_killed() {
     assert_reads(&vol, &model);
     let rep = vol.scrub(false, |_, _| {}).unwrap();
     assert!(rep.findings.is_empty(), "{}", rep.to_text());
+}
+
+/// Kills the child on drop, so that a failed test leaves no process behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn raid_sim(args: &[&str], log: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_raid-sim"))
+        .args(args)
+        .env("RUST_LOG", log)
+        .output()
+        .unwrap()
+}
+
+/// The number after `"key":` in `json` (the first occurrence).
+#[track_caller]
+fn json_u64(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key}: {json}"))
+        + pat.len();
+    let digits: String = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number: {json}"))
+}
+
+/// Kill -9 the `raid-sim replace` process mid-rebuild; a second `raid-sim replace` resumes
+/// at the checkpointed stripe, not at 0, and completes. Besides its log, the proof that it
+/// did not start over: a chunk of the new member already rebuilt before the kill is
+/// damaged in between, and a restart from 0 would have overwritten it; scrub finds it.
+#[test]
+fn rebuild_killed_under_the_binary_resumes_under_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (model, g) = {
+        let vol = create(dir.path(), 4, 64 << 10, 24 << 20, 0, &quiet());
+        (fill(&vol, &mut Rng(14)), vol.geometry())
+    };
+    let out = raid_sim(&["fail", d, "--member", "3"], "warn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_raid-sim"))
+        .args(["replace", d, "--member", "3", "--rate", "1M"])
+        .args(["--checkpoint-stripes", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killed_at = loop {
+        assert!(Instant::now() < deadline, "rebuild made no progress");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "raid-sim replace ended before it was killed"
+        );
+        if let Ok(i) = inspect(dir.path()) {
+            if let Some((3, next)) = i.rebuild {
+                if next >= 12 {
+                    break next;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+
+    let out = raid_sim(&["status", d, "--json"], "warn");
+    assert!(out.status.success());
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(json.contains("\"rebuild\":{\"member\":3,"), "{json}");
+    let resume_at = json_u64(&json, "next_stripe");
+    assert!(
+        resume_at >= killed_at && resume_at < g.stripes,
+        "{resume_at} of {}: {json}",
+        g.stripes
+    );
+    assert!(json.contains("\"state\":\"rebuilding\""), "{json}");
+
+    // Damage one block of member 3 that the killed run had already rebuilt.
+    let damaged_at = g.member_offset(0, 4096);
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join(member_name(3)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, damaged_at + 100).unwrap();
+        for x in &mut b {
+            *x ^= 0xA5;
+        }
+        f.write_all_at(&b, damaged_at + 100).unwrap();
+    }
+
+    let out = raid_sim(
+        &["replace", d, "--member", "3", "--checkpoint-stripes", "4"],
+        "info",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("member 3 rebuilt; the array is clean"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "resuming the rebuild of member 3 at stripe {resume_at}/{}",
+            g.stripes
+        )),
+        "{stderr}"
+    );
+    // Its first progress line is past the checkpoint (a restart would show 4/N).
+    let first = stderr
+        .lines()
+        .find_map(|l| l.split_once("rebuild: ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    let done: u64 = first.split('/').next().unwrap().parse().expect(first);
+    assert!(
+        done > resume_at,
+        "first progress {first:?}, resumed at {resume_at}"
+    );
+
+    let out = raid_sim(&["status", d, "--json"], "warn");
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        json.contains("\"degraded\":false") && json.contains("\"rebuild\":null"),
+        "{json}"
+    );
+    assert_eq!(json.matches("\"state\":\"active\"").count(), 4, "{json}");
+
+    // The block damaged before the resume was left alone: scrub finds it (and only it).
+    let out = raid_sim(&["scrub", d], "warn");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(": 1 finding(s), 1 repaired, 0 unrepaired")
+            && report.contains("member 3 (")
+            && report.contains(&format!("byte {damaged_at} stripe 0:")),
+        "a resumed rebuild leaves stripe 0 as the killed run wrote it: {report}"
+    );
+    let out = raid_sim(&["scrub", d], "warn");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains(": 0 finding(s)"), "{report}");
+    let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
+    assert!(!vol.is_degraded());
+    assert_reads(&vol, &model);
 }
 
 /// A member file deleted, or truncated, under the running volume is noticed: the member
