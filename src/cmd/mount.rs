@@ -30,7 +30,14 @@ struct Parsed {
     writeback_cache: bool,
     kernel: Vec<fuser::MountOption>,
     threads: usize,
+    /// The mount's readahead in KiB (its backing-device setting); 0 keeps the kernel's.
+    read_ahead_kb: u64,
 }
+
+/// FUSE mounts get the kernel's default readahead of 128 KiB: one synchronous round trip
+/// to the daemon per 128 KiB, which halves a cold sequential read here. 4 MiB lets the
+/// kernel keep reads in flight (measured: 208 -> 638 MB/s for a cold 512 MiB read).
+const DEFAULT_READ_AHEAD_KB: u64 = 4096;
 
 fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
     let mut p = Parsed {
@@ -38,6 +45,7 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
         writeback_cache: false,
         kernel: Vec::new(),
         threads: 2,
+        read_ahead_kb: DEFAULT_READ_AHEAD_KB,
     };
     for opt in list
         .iter()
@@ -59,6 +67,7 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
             "checkpoint_ms" => p.fs.checkpoint_interval_ms = num(value)?,
             "checkpoint_fill" => p.fs.checkpoint_fill_percent = num(value)?.clamp(1, 95),
             "threads" => p.threads = num(value)?.clamp(1, 16) as usize,
+            "read_ahead_kb" => p.read_ahead_kb = num(value)?.min(1 << 20),
             "ro" => p.kernel.push(fuser::MountOption::RO),
             "noatime" => p.kernel.push(fuser::MountOption::NoAtime),
             "nosuid" => p.kernel.push(fuser::MountOption::NoSuid),
@@ -72,13 +81,45 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
                     exit::USAGE,
                     format!(
                         "-o {opt}: unknown option (known: writeback_cache, sync_ring, checkpoint_ms=N, \
-                         checkpoint_fill=PERCENT, threads=N, ro, noatime, nosuid, nodev, noexec)"
+                         checkpoint_fill=PERCENT, threads=N, read_ahead_kb=N, ro, noatime, nosuid, nodev, noexec)"
                     ),
                 ))
             }
         }
     }
     Ok(p)
+}
+
+/// Sets the mount's readahead once the kernel has finished its handshake with us (its INIT
+/// reply would lower a value set before): a thread waits until the mount answers a stat,
+/// served by the session that starts next, then writes the backing-device setting. Failing
+/// that (not root, no sysfs) the kernel's default stays, with a warning.
+fn set_read_ahead(mnt: &Path, kb: u64) {
+    let mnt = mnt.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("read-ahead".into())
+        .spawn(move || {
+            let meta = match std::fs::metadata(&mnt) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("readahead left at the kernel's default: stat of {}: {e}", mnt.display());
+                    return;
+                }
+            };
+            let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+            let path = format!(
+                "/sys/class/bdi/{}:{}/read_ahead_kb",
+                libc::major(dev),
+                libc::minor(dev)
+            );
+            match std::fs::write(&path, kb.to_string()) {
+                Ok(()) => log::debug!("{path} = {kb}"),
+                Err(e) => log::warn!("readahead left at the kernel's default: {path}: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("readahead left at the kernel's default: {e}");
+    }
 }
 
 fn is_mounted(mnt: &Path) -> bool {
@@ -493,6 +534,9 @@ fn serve(
         std::process::id()
     );
     report("ready");
+    if parsed.read_ahead_kb > 0 {
+        set_read_ahead(mnt, parsed.read_ahead_kb);
+    }
     let run = session.run();
     fs.stop_checkpointer();
     let _ = checkpointer.join();
