@@ -954,3 +954,37 @@ fn mkfs_permission_denied_on_the_volume_directory_or_a_backing_file_exits_13() {
     );
     assert!(!ring.exists());
 }
+
+/// The mount's readahead (its backing-device setting in sysfs): 4 MiB by default, the
+/// `read_ahead_kb=N` option's value when given, and the kernel's own with `read_ahead_kb=0`.
+#[test]
+fn readahead_is_set_on_the_mount_as_the_option_says() {
+    let read_ahead_kb = |mnt: &Path| -> u64 {
+        let dev = fs::metadata(mnt).unwrap().dev();
+        let path = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        // Set by a daemon thread once the mount answers: give it a moment.
+        let mut last = 0;
+        for _ in 0..100 {
+            last = fs::read_to_string(&path).unwrap().trim().parse().unwrap();
+            if last != 128 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last
+    };
+    let mut v = Volume::new(DEFAULT_MKFS);
+    v.mount(&[]);
+    assert_eq!(read_ahead_kb(v.mnt()), 4096, "default readahead");
+    v.umount();
+    v.mount(&["-o", "read_ahead_kb=1024"]);
+    assert_eq!(read_ahead_kb(v.mnt()), 1024, "-o read_ahead_kb=1024");
+    v.umount();
+    v.mount(&["-o", "read_ahead_kb=0"]);
+    assert_eq!(read_ahead_kb(v.mnt()), 128, "-o read_ahead_kb=0 keeps the kernel's");
+    v.umount();
+}
