@@ -16,10 +16,14 @@
 //! `SMLOGFS_TEST_KEEP=1` (keep the volume of each failed iteration for a post-mortem).
 //! Every iteration prints one line starting with `crash-iteration` and `PASS` or `FAIL`;
 //! `scripts/crash-test.sh` counts them. A second test does the same with a 4 MiB ring
-//! (`CRASH_SMALL_RING_ITERATIONS`, default 10).
+//! (`CRASH_SMALL_RING_ITERATIONS`, default 10). A third (issue 4) mirrors the volume to a
+//! `mirror-agent` in a network namespace and deletes the local ring after every kill, so
+//! recovery comes from the agent (`CRASH_MIRROR_ITERATIONS`, default 20; needs the
+//! `mirror-agent` binary built next to smlogfs and `ip netns`).
 
 mod common;
 
+use common::netns::{Agent, Host};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,9 +36,13 @@ use std::time::{Duration, Instant};
 const WORK_DIR: &str = "w";
 const MAX_ENTRIES: usize = 120;
 const MAX_FILE_BYTES: u64 = 384 * 1024;
-/// Writes stay below the kernel's max_write (128 KiB) so each write() is one FUSE request and
-/// the in-flight write is all-or-nothing.
+/// Writes stay below the kernel's max_write (128 KiB) so the kernel sends each write() as at
+/// most two FUSE requests: one when it starts at a page boundary, and when it starts inside a
+/// page that is not in the page cache, the rest of that page first and the remainder second
+/// (fuse_fill_write_pages stops a request after a partly written page that is not uptodate).
+/// So an in-flight write is all, nothing, or that first part (see `torn_at_first_page`).
 const MAX_WRITE_BYTES: usize = 64 * 1024;
+const PAGE_BYTES: u64 = 4096;
 const FILE_NAMES: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
 const DIR_NAMES: &[&str] = &["D1", "D2", "D3", "D4"];
 const XATTR_NAMES: &[&str] = &["user.one", "user.two", "user.three"];
@@ -820,8 +828,32 @@ fn workload(root: PathBuf, mut model: Model, seed: u64, killed: Arc<AtomicBool>)
     }
 }
 
-/// Compares the mount with the model, accepting the in-flight op either way; returns the
-/// model that matched.
+/// The first of the two FUSE requests the kernel makes of a write that starts inside a page
+/// and goes past it: the rest of that page. The daemon may apply it and die before the kernel
+/// has its answer; write() then fails although that part happened (and stays).
+fn torn_at_first_page(op: &Op) -> Option<Op> {
+    let Op::Write {
+        path,
+        off,
+        len,
+        seed,
+        skip,
+    } = op
+    else {
+        return None;
+    };
+    let first = (PAGE_BYTES - off % PAGE_BYTES) as usize;
+    (off % PAGE_BYTES != 0 && first < *len).then(|| Op::Write {
+        path: path.clone(),
+        off: *off,
+        len: first,
+        seed: *seed,
+        skip: *skip,
+    })
+}
+
+/// Compares the mount with the model, accepting the in-flight op either way (a write also
+/// torn after its first FUSE request); returns the model that matched.
 fn verify(root: &Path, out: &Outcome) -> Result<(Model, &'static str), String> {
     let got = scan(root)?;
     let before = diff(&out.model.snapshot(), &got);
@@ -834,6 +866,13 @@ fn verify(root: &Path, out: &Outcome) -> Result<(Model, &'static str), String> {
         let d = diff(&after.snapshot(), &got);
         if d.is_empty() {
             return Ok((after, "applied"));
+        }
+        if let Some(part) = torn_at_first_page(op) {
+            let mut torn = out.model.clone();
+            torn.apply(&part);
+            if diff(&torn.snapshot(), &got).is_empty() {
+                return Ok((torn, "applied up to its first page boundary"));
+            }
         }
         return Err(format!(
             "tree matches neither the acknowledged ops nor them plus the in-flight {}:\n  \
@@ -870,16 +909,41 @@ fn default_mkfs_args() -> Vec<String> {
     }
 }
 
-fn fresh_volume(mkfs_args: &[String]) -> Volume {
+/// How a kill-point run mounts its volume and brings it back after each `kill -9`.
+struct Mounting {
+    /// Arguments of every `smlogfs mount` of the run: the first, the recovery mount and the
+    /// one after the clean unmount and fsck.
+    args: Vec<String>,
+    /// The recovery mount after the kill; Ok holds how long `smlogfs mount` took.
+    recover: fn(&mut Volume) -> Result<Duration, String>,
+}
+
+impl Mounting {
+    /// No mount options; recovery replays the local ring.
+    fn local() -> Mounting {
+        Mounting {
+            args: Vec::new(),
+            recover: Volume::try_remount,
+        }
+    }
+}
+
+fn fresh_volume(mkfs_args: &[String], mounting: &Mounting) -> Volume {
     let args: Vec<&str> = mkfs_args.iter().map(|s| s.as_str()).collect();
     let mut v = Volume::new(&args);
-    v.mount(&[]);
+    let mount_args: Vec<&str> = mounting.args.iter().map(|s| s.as_str()).collect();
+    v.mount(&mount_args);
     std::fs::create_dir(v.path(WORK_DIR)).expect("mkdir work dir");
     v
 }
 
 /// Runs one kill point. Err describes the failure.
-fn iteration(v: &mut Volume, model: &mut Model, seed: u64) -> Result<String, String> {
+fn iteration(
+    v: &mut Volume,
+    model: &mut Model,
+    seed: u64,
+    mounting: &Mounting,
+) -> Result<String, String> {
     let root = v.path(WORK_DIR);
     // The clean unmount and mount since the last kill must have kept everything.
     if let Some(d) = scan(&root).ok().map(|g| diff(&model.snapshot(), &g)) {
@@ -915,7 +979,7 @@ fn iteration(v: &mut Volume, model: &mut Model, seed: u64) -> Result<String, Str
             ));
         }
     }
-    let recovery = v.try_remount()?;
+    let recovery = (mounting.recover)(v)?;
     let (matched, how) = verify(&root, &out)?;
     *model = matched;
     v.umount();
@@ -944,9 +1008,9 @@ fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Runs `iterations` kill points on one volume made with `mkfs_args`; each prints a line
-/// starting with `label`. Panics at the end if any failed.
-fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String]) {
+/// Runs `iterations` kill points on one volume made with `mkfs_args` and mounted as
+/// `mounting` says; each prints a line starting with `label`. Panics at the end if any failed.
+fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String], mounting: &Mounting) {
     unsafe { libc::umask(UMASK) };
     let base_seed: u64 = std::env::var("CRASH_SEED")
         .ok()
@@ -958,10 +1022,11 @@ fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String]) {
                 .as_nanos() as u64
         });
     eprintln!(
-        "{label}: {iterations} iterations, mkfs {mkfs_args:?}, CRASH_SEED={base_seed}{}",
+        "{label}: {iterations} iterations, mkfs {mkfs_args:?}, mount {:?}, CRASH_SEED={base_seed}{}",
+        mounting.args,
         if native() { " (native mode)" } else { "" }
     );
-    let mut v = fresh_volume(mkfs_args);
+    let mut v = fresh_volume(mkfs_args, mounting);
     let mut model = Model::default();
     let mut failures = Vec::new();
     let started = Instant::now();
@@ -969,7 +1034,7 @@ fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String]) {
         let seed = base_seed.wrapping_add(i as u64 * 0x9E37_79B9);
         let t = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            iteration(&mut v, &mut model, seed)
+            iteration(&mut v, &mut model, seed, mounting)
         }))
         .unwrap_or_else(|p| {
             Err(format!(
@@ -995,7 +1060,7 @@ fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String]) {
                     v.keep_on_drop();
                 }
                 // Start over on a fresh volume (the old one is dropped: unmounted, removed).
-                drop(std::mem::replace(&mut v, fresh_volume(mkfs_args)));
+                drop(std::mem::replace(&mut v, fresh_volume(mkfs_args, mounting)));
                 model = Model::default();
             }
         }
@@ -1020,6 +1085,7 @@ fn kill9_at_random_points_keeps_every_acknowledged_op() {
         "crash-iteration",
         env_number("CRASH_ITERATIONS", 50),
         &default_mkfs_args(),
+        &Mounting::local(),
     );
 }
 
@@ -1035,5 +1101,76 @@ fn kill9_with_a_small_ring_that_wraps() {
         "small-ring-iteration",
         env_number("CRASH_SMALL_RING_ITERATIONS", 10),
         &args,
+        &Mounting::local(),
     );
+}
+
+/// After the kill -9: deletes the local ring (VOLDIR/statelog) and mounts again with the
+/// run's arguments, the mirror among them. daemon.log must say the entries came from the
+/// agent, proof that the recovery mount read them back from there.
+fn remount_without_the_ring(v: &mut Volume) -> Result<Duration, String> {
+    let ring = v.voldir().join("statelog");
+    std::fs::remove_file(&ring).map_err(|e| format!("rm {}: {e}", ring.display()))?;
+    let log_path = v.voldir().join("daemon.log");
+    let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
+    let took = v.try_remount()?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let new = log.get(log_before..).unwrap_or_default();
+    if !new.contains("from the mirror agent") {
+        return Err(format!(
+            "the recovery mount without the ring did not say it read the mirror agent's \
+             copy; daemon.log of that mount:\n{new}"
+        ));
+    }
+    Ok(took)
+}
+
+/// Issue 4's first proof: the same kill points on a volume mirrored in sync mode to a
+/// `mirror-agent` on another host (a network namespace of its own, real TCP over veth), and
+/// after every kill -9 the local ring file is deleted before the recovery mount, so every
+/// acknowledged op must come back from the agent, exactly once. CRASH_MIRROR_ITERATIONS
+/// (default 20).
+#[test]
+fn kill9_with_the_local_ring_deleted_recovers_from_the_agent_on_another_host() {
+    if native() {
+        eprintln!("mirror-iteration: skipped in native mode (no daemon, no ring)");
+        return;
+    }
+    let host = Host::new(1);
+    let dir = tempfile::Builder::new()
+        .prefix("smlogfs-agent-")
+        .tempdir()
+        .expect("create agent temp dir");
+    let agent = Agent::start(&host, &dir.path().join("agent"), None);
+    let mounting = Mounting {
+        args: [
+            "--mirror",
+            &host.addr(0),
+            "--node",
+            "A",
+            "--mirror-mode",
+            "sync",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        recover: remount_without_the_ring,
+    };
+    let run = std::panic::catch_unwind(|| {
+        run_kill_points(
+            "mirror-iteration",
+            env_number("CRASH_MIRROR_ITERATIONS", 20),
+            &default_mkfs_args(),
+            &mounting,
+        )
+    });
+    if let Err(panic) = run {
+        if std::env::var_os("SMLOGFS_TEST_KEEP").is_some() {
+            eprintln!("kept agent dir in {}", dir.keep().display());
+        }
+        // The agent first, then the namespace (the volumes are gone already).
+        drop(agent);
+        drop(host);
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -9,7 +9,13 @@
 //! how their assertions were checked, and it documents that they encode ext4 semantics. In that
 //! mode `kill9`, `remount` and `umount` only mark the state (the data is in the page cache) and
 //! `fsck` reports clean.
+//!
+//! [`netns`] makes a second host for the mirror tests: a network namespace and a
+//! `mirror-agent` inside it. No test binary uses all of this module, hence the `dead_code`
+//! allow, which covers the submodules too.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::ffi::{CString, OsStr};
 use std::fs;
