@@ -1148,7 +1148,7 @@ impl Fs {
         self.direct_bytes.store(0, Ordering::Relaxed);
         let core = &mut *guard;
         let mut records = Vec::new();
-        let mut jobs: Vec<(u64, Option<Arc<Vec<u8>>>, u64, u64, u64)> = Vec::new();
+        let mut jobs: Vec<BlockJob> = Vec::new();
         // A full snapshot once the deltas outgrow it: its cost is then paid for by at least as
         // many bytes of changes. When only the superblock's blob list is full, the newer half
         // of the deltas is merged into this checkpoint's delta instead (their records in
@@ -1181,6 +1181,7 @@ impl Fs {
                             core.state.pending_free.push(old);
                         }
                     }
+                    let fresh = slot.phys.is_none();
                     let phys = match slot.phys {
                         Some(p) => p,
                         None => {
@@ -1196,7 +1197,14 @@ impl Fs {
                         }
                     };
                     prev_phys = Some(phys);
-                    jobs.push((phys, slot.data.clone(), ino, blk, slot.dirty_gen));
+                    jobs.push(BlockJob {
+                        phys,
+                        data: slot.data.clone(),
+                        ino,
+                        blk,
+                        gen: slot.dirty_gen,
+                        fresh,
+                    });
                 }
                 None => records.push(MetaRecord::ExtentGone { ino, blk }),
             }
@@ -1297,7 +1305,7 @@ impl Fs {
         // Blocks freed by the checkpointed ops become reusable once no reader holds one.
         drop(self.reuse.write().unwrap_or_else(|p| p.into_inner()));
         let mut core = self.lock();
-        for (_, _, ino, blk, gen) in &jobs {
+        for BlockJob { ino, blk, gen, .. } in &jobs {
             if let Some(slot) = core
                 .state
                 .inodes
@@ -1369,7 +1377,7 @@ impl Fs {
 
     fn write_checkpoint(
         &self,
-        jobs: &mut [(u64, Option<Arc<Vec<u8>>>, u64, u64, u64)],
+        jobs: &mut [BlockJob],
         blob: &[u8],
         blob_start: u64,
         sb: &Superblock,
@@ -1377,26 +1385,39 @@ impl Fs {
         // Before the first block and again before the superblock: a node fenced on the
         // volume must not write into blocks the new owner may be using.
         self.check_epoch(sb)?;
-        jobs.sort_unstable_by_key(|j| j.0);
+        jobs.sort_unstable_by_key(|j| j.phys);
         let zeros = vec![0u8; BLOCK_BYTES as usize];
         let mut i = 0;
         let mut buf = Vec::with_capacity(1 << 20);
         while i < jobs.len() {
-            // Coalesce consecutive volume blocks into writes of up to 1 MiB.
-            let first = jobs[i].0;
+            // Coalesce consecutive volume blocks of the same kind into writes of up to 1 MiB.
+            let (first, fresh) = (jobs[i].phys, jobs[i].fresh);
             buf.clear();
             let mut n = 0;
-            while i + n < jobs.len() && jobs[i + n].0 == first + n as u64 && n < 256 {
-                match &jobs[i + n].1 {
+            while i + n < jobs.len()
+                && jobs[i + n].phys == first + n as u64
+                && jobs[i + n].fresh == fresh
+                && n < 256
+            {
+                match &jobs[i + n].data {
                     Some(d) => buf.extend_from_slice(d),
                     None => buf.extend_from_slice(&zeros),
                 }
                 n += 1;
             }
-            self.vol.write_at(first * BLOCK_BYTES, &buf)?;
+            // Blocks taken from the allocator for this checkpoint hold nothing the volume's
+            // checkpoint references until the new superblock is written: a RAID-5 writes
+            // their whole stripes without a journal record (a crash leaves them unreferenced,
+            // and assembly resyncs a stripe cut short).
+            if fresh {
+                self.vol.write_fresh_at(first * BLOCK_BYTES, &buf)?;
+            } else {
+                self.vol.write_at(first * BLOCK_BYTES, &buf)?;
+            }
             i += n;
         }
-        self.vol.write_at(blob_start * BLOCK_BYTES, blob)?;
+        // The metadata blob goes to blocks allocated for it: fresh as well.
+        self.vol.write_fresh_at(blob_start * BLOCK_BYTES, blob)?;
         self.vol.flush()?;
         self.check_epoch(sb)?;
         sb.write(self.vol.as_ref())?;
@@ -1872,4 +1893,17 @@ pub fn ring_path_of(voldir: &Path, sb: &Superblock) -> PathBuf {
 /// (sets and counters), so the poison is ignored.
 fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One data block a checkpoint writes: volume block `phys` gets `data` (zeroes when None),
+/// the contents of file `ino`'s block `blk` at dirty generation `gen`. `fresh`: the block was
+/// allocated by this checkpoint (nothing on the volume references it yet).
+#[derive(Clone)]
+struct BlockJob {
+    phys: u64,
+    data: Option<Arc<Vec<u8>>>,
+    ino: u64,
+    blk: u64,
+    gen: u64,
+    fresh: bool,
 }
