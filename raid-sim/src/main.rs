@@ -1,7 +1,7 @@
 //! `raid-sim`: create, inspect, damage, scrub and repair RAID-5 volumes of smlogfs.
 #![deny(unsafe_code)]
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -285,49 +285,56 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// Progress on a terminal (one rewritten line) or as plain log lines every 10 %.
+/// Progress of a rebuild or scrub: an `indicatif` bar on a terminal, a log line at every
+/// tenth otherwise.
 struct Progress {
     what: &'static str,
-    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
     last_tenth: u64,
     started: Instant,
 }
 
 impl Progress {
     fn new(what: &'static str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} stripes ({eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            b.set_message(what);
+            b
+        });
         Progress {
             what,
-            tty: std::io::stderr().is_terminal(),
+            bar,
             last_tenth: u64::MAX,
             started: Instant::now(),
         }
     }
+
     fn update(&mut self, done: u64, total: u64) {
         let total = total.max(1);
-        if self.tty {
-            let width = 40;
-            let filled = (done * width / total) as usize;
-            eprint!(
-                "\r{} [{}{}] {done}/{total} stripes",
-                self.what,
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled)
-            );
-            let _ = std::io::stderr().flush();
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
             if done >= total {
-                eprintln!();
+                b.finish_and_clear();
             }
-        } else {
-            let tenth = done * 10 / total;
-            if tenth != self.last_tenth {
-                self.last_tenth = tenth;
-                log::info!(
-                    "{}: {done}/{total} stripes ({}%), {:.1}s",
-                    self.what,
-                    done * 100 / total,
-                    self.started.elapsed().as_secs_f64()
-                );
-            }
+            return;
+        }
+        let tenth = done * 10 / total;
+        if tenth != self.last_tenth {
+            self.last_tenth = tenth;
+            log::info!(
+                "{}: {done}/{total} stripes ({}%), {:.1}s",
+                self.what,
+                done * 100 / total,
+                self.started.elapsed().as_secs_f64()
+            );
         }
     }
 }

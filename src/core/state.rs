@@ -775,7 +775,7 @@ impl FsState {
         now: Ts,
     ) -> FsResult<()> {
         self.file_for_data(ino)?;
-        if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 || len == 0 {
+        if !offset.is_multiple_of(BLOCK_BYTES) || !len.is_multiple_of(BLOCK_BYTES) || len == 0 {
             return Err(Errno::EINVAL);
         }
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;

@@ -84,7 +84,7 @@ pub const MAX_PAYLOAD_BYTES: usize = (1 << 20) + 4096;
 
 const _: () = assert!(HDR_BYTES as u64 <= HEADER_SLOT_BYTES);
 const _: () = assert!(ENTRY_HEADER_BYTES == 32);
-const _: () = assert!(ENTRY_HEADER_BYTES as u64 % ENTRY_ALIGN == 0);
+const _: () = assert!((ENTRY_HEADER_BYTES as u64).is_multiple_of(ENTRY_ALIGN));
 const _: () = assert!(MIN_RING_BYTES > HEADER_AREA_BYTES + 2 * MAX_PAYLOAD_BYTES as u64);
 
 /// What an entry records.

@@ -13,6 +13,7 @@
 //!
 //! * `handshake` — connecting to one route, authentication, the agent's Welcome;
 //! * `driver` — the driver and reader threads and the state they share.
+//!
 //! This file holds the API: configuration, errors, status and `MirrorClient`.
 
 mod driver;
