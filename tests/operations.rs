@@ -985,6 +985,10 @@ fn readahead_is_set_on_the_mount_as_the_option_says() {
     assert_eq!(read_ahead_kb(v.mnt()), 1024, "-o read_ahead_kb=1024");
     v.umount();
     v.mount(&["-o", "read_ahead_kb=0"]);
-    assert_eq!(read_ahead_kb(v.mnt()), 128, "-o read_ahead_kb=0 keeps the kernel's");
+    assert_eq!(
+        read_ahead_kb(v.mnt()),
+        128,
+        "-o read_ahead_kb=0 keeps the kernel's"
+    );
     v.umount();
 }

@@ -180,9 +180,13 @@ fn checkpoints_write_fresh_stripes_without_a_journal_copy() {
             .arg("--json"));
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         doc["dirty_blocks"].as_u64() == Some(0)
-            && doc["checkpoint_seq"].as_u64().map(|c| c + 1) >= doc["next_seq"].as_u64().map(|n| n.saturating_sub(2))
+            && doc["checkpoint_seq"].as_u64().map(|c| c + 1)
+                >= doc["next_seq"].as_u64().map(|n| n.saturating_sub(2))
     });
-    assert!(covered.is_some(), "no checkpoint covered the writes within 60 s");
+    assert!(
+        covered.is_some(),
+        "no checkpoint covered the writes within 60 s"
+    );
     let written = daemon_written_bytes(&v) - before;
     eprintln!(
         "{} MiB written to the members for {} MiB of data ({:.2}x)",

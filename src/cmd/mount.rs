@@ -102,7 +102,10 @@ fn set_read_ahead(mnt: &Path, kb: u64) {
             let meta = match std::fs::metadata(&mnt) {
                 Ok(m) => m,
                 Err(e) => {
-                    log::warn!("readahead left at the kernel's default: stat of {}: {e}", mnt.display());
+                    log::warn!(
+                        "readahead left at the kernel's default: stat of {}: {e}",
+                        mnt.display()
+                    );
                     return;
                 }
             };

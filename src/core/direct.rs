@@ -26,7 +26,9 @@ pub const DIRECT_CHECKPOINT_BYTES: u64 = 256 << 20;
 
 /// Whether a write of `len` bytes at `offset` can go direct.
 pub fn eligible(offset: u64, len: u64) -> bool {
-    len >= DIRECT_WRITE_MIN_BYTES && offset.is_multiple_of(BLOCK_BYTES) && len.is_multiple_of(BLOCK_BYTES)
+    len >= DIRECT_WRITE_MIN_BYTES
+        && offset.is_multiple_of(BLOCK_BYTES)
+        && len.is_multiple_of(BLOCK_BYTES)
 }
 
 /// The volume blocks a direct write placed its data in.

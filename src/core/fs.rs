@@ -1249,9 +1249,10 @@ impl Fs {
         } else if let Some(from) = merge_from {
             let mut merged = Vec::new();
             for blob in &core.sb.blobs[from..] {
-                merged.extend(meta::read_blob(self.vol.as_ref(), blob).map_err(|e| {
-                    FsError::Poisoned(format!("merging metadata deltas: {e}"))
-                })?);
+                merged.extend(
+                    meta::read_blob(self.vol.as_ref(), blob)
+                        .map_err(|e| FsError::Poisoned(format!("merging metadata deltas: {e}")))?,
+                );
             }
             merged.extend(records);
             (BLOB_DELTA, merged)
