@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The same fio / fs_mark / dbench workloads on the native backing directory and on smlogfs
-# volumes, in one run; prints each figure and its ratio to native (and, for the mirror, to
-# smlogfs without a mirror), then a final table and a list of the project's performance
-# targets, each marked ok or LOW (SLOW for times).
+# The same fio / fs_mark / dbench workloads on the native backing directory, on a FUSE
+# passthrough of our own (FUSE alone, no logging) and on smlogfs volumes, in one run; prints
+# each figure and its ratio to native and to the passthrough (and, for the mirror, to smlogfs
+# without a mirror), then a final table and a list of the project's performance targets, each
+# marked ok or LOW (SLOW for times).
 #
 #   scripts/bench.sh [--file-size MiB] [--seconds S] [--keep] [--no-build]
 #
@@ -16,8 +17,13 @@
 #   fs_mark      4 KiB files created, fsync before close, 2 threads               (files/s)
 #   dbench       4 clients                                                        (MB/s)
 #
-# Targets (BENCH_TARGETS="native smlogfs raid mirror" is the default; any subset, in order):
+# Targets (BENCH_TARGETS="native passthrough smlogfs raid mirror" is the default; any subset,
+# in order):
 #   native   a directory next to the volumes (same disk)
+#   passthrough  examples/passthrough (plain mode) over a directory next to the volumes:
+#            every request passed to the backing directory, multi-threaded like smlogfs (2
+#            threads, same TTLs, request size and readahead), no kernel passthrough. The
+#            "/pass" columns divide by it: what smlogfs costs on top of the FUSE round trip
 #   smlogfs  one backing file (`mkfs --disks 1`), no mirror
 #   raid     RAID-5 (`mkfs --disks 4`, the product default; BENCH_RAID_DISKS=N changes N)
 #   mirror   one backing file, mounted with `--mirror 127.0.0.1:PORT --mirror-mode sync`
@@ -67,9 +73,11 @@ if [ -n "$build" ]; then
     echo "== building release (workspace)"
     cargo build --release --workspace 2>&1 | tail -1
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "build failed (--no-build uses the binaries already built)" >&2; exit 1; }
+    cargo build --release --example passthrough 2>&1 | tail -1
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "building examples/passthrough failed" >&2; exit 1; }
 fi
 target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
-for b in smlogfs mirror-agent raid-sim; do
+for b in smlogfs mirror-agent raid-sim examples/passthrough; do
     [ -x "$target_dir/release/$b" ] || { echo "no binary at $target_dir/release/$b" >&2; exit 1; }
 done
 
@@ -77,13 +85,15 @@ done
 work="$(mktemp -d /var/tmp/smlogfs-bench.XXXXXX)"
 # A copy of the binaries: a build started elsewhere during the run cannot swap them.
 mkdir -p "$work/bin"
-cp "$target_dir/release/smlogfs" "$target_dir/release/mirror-agent" "$target_dir/release/raid-sim" "$work/bin/"
+cp "$target_dir/release/smlogfs" "$target_dir/release/mirror-agent" "$target_dir/release/raid-sim" \
+    "$target_dir/release/examples/passthrough" "$work/bin/"
 smlogfs="$work/bin/smlogfs"
 agent_bin="$work/bin/mirror-agent"
 raidsim="$work/bin/raid-sim"
+passthrough_bin="$work/bin/passthrough"
 
 declare -A R        # R[target,metric] = value
-read -r -a targets <<<"${BENCH_TARGETS:-native smlogfs raid mirror}"
+read -r -a targets <<<"${BENCH_TARGETS:-native passthrough smlogfs raid mirror}"
 raid_disks="${BENCH_RAID_DISKS:-4}"
 vol_bytes=$(( (file_mib * 2 + 1024) * 1024 * 1024 ))
 has_target() { case " ${targets[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -103,7 +113,7 @@ cleanup() {
         [ -f "$pidf" ] || continue
         pid="$(head -1 "$pidf")"
         [ -n "$pid" ] || continue
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$work/bin/smlogfs "; then
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -Eq "^$work/bin/(smlogfs|passthrough) "; then
             kill -9 "$pid" 2>/dev/null || true
         fi
     done
@@ -163,9 +173,36 @@ dir_of() { # the directory a workload runs in
     if [ "$1" == native ]; then echo "$work/native"; else echo "$work/$1.mnt"; fi
 }
 
+# The passthrough's pid and log live in $work/passthrough.vol like a volume's daemon.pid and
+# daemon.log (so daemon_pid, sample_rss and cleanup treat it alike); it serves .vol/backing.
+mount_passthrough() {
+    local vol="$work/passthrough.vol" line pid
+    "$passthrough_bin" "$vol/backing" "$work/passthrough.mnt" >"$vol/daemon.out" 2>>"$vol/daemon.log" &
+    pid=$!
+    echo "$pid" >"$vol/daemon.pid"
+    for _ in $(seq 1 500); do
+        line="$(head -1 "$vol/daemon.out" 2>/dev/null)"
+        case "$line" in passthrough:\ mounted*) return 0 ;; esac
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+    done
+    echo "the passthrough did not mount:" >&2
+    cat "$vol/daemon.log" >&2
+    return 1
+}
+
+umount_passthrough() {
+    local pid
+    pid="$(daemon_pid "$work/passthrough.vol")"
+    fusermount3 -u "$work/passthrough.mnt" || return 1
+    [ -z "$pid" ] || wait_pid_gone "$pid" 30 || return 1
+    rm -f "$work/passthrough.vol/daemon.pid"
+}
+
 mount_target() { # TARGET [extra mount arguments]
     local t="$1"
     shift
+    if [ "$t" == passthrough ]; then mount_passthrough; return; fi
     local -a extra=()
     if [ "$t" == mirror ]; then extra=("${mirror_flags[@]}"); fi
     "$smlogfs" mount "$work/$t.vol" "$work/$t.mnt" "${extra[@]}" "$@"
@@ -174,6 +211,9 @@ mount_target() { # TARGET [extra mount arguments]
 setup_target() {
     case "$1" in
     native) mkdir -p "$work/native" ;;
+    passthrough)
+        mkdir -p "$work/passthrough.vol/backing" "$work/passthrough.mnt"
+        mount_passthrough ;;
     smlogfs | mirror)
         "$smlogfs" mkfs "$work/$1.vol" --size "$vol_bytes" --ring 64M --disks 1 >/dev/null || return 1
         mkdir -p "$work/$1.mnt"
@@ -182,13 +222,16 @@ setup_target() {
         "$smlogfs" mkfs "$work/raid.vol" --size "$vol_bytes" --ring 64M --disks "$raid_disks" >/dev/null || return 1
         mkdir -p "$work/raid.mnt"
         mount_target raid ;;
-    *) echo "unknown target $1 (native smlogfs raid mirror)" >&2; return 1 ;;
+    *) echo "unknown target $1 (native passthrough smlogfs raid mirror)" >&2; return 1 ;;
     esac
 }
 
 teardown_target() {
     case "$1" in
     native) rm -rf "$work/native" ;;
+    passthrough)
+        umount_passthrough
+        rm -rf "$work/passthrough.vol/backing" ;;
     *)
         "$smlogfs" umount "$work/$1.mnt"
         local n
@@ -200,10 +243,14 @@ teardown_target() {
     esac
 }
 
-# Makes the next read cold: page cache dropped and, for smlogfs, the daemon restarted.
+# Makes the next read cold: page cache dropped and, for smlogfs and the passthrough, the
+# daemon restarted.
 cold() {
     sync
-    if [ "$1" != native ]; then
+    if [ "$1" == passthrough ]; then
+        umount_passthrough
+        mount_passthrough
+    elif [ "$1" != native ]; then
         "$smlogfs" umount "$work/$1.mnt"
         wait_daemon_gone "$1"
         mount_target "$1"
@@ -565,21 +612,33 @@ others=()
 for t in "${targets[@]}"; do [ "$t" == native ] || others+=("$t"); done
 
 echo
-echo "== results (ratio: vs native; for mirror also vs smlogfs without mirror, p99 rows: added us)"
-printf '%-30s %10s' "workload" native
+# A "/pass" column after each target but the passthrough itself, when it ran.
+vs_pass() { [ "$1" != passthrough ] && has_target passthrough; }
+
+echo "== results (ratio: vs native; /pass: vs the FUSE passthrough; for mirror also vs smlogfs"
+echo "   without mirror; p99 rows: added us vs the passthrough and vs smlogfs)"
+printf '%-30s %11s' "workload" native
 for t in "${others[@]}"; do
-    printf ' %10s %-9s' "$t" "/native"
+    printf ' %11s %-9s' "$t" "/native"
+    if vs_pass "$t"; then printf ' %-9s' "/pass"; fi
     if [ "$t" == mirror ]; then printf ' %-10s' "/smlogfs"; fi
 done
 printf '\n'
 for row in "${rows[@]}"; do
     IFS='|' read -r key label <<<"$row"
-    printf '%-30s %10s' "$label" "${R[native,$key]:--}"
+    printf '%-30s %11s' "$label" "${R[native,$key]:--}"
     for t in "${others[@]}"; do
         r="-"
         case "$key" in *_us) ;; *) r=$(ratio "${R[$t,$key]:-}" "${R[native,$key]:-}") ;; esac
         if [ -n "${G[$t,$key]:-}" ] && [ "$r" != "-" ]; then r="$r $(mark "$r" ge "${G[$t,$key]}")"; fi
-        printf ' %10s %-9s' "${R[$t,$key]:--}" "$r"
+        printf ' %11s %-9s' "${R[$t,$key]:--}" "$r"
+        if vs_pass "$t"; then
+            case "$key" in
+            *_us) r=$(diff_us "${R[$t,$key]:-}" "${R[passthrough,$key]:-}") ;;
+            *) r=$(ratio "${R[$t,$key]:-}" "${R[passthrough,$key]:-}") ;;
+            esac
+            printf ' %-9s' "$r"
+        fi
         if [ "$t" == mirror ]; then
             case "$key" in
             *_us) r=$(diff_us "${R[mirror,$key]:-}" "${R[smlogfs,$key]:-}") ;;
@@ -594,7 +653,7 @@ for row in "${rows[@]}"; do
     printf '\n'
 done
 for t in "${others[@]}"; do
-    printf '%-30s %10s %10s\n' "daemon RSS max/peak (MiB) $t" - "${R[$t,rss_mib]:--}/${R[$t,hwm_mib]:--}"
+    printf '%-30s %11s %11s\n' "daemon RSS max/peak (MiB) $t" - "${R[$t,rss_mib]:--}/${R[$t,hwm_mib]:--}"
 done
 
 # The project's performance targets, one line each: measured figure, goal, ok/LOW/SLOW ("-":
@@ -618,6 +677,15 @@ if has_target smlogfs; then
     core_line smlogfs fs_mark "fs_mark files/s"
     core_line smlogfs dbench "dbench MB/s"
     target_line "smlogfs recovery after kill -9, full 64 MiB ring" "${R[smlogfs,recovery_ms]:--}" ms le 1000
+fi
+if has_target smlogfs && has_target passthrough; then
+    # No goal yet: what smlogfs keeps of what FUSE alone allows, for information.
+    for row in "seq_write|seq write" "cold_read|cold seq read" "rand_fsync|4K write+fsync IOPS" \
+        "fs_mark|fs_mark files/s" "dbench|dbench MB/s"; do
+        IFS='|' read -r key label <<<"$row"
+        printf '%-52s %10s %-5s %-9s %s\n' "smlogfs $label vs passthrough" \
+            "$(ratio "${R[smlogfs,$key]:-}" "${R[passthrough,$key]:-}")" x "" "info"
+    done
 fi
 if has_target raid; then
     core_line raid seq_write "seq write"
