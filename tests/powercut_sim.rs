@@ -92,7 +92,8 @@ impl Mount {
     /// Cuts the power; returns the daemon's report once it has exited.
     fn cut(&mut self) -> String {
         let touched = File::create(self.mnt.join(".powercut"));
-        assert!(touched.is_err(), "creating .powercut must fail (EIO)");
+        let errno = touched.err().and_then(|e| e.raw_os_error());
+        assert_eq!(errno, Some(libc::EIO), "creating .powercut fails with EIO");
         let report = self.line();
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "passthrough exit after a cut: {status}");

@@ -15,7 +15,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use super::{Handle, Passthrough, Res, CUT_NAME, MAX_WRITE_BYTES, ROOT, TTL};
+use super::{Handle, Passthrough, Res, MAX_WRITE_BYTES, ROOT, TTL};
 use crate::sys;
 
 fn entry(reply: ReplyEntry, r: Res<FileAttr>) {
@@ -41,7 +41,7 @@ impl Filesystem for Passthrough {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.alive().and_then(|()| {
-            if parent.0 == ROOT && name == CUT_NAME && self.powercut.is_some() {
+            if self.cut_requested(parent.0, name).is_some() {
                 return Err(Errno::ENOENT);
             }
             self.remember(self.child(parent.0, name)?.1)
@@ -377,6 +377,15 @@ impl Filesystem for Passthrough {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if let Some(pc) = self.cut_requested(parent.0, name) {
+            let report = pc.cut();
+            // The creator gets EIO like every request after the cut; then the line the
+            // test (or crash harness) waits for, and the daemon is gone.
+            reply.error(Errno::EIO);
+            println!("{report}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(0);
+        }
         match self.do_create(parent.0, name, mode, umask, flags) {
             Ok((attr, fh)) => {
                 reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE)
