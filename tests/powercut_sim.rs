@@ -103,6 +103,20 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// A clean unmount; returns once the daemon has exited.
+    fn unmount(&mut self) {
+        let status = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status()
+            .expect("run fusermount3");
+        assert!(status.success(), "fusermount3 -u: {status}");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "passthrough exit after unmount: {status}");
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("fusermount3")
@@ -297,4 +311,18 @@ fn msync_persists_a_shared_mapping_and_an_unsynced_one_may_be_lost() {
     let got = read(&m.backing.join("unsynced"));
     check_pages(&got, (1, 2), N, &report, "unsynced");
     drop(open);
+}
+
+#[test]
+fn powercut_mode_persists_pending_pages_at_a_clean_unmount() {
+    let mut m = Mount::start(Some(3));
+    let data = pages(1, 10);
+    fs::write(m.mnt.join("f"), &data).unwrap();
+    assert_eq!(
+        read(&m.backing.join("f")),
+        b"",
+        "pending before the unmount"
+    );
+    m.unmount();
+    assert_eq!(read(&m.backing.join("f")), data, "after a clean unmount");
 }

@@ -204,6 +204,16 @@ impl PowerCut {
         Ok(())
     }
 
+    /// A clean unmount: like a clean shutdown, everything pending reaches the files.
+    pub fn flush_all(&self) -> Result<(), Errno> {
+        let mut state = self.state()?;
+        let inos: Vec<u64> = state.files.keys().copied().collect();
+        for ino in inos {
+            Self::flush_locked(&mut state, ino)?;
+        }
+        Ok(())
+    }
+
     /// The file is gone (its last name unlinked): its pending pages no longer matter.
     pub fn forget(&self, ino: u64) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

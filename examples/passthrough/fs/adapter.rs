@@ -39,6 +39,13 @@ impl Filesystem for Passthrough {
         Ok(())
     }
 
+    /// A clean unmount persists what is pending (not reached after a cut: the process exits).
+    fn destroy(&mut self) {
+        if let Some(Err(e)) = self.powercut.as_ref().map(|pc| pc.flush_all()) {
+            eprintln!("passthrough: writing the pending pages at unmount failed: {e:?}");
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.alive().and_then(|()| {
             if self.cut_requested(parent.0, name).is_some() {
