@@ -1,8 +1,6 @@
 //! Command-line entry points of the `smlogfs` binary. Each returns `CliError` with a
 //! documented exit code (docs/operations.md) and a one-line message.
 
-mod usage;
-pub use usage::usage_line;
 pub mod failover;
 pub mod fsck;
 pub mod inspect;
@@ -18,7 +16,7 @@ pub mod exit {
     /// fsck found problems.
     pub const PROBLEMS: i32 = 1;
     /// Bad command line (also clap's own usage errors), unparsable size.
-    pub const USAGE: i32 = 2;
+    pub const USAGE: i32 = smlog_cli::exit::USAGE as i32;
     /// VOLDIR is not a volume or cannot be read.
     pub const NOT_A_VOLUME: i32 = 3;
     /// mkfs: a volume exists and --force was not given.
@@ -56,6 +54,18 @@ impl CliError {
             msg: msg.into(),
         }
     }
+}
+
+/// The binary prints it and exits with its code (`smlog_cli::Program`).
+impl From<CliError> for smlog_cli::Failure {
+    fn from(e: CliError) -> Self {
+        smlog_cli::Failure::new(exit_status(e.code), e.msg)
+    }
+}
+
+/// An exit code of `exit` as the process's exit status.
+pub fn exit_status(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or_else(|_| panic!("exit code {code} is not one of `exit`"))
 }
 
 impl fmt::Display for CliError {
@@ -216,6 +226,17 @@ pub fn process_alive(pid: u32) -> bool {
     tasks
         .flatten()
         .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| running(&stat)))
+}
+
+/// The volume directory of the smlogfs file system mounted at `mnt` (absolute), from
+/// /proc/self/mounts: the daemon names its volume directory as the mount's source.
+pub fn mounted_volume(mnt: &std::path::Path) -> Option<std::path::PathBuf> {
+    let table = smlog_cli::mounts::MountTable::read().ok()?;
+    let volume = table
+        .at(mnt)
+        .rev()
+        .find(|m| m.is_fuse() && raid_sim::volume_exists(std::path::Path::new(&m.source)))?;
+    Some(std::path::PathBuf::from(&volume.source))
 }
 
 /// Holds `VOLDIR/lock` exclusively for as long as the value lives.
