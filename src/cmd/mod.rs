@@ -94,23 +94,38 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
         // id, its storage failed...): reachability is not the problem.
         FsError::Mirror { detail, .. } if detail.contains("mirror agent refused") => CliError::new(
             exit::MIRROR,
-            format!(
-                "{e}; the agent is reachable but refused the volume: read the agent's log on the peer and fix what it names (docs/operations.md, \"The peer or its mirror agent died\"); nothing was changed"
-            ),
+            nothing_changed(format!(
+                "{e}; the agent is reachable but refused the volume: read the agent's log on the \
+                 peer and fix what it names (docs/operations.md, \"The peer or its mirror agent \
+                 died\")"
+            )),
         ),
         FsError::Mirror { .. } => CliError::new(
             exit::MIRROR,
-            format!(
+            nothing_changed(format!(
                 "{e}; check that mirror-agent runs on the peer and each route is reachable \
-                 (docs/operations.md, \"The peer or its mirror agent died\"); nothing was changed"
-            ),
+                 (docs/operations.md, \"The peer or its mirror agent died\")"
+            )),
         ),
         FsError::Log(crate::statelog::LogError::Io { source, .. })
             if source.kind() != std::io::ErrorKind::NotFound =>
         {
             CliError::new(exit::IO, e.to_string())
         }
-        _ => CliError::new(exit::CORRUPT, format!("{e}; nothing was changed")),
+        _ => CliError::new(exit::CORRUPT, nothing_changed(e.to_string())),
+    }
+}
+
+/// What every refusal to open a volume promises.
+pub const NOTHING_CHANGED: &str = "nothing was changed";
+
+/// `msg` ending in "nothing was changed", said once: some errors of the layers below (a
+/// damaged ring's among them) say it already, with the way out after it.
+pub fn nothing_changed(msg: String) -> String {
+    if msg.contains(NOTHING_CHANGED) {
+        msg
+    } else {
+        format!("{msg}; {NOTHING_CHANGED}")
     }
 }
 
@@ -318,5 +333,29 @@ mod tests {
         assert!(parse_size("").unwrap_err().contains("not a number"));
         assert!(parse_size("M").unwrap_err().contains("not a number"));
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn refusals_say_nothing_was_changed_once() {
+        let corrupt = |detail: &str| crate::core::FsError::Corrupt {
+            what: "state log",
+            at: "/v/statelog byte 8192".into(),
+            detail: detail.into(),
+        };
+        // The layer below said it already, or did not: either way it is said once, last.
+        for detail in ["an entry is damaged; nothing was changed", "another volume"] {
+            let e = open_error(corrupt(detail));
+            assert_eq!(e.code, exit::CORRUPT);
+            assert_eq!(e.msg.matches(NOTHING_CHANGED).count(), 1, "{}", e.msg);
+            assert!(e.msg.ends_with(NOTHING_CHANGED), "{}", e.msg);
+            assert!(e.msg.contains("/v/statelog byte 8192"), "{}", e.msg);
+        }
+        let mirror = crate::core::FsError::Mirror {
+            routes: "10.0.0.2:7070".into(),
+            detail: "connection refused".into(),
+        };
+        let e = open_error(mirror);
+        assert_eq!(e.code, exit::MIRROR);
+        assert_eq!(e.msg.matches(NOTHING_CHANGED).count(), 1, "{}", e.msg);
     }
 }
