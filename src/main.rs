@@ -1,9 +1,13 @@
 //! The `smlogfs` command: mkfs, mount, umount, status, fsck, inspect.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use smlogfs::cmd::{self, exit, parse_size, CliError};
+
+/// Its error lines read `smlogfs: …` (docs/operations.md).
+const PROGRAM: smlog_cli::Program = smlog_cli::Program::unlabelled("smlogfs");
 
 #[derive(Parser)]
 #[command(
@@ -214,25 +218,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     }
 }
 
-fn main() {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        // --help, --version: printed on stdout, exit 0.
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let args: Vec<_> = std::env::args_os().collect();
-            eprintln!("smlogfs: {}", cmd::usage_line(&e, &Cli::command(), &args));
-            std::process::exit(exit::USAGE);
-        }
-    };
-    match run(cli) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("smlogfs: {e}");
-            std::process::exit(e.code);
-        }
-    }
+    PROGRAM.main(|cli| run(cli).map(cmd::exit_status))
 }

@@ -8,8 +8,9 @@
 mod session;
 mod store;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use session::{Agent, Limits};
+use smlog_cli::Failure;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,7 +27,7 @@ mod exit {
     /// `--inspect` found a damaged volume (the report names it).
     pub const DAMAGED: u8 = 1;
     /// Bad command line (clap's errors too), a limit of 0.
-    pub const USAGE: u8 = 2;
+    pub const USAGE: u8 = smlog_cli::exit::USAGE;
     /// Another mirror-agent already serves DIR.
     pub const BUSY: u8 = 6;
     /// An I/O error on the named file or directory.
@@ -41,41 +42,23 @@ mod exit {
     pub const DIR: u8 = 18;
 }
 
-/// A failed start: its exit code and its one-line message.
-#[derive(Debug)]
-struct Failure {
-    code: u8,
-    msg: String,
+/// The one place an I/O error gets its exit code: permission denied is PERMISSION wherever
+/// it happens, anything else is `code`. `what` says what failed, `fix` what to do.
+fn io_failure(code: u8, what: String, e: &std::io::Error, fix: &str) -> Failure {
+    if e.kind() == ErrorKind::PermissionDenied {
+        return Failure::new(
+            exit::PERMISSION,
+            format!(
+                "{what}: {e}; run as a user that may use it, or give this user access \
+                 (ls -ld, chown, chmod)"
+            ),
+        );
+    }
+    Failure::new(code, format!("{what}: {e}; {fix}"))
 }
 
-impl Failure {
-    fn new(code: u8, msg: impl Into<String>) -> Self {
-        Failure {
-            code,
-            msg: msg.into(),
-        }
-    }
-
-    /// The one place an I/O error gets its exit code: permission denied is PERMISSION
-    /// wherever it happens, anything else is `code`. `what` says what failed, `fix` what to do.
-    fn io(code: u8, what: String, e: &std::io::Error, fix: &str) -> Self {
-        if e.kind() == ErrorKind::PermissionDenied {
-            return Failure::new(
-                exit::PERMISSION,
-                format!(
-                    "{what}: {e}; run as a user that may use it, or give this user access \
-                     (ls -ld, chown, chmod)"
-                ),
-            );
-        }
-        Failure::new(code, format!("{what}: {e}; {fix}"))
-    }
-}
-
-// The one-line form of clap's errors, shared with smlogfs (see the file's comment).
-#[path = "../../src/cmd/usage.rs"]
-mod usage;
-use usage::usage_line;
+/// Error lines read `mirror-agent: error: …`; the plumbing is shared with smlogfs (smlog-cli).
+const PROGRAM: smlog_cli::Program = smlog_cli::Program::new("mirror-agent");
 
 #[derive(Parser, Debug)]
 #[command(
@@ -121,26 +104,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let args = match Args::try_parse() {
-        Ok(args) => args,
-        // --help, --version: printed on stdout, exit 0.
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let argv: Vec<_> = std::env::args_os().collect();
-            eprintln!(
-                "mirror-agent: error: {}",
-                usage_line(&e, &Args::command(), &argv)
-            );
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    match run(args) {
-        Ok(code) => ExitCode::from(code),
-        Err(f) => {
-            eprintln!("mirror-agent: error: {}", f.msg);
-            ExitCode::from(f.code)
-        }
-    }
+    PROGRAM.main(run)
 }
 
 /// Serves until killed; `--inspect` returns its exit code.
@@ -191,7 +155,7 @@ fn run(args: Args) -> Result<u8, Failure> {
     }
     let volumes = Volumes::new(args.dir.clone(), args.fsync, args.max_volumes);
     let opened = volumes.open_existing().map_err(|e| {
-        Failure::io(
+        io_failure(
             exit::IO,
             format!("cannot list {}", args.dir.display()),
             &e,
@@ -225,7 +189,7 @@ fn run(args: Args) -> Result<u8, Failure> {
     let mut banner = String::new();
     for listener in &listeners {
         let addr = listener.local_addr().map_err(|e| {
-            Failure::io(
+            io_failure(
                 exit::IO,
                 "cannot learn a listening address".into(),
                 &e,
@@ -239,7 +203,7 @@ fn run(args: Args) -> Result<u8, Failure> {
         .write_all(banner.as_bytes())
         .and_then(|_| stdout.flush())
         .map_err(|e| {
-            Failure::io(
+            io_failure(
                 exit::IO,
                 "cannot write the listening addresses to stdout".into(),
                 &e,
@@ -248,7 +212,7 @@ fn run(args: Args) -> Result<u8, Failure> {
         })?;
     drop(stdout);
     let no_thread = |e: std::io::Error| {
-        Failure::io(
+        io_failure(
             exit::IO,
             "cannot start a thread".into(),
             &e,
@@ -309,7 +273,7 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, Failure> {
 fn inspect(dir: &Path) -> Result<bool, Failure> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| {
-            Failure::io(
+            io_failure(
                 exit::DIR,
                 format!("cannot list --dir {}", dir.display()),
                 &e,
@@ -343,7 +307,7 @@ fn inspect(dir: &Path) -> Result<bool, Failure> {
         if damaged { "; some DAMAGED" } else { "" }
     ));
     std::io::stdout().write_all(out.as_bytes()).map_err(|e| {
-        Failure::io(
+        io_failure(
             exit::IO,
             "cannot write the report to stdout".into(),
             &e,
@@ -358,7 +322,7 @@ fn inspect(dir: &Path) -> Result<bool, Failure> {
 fn prepare_dir(dir: &Path) -> Result<File, Failure> {
     let elsewhere = "give another --dir, or move what is in the way";
     fs::create_dir_all(dir).map_err(|e| {
-        Failure::io(
+        io_failure(
             exit::DIR,
             format!("cannot create --dir {}", dir.display()),
             &e,
@@ -370,7 +334,7 @@ fn prepare_dir(dir: &Path) -> Result<File, Failure> {
         .and_then(|mut f| f.write_all(b"probe").and_then(|_| f.sync_all()))
         .and_then(|_| fs::remove_file(&probe));
     written.map_err(|e| {
-        Failure::io(
+        io_failure(
             exit::DIR,
             format!("--dir {} is not writable", dir.display()),
             &e,
@@ -384,7 +348,7 @@ fn prepare_dir(dir: &Path) -> Result<File, Failure> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| {
-            Failure::io(
+            io_failure(
                 exit::IO,
                 format!("cannot open {}", lock_path.display()),
                 &e,
@@ -401,7 +365,7 @@ fn prepare_dir(dir: &Path) -> Result<File, Failure> {
                 dir.display()
             ),
         )),
-        Err(fs::TryLockError::Error(e)) => Err(Failure::io(
+        Err(fs::TryLockError::Error(e)) => Err(io_failure(
             exit::IO,
             format!("cannot lock {}", lock_path.display()),
             &e,

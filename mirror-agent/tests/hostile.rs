@@ -106,14 +106,61 @@ fn got_error(seen: &[Message], code: ErrorCode) -> bool {
         .any(|m| matches!(m, Message::Error { code: c, .. } if *c == code))
 }
 
+/// How a hostile connection opens before it does its bad thing.
+#[derive(Clone, Copy)]
+enum Opening {
+    /// Not even a hello.
+    Nothing,
+    /// Hello as the writer of volume `.0`, welcomed.
+    Writer(u8),
+    /// Hello as a reader of volume `.0`, welcomed.
+    Reader(u8),
+    /// Hello as the writer of the good volume to an agent with a secret: challenged.
+    Challenged,
+}
+
+impl Bed {
+    /// A raw connection to the agent, opened as `opening` says (the answer checked).
+    fn raw(&self, opening: Opening) -> RawConn {
+        let mut raw = RawConn::connect(self.agent.addr);
+        let answer = match opening {
+            Opening::Nothing => return raw,
+            Opening::Writer(vol) => raw.hello(&volume(vol), 1, true),
+            Opening::Reader(vol) => raw.hello(&volume(vol), 0, false),
+            Opening::Challenged => raw.hello(&volume(GOOD), 1, true),
+        };
+        let expected = match opening {
+            Opening::Challenged => matches!(answer, Some(Message::Challenge { .. })),
+            _ => matches!(answer, Some(Message::Welcome { .. })),
+        };
+        assert!(expected, "unexpected answer to hello: {answer:?}");
+        raw
+    }
+
+    /// A connection opened as `opening` sends `bytes`: the agent answers error `code`,
+    /// drops it, logs `reason` and serves on (`assert_survived`).
+    fn assert_refuses(self, opening: Opening, bytes: &[u8], code: ErrorCode, reason: &str) {
+        let mut raw = self.raw(opening);
+        assert_dropped_with(&mut raw, bytes, code);
+        self.assert_survived(reason);
+    }
+}
+
+/// `raw` sends `bytes`; the agent answers error `code` and closes the connection.
+fn assert_dropped_with(raw: &mut RawConn, bytes: &[u8], code: ErrorCode) {
+    raw.send_bytes(bytes);
+    let seen = raw.wait_closed(WAIT).expect("connection dropped");
+    assert!(got_error(&seen, code), "{seen:?}");
+}
+
 #[test]
 fn random_bytes() {
-    let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    raw.send_bytes(&garbage(4096, 0x9e37_79b9_7f4a_7c15));
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
-    bed.assert_survived("bad magic");
+    bed(&[], None).assert_refuses(
+        Opening::Nothing,
+        &garbage(4096, 0x9e37_79b9_7f4a_7c15),
+        ErrorCode::BadFrame,
+        "bad magic",
+    );
 }
 
 #[test]
@@ -132,7 +179,6 @@ fn random_bytes_behind_a_valid_magic() {
 #[test]
 fn oversized_length() {
     let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
     let header = FrameHeader {
         version: Version::V1,
         kind: smlog_wire::FrameKind::Append,
@@ -140,12 +186,14 @@ fn oversized_length() {
         body_len: MAX_BODY_BYTES as u32 + 1,
         body_crc: 0,
     };
-    // Only the header is sent: the agent must refuse it without waiting for the body.
-    raw.send_bytes(&header.encode());
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
-    // Had the agent waited for the body it would have logged a stall instead.
-    bed.assert_survived("frame too large");
+    // Only the header is sent: the agent must refuse it without waiting for the body (had
+    // it waited, it would have logged a stall instead).
+    bed.assert_refuses(
+        Opening::Nothing,
+        &header.encode(),
+        ErrorCode::BadFrame,
+        "frame too large",
+    );
 }
 
 #[test]
@@ -179,51 +227,40 @@ fn wrong_version() {
 
 #[test]
 fn wrong_secret() {
-    let bed = bed(&[], Some(b"the secret"));
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(GOOD), 1, true),
-        Some(Message::Challenge { .. })
-    ));
-    raw.send(
-        &volume(GOOD),
-        &Message::Proof {
-            client_proof: [0x42; 32],
-        },
+    let mut proof = Vec::new();
+    let wrong = Message::Proof {
+        client_proof: [0x42; 32],
+    };
+    encode_frame(&volume(GOOD), &wrong, &mut proof);
+    bed(&[], Some(b"the secret")).assert_refuses(
+        Opening::Challenged,
+        &proof,
+        ErrorCode::AuthFailed,
+        "secret mismatch",
     );
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::AuthFailed), "{seen:?}");
-    bed.assert_survived("secret mismatch");
 }
 
 #[test]
 fn skipping_the_proof_gets_nothing_stored() {
-    let bed = bed(&[], Some(b"the secret"));
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(GOOD), 1, true),
-        Some(Message::Challenge { .. })
-    ));
-    raw.send_bytes(&evil_append(&volume(GOOD)));
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::AuthFailed), "{seen:?}");
-    bed.assert_survived("expected Proof, got Append");
+    bed(&[], Some(b"the secret")).assert_refuses(
+        Opening::Challenged,
+        &evil_append(&volume(GOOD)),
+        ErrorCode::AuthFailed,
+        "expected Proof, got Append",
+    );
 }
 
 #[test]
 fn frame_for_another_volume_on_an_authenticated_connection() {
     let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    let other = volume(77);
-    assert!(matches!(
-        raw.hello(&other, 1, true),
-        Some(Message::Welcome { .. })
-    ));
+    let mut raw = bed.raw(Opening::Writer(77));
     // Authenticated for volume 77, the peer sends an append naming the good volume.
-    raw.send_bytes(&evil_append(&volume(GOOD)));
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::WrongVolume), "{seen:?}");
-    let other_cfg = config(vec![bed.agent.addr], other, 1);
+    assert_dropped_with(
+        &mut raw,
+        &evil_append(&volume(GOOD)),
+        ErrorCode::WrongVolume,
+    );
+    let other_cfg = config(vec![bed.agent.addr], volume(77), 1);
     assert!(MirrorClient::read_back(&other_cfg, 0).unwrap().is_empty());
     bed.assert_survived("frame for another volume");
 }
@@ -231,11 +268,7 @@ fn frame_for_another_volume_on_an_authenticated_connection() {
 #[test]
 fn stall_mid_frame() {
     let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(50), 1, true),
-        Some(Message::Welcome { .. })
-    ));
+    let mut raw = bed.raw(Opening::Writer(50));
     let frame = evil_append(&volume(50));
     raw.send_bytes(&frame[..20]);
     let t = Instant::now();
@@ -283,11 +316,7 @@ fn silent_connection_never_says_hello() {
 #[test]
 fn idle_authenticated_connection() {
     let bed = bed(&["--idle-timeout-ms", "600"], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(51), 1, true),
-        Some(Message::Welcome { .. })
-    ));
+    let mut raw = bed.raw(Opening::Writer(51));
     // The agent sends heartbeats; a peer that never answers anything is dropped.
     let seen = raw.wait_closed(WAIT).expect("idle connection dropped");
     assert!(
@@ -300,43 +329,35 @@ fn idle_authenticated_connection() {
 
 #[test]
 fn frame_before_hello() {
-    let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    raw.send_bytes(&evil_append(&volume(GOOD)));
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::Protocol), "{seen:?}");
-    bed.assert_survived("expected Hello, got Append");
+    bed(&[], None).assert_refuses(
+        Opening::Nothing,
+        &evil_append(&volume(GOOD)),
+        ErrorCode::Protocol,
+        "expected Hello, got Append",
+    );
 }
 
 #[test]
 fn append_on_a_read_only_connection() {
-    let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(GOOD), 0, false),
-        Some(Message::Welcome { .. })
-    ));
-    raw.send_bytes(&evil_append(&volume(GOOD)));
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::Protocol), "{seen:?}");
-    bed.assert_survived("Append on a read-only connection");
+    bed(&[], None).assert_refuses(
+        Opening::Reader(GOOD),
+        &evil_append(&volume(GOOD)),
+        ErrorCode::Protocol,
+        "Append on a read-only connection",
+    );
 }
 
 #[test]
 fn corrupted_body_checksum() {
-    let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(GOOD), 1, true),
-        Some(Message::Welcome { .. })
-    ));
     let mut frame = evil_append(&volume(GOOD));
     let last = frame.len() - 1;
     frame[last] ^= 0x01;
-    raw.send_bytes(&frame);
-    let seen = raw.wait_closed(WAIT).expect("connection dropped");
-    assert!(got_error(&seen, ErrorCode::BadFrame), "{seen:?}");
-    bed.assert_survived("body checksum mismatch");
+    bed(&[], None).assert_refuses(
+        Opening::Writer(GOOD),
+        &frame,
+        ErrorCode::BadFrame,
+        "body checksum mismatch",
+    );
 }
 
 /// A fake agent that answers every connection with `reply` and then holds it open.
@@ -401,11 +422,7 @@ fn the_client_survives_a_hostile_agent() {
 #[test]
 fn a_frame_trickled_byte_by_byte() {
     let bed = bed(&[], None);
-    let mut raw = RawConn::connect(bed.agent.addr);
-    assert!(matches!(
-        raw.hello(&volume(52), 1, true),
-        Some(Message::Welcome { .. })
-    ));
+    let mut raw = bed.raw(Opening::Writer(52));
     // Each byte comes well within the stall limit, but the frame as a whole takes
     // longer than the 4 stall periods (1600 ms) a frame is given.
     let frame = evil_append(&volume(52));

@@ -158,39 +158,13 @@ fn resent_entries_are_stored_once() {
         raw.hello(&vol, 1, true),
         Some(smlog_wire::Message::Welcome { next_seq: None, .. })
     ));
-    raw.send(
-        &vol,
-        &smlog_wire::Message::Append {
-            entries: entries("first", 1..=10),
-        },
-    );
-    assert_eq!(
-        raw.recv(WAIT),
-        Some(smlog_wire::Message::Ack { through_seq: 10 })
-    );
+    let ack = |through_seq| Some(smlog_wire::Message::Ack { through_seq });
+    assert_eq!(raw.append(&vol, entries("first", 1..=10)), ack(10));
     // A resend overlapping what is stored, with different bytes for the overlap: the
     // stored copies stay, only 11..=15 are new.
-    raw.send(
-        &vol,
-        &smlog_wire::Message::Append {
-            entries: entries("again", 5..=15),
-        },
-    );
-    assert_eq!(
-        raw.recv(WAIT),
-        Some(smlog_wire::Message::Ack { through_seq: 15 })
-    );
+    assert_eq!(raw.append(&vol, entries("again", 5..=15)), ack(15));
     // A resend of nothing new is acknowledged too.
-    raw.send(
-        &vol,
-        &smlog_wire::Message::Append {
-            entries: entries("again", 1..=3),
-        },
-    );
-    assert_eq!(
-        raw.recv(WAIT),
-        Some(smlog_wire::Message::Ack { through_seq: 15 })
-    );
+    assert_eq!(raw.append(&vol, entries("again", 1..=3)), ack(15));
     let mut expected = entries("first", 1..=10);
     expected.extend(entries("again", 11..=15));
     let cfg = config(vec![agent.addr], vol, 1);

@@ -12,6 +12,13 @@ fn run_agent(args: &[&str]) -> Output {
         .expect("run mirror-agent")
 }
 
+/// The agent started to serve `dir` on a free port of 127.0.0.1, with `extra` arguments.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_agent(&args)
+}
+
 /// Exit codes as documented in docs/operations.md (mirror-agent/src/main.rs `exit`).
 const DAMAGED: i32 = 1;
 const USAGE: i32 = 2;
@@ -47,7 +54,7 @@ fn dir_that_cannot_be_created() {
     let file = tmp.path().join("plain-file");
     std::fs::write(&file, "x").unwrap();
     let dir = file.join("sub");
-    let out = run_agent(&["--listen", "127.0.0.1:0", "--dir", dir.to_str().unwrap()]);
+    let out = serve(&dir, &[]);
     let e = assert_fails_with(&out, DIR, "cannot create --dir");
     assert!(
         e.contains(dir.to_str().unwrap()) && e.contains("another --dir"),
@@ -79,26 +86,12 @@ fn secret_file_unreadable_or_empty() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
     let missing = tmp.path().join("no-such-secret");
-    let out = run_agent(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--secret-file",
-        missing.to_str().unwrap(),
-    ]);
+    let out = serve(&dir, &["--secret-file", missing.to_str().unwrap()]);
     let e = assert_fails_with(&out, SECRET, "cannot read secret file");
     assert!(e.contains(missing.to_str().unwrap()), "{e}");
     let empty = tmp.path().join("empty-secret");
     std::fs::write(&empty, "\n").unwrap();
-    let out = run_agent(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--secret-file",
-        empty.to_str().unwrap(),
-    ]);
+    let out = serve(&dir, &["--secret-file", empty.to_str().unwrap()]);
     assert_fails_with(&out, SECRET, "is empty");
 }
 
@@ -107,7 +100,7 @@ fn dir_already_served_by_another_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
     let _first = common::AgentProc::start(&dir, &[]);
-    let out = run_agent(&["--listen", "127.0.0.1:0", "--dir", dir.to_str().unwrap()]);
+    let out = serve(&dir, &[]);
     let e = assert_fails_with(&out, BUSY, "another mirror-agent is already using");
     assert!(e.contains(dir.to_str().unwrap()), "{e}");
 }
@@ -263,13 +256,13 @@ fn a_volume_directory_holding_another_volume_is_refused() {
 #[test]
 fn usage_errors_are_one_line_and_help_still_works() {
     let e = assert_fails_with(
-        &run_agent(&["--listen", "127.0.0.1:0", "--dir", "/tmp", "--bogus"]),
+        &serve("/tmp".as_ref(), &["--bogus"]),
         USAGE,
         "unexpected argument '--bogus'",
     );
     assert!(e.ends_with("; see 'mirror-agent --help'"), "{e}");
     let e = assert_fails_with(
-        &run_agent(&["--listen", "127.0.0.1:0", "--dir", "/tmp", "--fsycn"]),
+        &serve("/tmp".as_ref(), &["--fsycn"]),
         USAGE,
         "did you mean '--fsync'",
     );

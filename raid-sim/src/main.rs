@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use raid_sim::format::MemberState;
 use raid_sim::{
     in_use, inspect, member_name, CreateOptions, Inspection, RaidOptions, VolumeError,
@@ -103,10 +103,8 @@ impl From<VolumeError> for Failure {
     }
 }
 
-// The one-line form of clap's errors, shared with smlogfs (see the file's comment).
-#[path = "../../src/cmd/usage.rs"]
-mod usage;
-use usage::usage_line;
+/// Error lines read `raid-sim: error: …`; the plumbing is shared with smlogfs (smlog-cli).
+const PROGRAM: smlog_cli::Program = smlog_cli::Program::new("raid-sim");
 
 #[derive(Parser)]
 #[command(
@@ -873,24 +871,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        // --help, --version: printed on stdout, exit 0.
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let args: Vec<_> = std::env::args_os().collect();
-            eprintln!(
-                "raid-sim: error: {}",
-                usage_line(&e, &Cli::command(), &args)
-            );
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("raid-sim: error: {}", f.msg);
-            ExitCode::from(f.code)
-        }
-    }
+    PROGRAM.main(|cli| {
+        run(cli)
+            .map(|()| 0)
+            .map_err(|f| smlog_cli::Failure::new(f.code, f.msg))
+    })
 }

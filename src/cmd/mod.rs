@@ -1,8 +1,6 @@
 //! Command-line entry points of the `smlogfs` binary. Each returns `CliError` with a
 //! documented exit code (docs/operations.md) and a one-line message.
 
-mod usage;
-pub use usage::usage_line;
 pub mod failover;
 pub mod fsck;
 pub mod inspect;
@@ -18,7 +16,7 @@ pub mod exit {
     /// fsck found problems.
     pub const PROBLEMS: i32 = 1;
     /// Bad command line (also clap's own usage errors), unparsable size.
-    pub const USAGE: i32 = 2;
+    pub const USAGE: i32 = smlog_cli::exit::USAGE as i32;
     /// VOLDIR is not a volume or cannot be read.
     pub const NOT_A_VOLUME: i32 = 3;
     /// mkfs: a volume exists and --force was not given.
@@ -58,6 +56,18 @@ impl CliError {
     }
 }
 
+/// The binary prints it and exits with its code (`smlog_cli::Program`).
+impl From<CliError> for smlog_cli::Failure {
+    fn from(e: CliError) -> Self {
+        smlog_cli::Failure::new(exit_status(e.code), e.msg)
+    }
+}
+
+/// An exit code of `exit` as the process's exit status.
+pub fn exit_status(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or_else(|_| panic!("exit code {code} is not one of `exit`"))
+}
+
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.msg)
@@ -84,23 +94,38 @@ pub fn open_error(e: crate::core::FsError) -> CliError {
         // id, its storage failed...): reachability is not the problem.
         FsError::Mirror { detail, .. } if detail.contains("mirror agent refused") => CliError::new(
             exit::MIRROR,
-            format!(
-                "{e}; the agent is reachable but refused the volume: read the agent's log on the peer and fix what it names (docs/operations.md, \"The peer or its mirror agent died\"); nothing was changed"
-            ),
+            nothing_changed(format!(
+                "{e}; the agent is reachable but refused the volume: read the agent's log on the \
+                 peer and fix what it names (docs/operations.md, \"The peer or its mirror agent \
+                 died\")"
+            )),
         ),
         FsError::Mirror { .. } => CliError::new(
             exit::MIRROR,
-            format!(
+            nothing_changed(format!(
                 "{e}; check that mirror-agent runs on the peer and each route is reachable \
-                 (docs/operations.md, \"The peer or its mirror agent died\"); nothing was changed"
-            ),
+                 (docs/operations.md, \"The peer or its mirror agent died\")"
+            )),
         ),
         FsError::Log(crate::statelog::LogError::Io { source, .. })
             if source.kind() != std::io::ErrorKind::NotFound =>
         {
             CliError::new(exit::IO, e.to_string())
         }
-        _ => CliError::new(exit::CORRUPT, format!("{e}; nothing was changed")),
+        _ => CliError::new(exit::CORRUPT, nothing_changed(e.to_string())),
+    }
+}
+
+/// What every refusal to open a volume promises.
+pub const NOTHING_CHANGED: &str = "nothing was changed";
+
+/// `msg` ending in "nothing was changed", said once: some errors of the layers below (a
+/// damaged ring's among them) say it already, with the way out after it.
+pub fn nothing_changed(msg: String) -> String {
+    if msg.contains(NOTHING_CHANGED) {
+        msg
+    } else {
+        format!("{msg}; {NOTHING_CHANGED}")
     }
 }
 
@@ -218,6 +243,17 @@ pub fn process_alive(pid: u32) -> bool {
         .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| running(&stat)))
 }
 
+/// The volume directory of the smlogfs file system mounted at `mnt` (absolute), from
+/// /proc/self/mounts: the daemon names its volume directory as the mount's source.
+pub fn mounted_volume(mnt: &std::path::Path) -> Option<std::path::PathBuf> {
+    let table = smlog_cli::mounts::MountTable::read().ok()?;
+    let volume = table
+        .at(mnt)
+        .rev()
+        .find(|m| m.is_fuse() && raid_sim::volume_exists(std::path::Path::new(&m.source)))?;
+    Some(std::path::PathBuf::from(&volume.source))
+}
+
 /// Holds `VOLDIR/lock` exclusively for as long as the value lives.
 pub struct VolumeLock {
     _file: std::fs::File,
@@ -297,5 +333,29 @@ mod tests {
         assert!(parse_size("").unwrap_err().contains("not a number"));
         assert!(parse_size("M").unwrap_err().contains("not a number"));
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn refusals_say_nothing_was_changed_once() {
+        let corrupt = |detail: &str| crate::core::FsError::Corrupt {
+            what: "state log",
+            at: "/v/statelog byte 8192".into(),
+            detail: detail.into(),
+        };
+        // The layer below said it already, or did not: either way it is said once, last.
+        for detail in ["an entry is damaged; nothing was changed", "another volume"] {
+            let e = open_error(corrupt(detail));
+            assert_eq!(e.code, exit::CORRUPT);
+            assert_eq!(e.msg.matches(NOTHING_CHANGED).count(), 1, "{}", e.msg);
+            assert!(e.msg.ends_with(NOTHING_CHANGED), "{}", e.msg);
+            assert!(e.msg.contains("/v/statelog byte 8192"), "{}", e.msg);
+        }
+        let mirror = crate::core::FsError::Mirror {
+            routes: "10.0.0.2:7070".into(),
+            detail: "connection refused".into(),
+        };
+        let e = open_error(mirror);
+        assert_eq!(e.code, exit::MIRROR);
+        assert_eq!(e.msg.matches(NOTHING_CHANGED).count(), 1, "{}", e.msg);
     }
 }

@@ -126,19 +126,7 @@ fn set_read_ahead(mnt: &Path, kb: u64) {
 }
 
 fn is_mounted(mnt: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    let want = mnt.to_string_lossy();
-    text.lines()
-        .any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == Some(&*want))
-}
-
-fn unescape_mount_field(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    smlog_cli::mounts::MountTable::read().is_ok_and(|t| t.find(mnt).is_some())
 }
 
 fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), CliError> {
@@ -577,24 +565,12 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
 /// Unmounts and returns the volume directory that was mounted.
 pub fn umount_volume(mnt: &Path) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
-    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let want = abs.to_string_lossy().to_string();
-    let source = text.lines().find_map(|l| {
-        let mut f = l.split(' ');
-        let src = f.next()?;
-        let at = unescape_mount_field(f.next()?);
-        let fstype = f.next()?;
-        let src = unescape_mount_field(src);
-        (at == want && fstype.starts_with("fuse") && raid_sim::volume_exists(Path::new(&src)))
-            .then_some(src)
-    });
-    let Some(voldir) = source else {
+    let Some(voldir) = super::mounted_volume(&abs) else {
         return Err(CliError::new(
             exit::MOUNTPOINT,
             format!("{} is not a mounted smlogfs file system", mnt.display()),
         ));
     };
-    let voldir = PathBuf::from(voldir);
     let daemon = live_daemon(&voldir);
     fusermount_unmount(&abs, false)?;
     if let Some((pid, _)) = daemon {

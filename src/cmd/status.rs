@@ -74,7 +74,7 @@ fn resolve(target: &Path) -> Result<(PathBuf, Option<PathBuf>), CliError> {
     let abs = std::fs::canonicalize(target)
         .or_else(|_| std::path::absolute(target))
         .unwrap_or_else(|_| target.to_path_buf());
-    if let Some(source) = mounted_volume(&abs) {
+    if let Some(source) = super::mounted_volume(&abs) {
         return Ok((source, Some(abs)));
     }
     let what = match std::fs::metadata(target) {
@@ -89,29 +89,6 @@ fn resolve(target: &Path) -> Result<(PathBuf, Option<PathBuf>), CliError> {
             target.display()
         ),
     ))
-}
-
-/// The volume directory mounted at `mnt`, from /proc/self/mounts (the daemon names the
-/// volume directory as the mount's source).
-fn mounted_volume(mnt: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let want = mnt.to_string_lossy();
-    text.lines().rev().find_map(|l| {
-        let mut f = l.split(' ');
-        let source = unescape(f.next()?);
-        let at = unescape(f.next()?);
-        let fstype = f.next()?;
-        let source = PathBuf::from(source);
-        (at == want && fstype.starts_with("fuse") && raid_sim::volume_exists(&source))
-            .then_some(source)
-    })
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Asks the daemon; falls back to the files when none answers.

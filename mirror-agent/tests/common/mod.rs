@@ -207,18 +207,8 @@ impl RawConn {
                 Ok(None) => {}
                 Err(_) => return None,
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.read_more() == Filled::Closed {
                 return None;
-            }
-            match self.reader.fill(&mut self.stream) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
             }
         }
     }
@@ -228,7 +218,6 @@ impl RawConn {
     pub fn wait_closed(&mut self, timeout: Duration) -> Option<Vec<Message>> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
         loop {
             while let Ok(Some(frame)) = self.reader.next_buffered() {
                 seen.push(frame.message);
@@ -236,21 +225,37 @@ impl RawConn {
             if Instant::now() >= deadline {
                 return None;
             }
-            match self.reader.fill(&mut self.stream) {
-                Ok(0) => return Some(seen),
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => {
-                    // Reset by the peer: closed. Drain anything left unparsed.
-                    let _ = self.stream.read(&mut buf);
-                    return Some(seen);
-                }
+            if self.read_more() == Filled::Closed {
+                return Some(seen);
             }
         }
+    }
+
+    /// One read from the socket into the frame reader (its timeout bounds the wait).
+    fn read_more(&mut self) -> Filled {
+        match self.reader.fill(&mut self.stream) {
+            Ok(0) => Filled::Closed,
+            Ok(_) => Filled::Data,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Filled::Nothing
+            }
+            Err(_) => {
+                // Reset by the peer: closed. Drain anything left unparsed.
+                let _ = self.stream.read(&mut [0u8; 4096]);
+                Filled::Closed
+            }
+        }
+    }
+
+    /// Sends an append of `entries` and returns the agent's answer.
+    pub fn append(&mut self, vol: &VolumeId, entries: Vec<(u64, Vec<u8>)>) -> Option<Message> {
+        self.send(vol, &Message::Append { entries });
+        self.recv(Duration::from_secs(10))
     }
 
     /// Hello without a secret; returns the agent's answer.
@@ -271,6 +276,14 @@ impl RawConn {
         );
         self.recv(Duration::from_secs(5))
     }
+}
+
+/// What one read from a raw connection brought.
+#[derive(Debug, PartialEq, Eq)]
+enum Filled {
+    Data,
+    Nothing,
+    Closed,
 }
 
 /// A TCP proxy in front of the agent whose connections can be cut at once: a route that

@@ -1,6 +1,5 @@
-//! One line for a command-line error of clap's, shared by the three binaries: smlogfs uses
-//! it as `cmd::usage_line`; raid-sim and mirror-agent, which do not link smlogfs, include
-//! this file as a module of their own (`#[path]`). It depends on clap only.
+//! One line for a command-line error of clap's: what is wrong and where the help is, the
+//! same in the three binaries.
 
 /// A command-line error of clap's as one line: what is wrong and where the help is, e.g.
 /// `unexpected argument '--bogus' for 'mkfs'; see 'smlogfs mkfs --help'`. `args` are the
