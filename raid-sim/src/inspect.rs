@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use crate::files::{list_files, member_name, FileKind};
 use crate::format::{MemberState, Superblock, NO_MEMBER, ROLE_SPARE, SB_BYTES};
-use crate::journal::{Journal, JOURNAL_FILE, RECORDS_FILE};
+use crate::journal::{Journal, Recovery, JOURNAL_FILE, RECORDS_FILE};
 use crate::layout::Geometry;
 use crate::member::{FileMember, MemberIo};
 use crate::volume::VolumeError;
@@ -129,37 +129,58 @@ impl Inspection {
         self.members.iter().any(|m| m.state != "active")
     }
 
-    /// The refusal, if the array cannot start.
+    /// The refusal, if the array cannot start: one sentence, the point first (which
+    /// members are unusable and why), then what to do. The directory is named once, by
+    /// the error; members by file name.
     pub fn refusal(&self) -> Option<VolumeError> {
         let bad = self.unusable();
-        let rebuilding = self.members.iter().any(|m| m.state == "rebuilding");
-        if bad.len() >= 2 || (!bad.is_empty() && rebuilding) {
-            let mut list: Vec<String> = self
-                .members
-                .iter()
-                .filter(|m| m.problem.is_some() || m.state == "rebuilding")
-                .map(|m| {
-                    format!(
-                        "{}: {}",
-                        m.path.display(),
-                        m.problem
-                            .clone()
-                            .unwrap_or_else(|| "rebuild unfinished".into())
-                    )
-                })
-                .collect();
-            list.sort();
-            return Some(VolumeError::Assembly {
-                path: self.dir.clone(),
-                detail: format!(
-                    "{} of {} members unusable, RAID-5 survives one: {}",
-                    list.len(),
-                    self.geometry.disks,
-                    list.join("; ")
-                ),
-            });
+        let rebuilding: Vec<&MemberReport> = self
+            .members
+            .iter()
+            .filter(|m| m.state == "rebuilding")
+            .collect();
+        if bad.len() < 2 && (bad.is_empty() || rebuilding.is_empty()) {
+            return None;
         }
-        None
+        let why = |m: &MemberReport| {
+            let name = member_name(m.index);
+            format!(
+                "{name}: {}",
+                m.problem.as_deref().unwrap_or("rebuild unfinished")
+            )
+        };
+        let reasons: Vec<String> = bad.iter().map(|m| why(m)).collect();
+        let detail = if bad.len() >= 2 {
+            let indices: Vec<String> = bad.iter().map(|m| m.index.to_string()).collect();
+            format!(
+                "members {} are unusable ({}) and RAID-5 survives the loss of only one: \
+                 put back or repair the file of all but one of them, then open the volume again",
+                join_and(&indices),
+                reasons.join("; ")
+            )
+        } else {
+            format!(
+                "member {} is unusable ({}) while member {} is still being rebuilt, and RAID-5 \
+                 survives the loss of only one: put back or repair {}, then open the volume \
+                 again (the rebuild resumes)",
+                bad[0].index,
+                reasons.join("; "),
+                rebuilding[0].index,
+                member_name(bad[0].index)
+            )
+        };
+        Some(VolumeError::Assembly {
+            path: self.dir.clone(),
+            detail,
+        })
+    }
+}
+
+/// "0 and 2", "0, 1 and 2".
+fn join_and(items: &[String]) -> String {
+    match items.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => items.join(""),
     }
 }
 
@@ -237,16 +258,17 @@ pub(crate) fn classify(dir: &Path, found: Vec<Found>) -> Result<Classified, Volu
                 f.len,
                 geometry.member_bytes()
             )),
-            (Err(e), _) if f.file.is_none() || e.starts_with("cannot read") => Some(format!("unreadable: {e}")),
+            (Err(e), _) if f.file.is_none() || e.starts_with("cannot read") => {
+                Some(format!("unreadable: {e}"))
+            }
             (Err(e), _) => Some(format!("corrupt superblock: {e}")),
             (Ok(sb), _) if sb.array_id != array_id => Some(format!(
                 "belongs to another array (id {:032x}, this array is {:032x})",
                 sb.array_id, array_id
             )),
-            (Ok(sb), _) if sb.geometry != geometry => Some(format!(
-                "wrong geometry: {} disks, chunk {} bytes, {} stripes; the array has {} disks, chunk {} bytes, {} stripes",
-                sb.geometry.disks, sb.geometry.chunk_bytes, sb.geometry.stripes, disks, chunk_bytes, stripes
-            )),
+            (Ok(sb), _) if sb.geometry != geometry => {
+                Some(geometry_mismatch(&sb.geometry, &geometry))
+            }
             (Ok(_), _) if f.len < geometry.member_bytes() => Some(format!(
                 "truncated: {} bytes, the layout needs {}",
                 f.len,
@@ -400,6 +422,30 @@ pub(crate) fn classify(dir: &Path, found: Vec<Found>) -> Result<Classified, Volu
     })
 }
 
+/// Why a member's geometry is not the array's, naming only the fields that differ.
+fn geometry_mismatch(member: &Geometry, array: &Geometry) -> String {
+    let mut diffs = Vec::new();
+    if member.disks != array.disks {
+        diffs.push(format!(
+            "{} disks where the array has {}",
+            member.disks, array.disks
+        ));
+    }
+    if member.chunk_bytes != array.chunk_bytes {
+        diffs.push(format!(
+            "{}-byte chunks where the array has {}",
+            member.chunk_bytes, array.chunk_bytes
+        ));
+    }
+    if member.stripes != array.stripes {
+        diffs.push(format!(
+            "{} stripes where the array has {}",
+            member.stripes, array.stripes
+        ));
+    }
+    format!("wrong geometry: {}", diffs.join(", "))
+}
+
 /// Inspects a volume directory without writing anything (for `status`).
 pub fn inspect(dir: &Path) -> Result<Inspection, VolumeError> {
     let mut i = classify(dir, scan(dir, false))?.inspection;
@@ -408,6 +454,15 @@ pub fn inspect(dir: &Path) -> Result<Inspection, VolumeError> {
 }
 
 fn inspect_journal(dir: &Path, array_id: u128, g: &Geometry) -> Result<JournalReport, String> {
+    let recovery = read_journal(dir, array_id, g)?;
+    Ok(JournalReport {
+        pending_records: recovery.records.len(),
+        dirty_stripes: recovery.dirty_stripes.len(),
+    })
+}
+
+/// What the journal holds for the next assembly, read through read-only handles.
+pub(crate) fn read_journal(dir: &Path, array_id: u128, g: &Geometry) -> Result<Recovery, String> {
     let open = |name: &str| -> Result<Box<dyn MemberIo>, String> {
         let p = dir.join(name);
         File::open(&p)
@@ -424,8 +479,5 @@ fn inspect_journal(dir: &Path, array_id: u128, g: &Geometry) -> Result<JournalRe
         false,
     )
     .map_err(|e| e.to_string())?;
-    Ok(JournalReport {
-        pending_records: recovery.records.len(),
-        dirty_stripes: recovery.dirty_stripes.len(),
-    })
+    Ok(recovery)
 }

@@ -18,6 +18,7 @@ pub mod member;
 pub mod parity;
 mod raid;
 mod read;
+mod reader;
 mod rebuild;
 mod scrub;
 mod single;
@@ -31,6 +32,7 @@ pub use inspect::{inspect, Inspection, JournalReport, MemberReport};
 pub use journal::{JOURNAL_FILE, RECORDS_FILE};
 pub use layout::Geometry;
 pub use raid::RaidVolume;
+pub use reader::{is_raid, open_read_only, RaidReader};
 pub use scrub::{
     scrub_progress, ScrubFinding, ScrubReport, SCRUB_PROGRESS_FILE, SCRUB_REPORT_FILE,
 };
