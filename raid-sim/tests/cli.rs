@@ -148,7 +148,7 @@ fn bad_input_gives_one_line_errors() {
     std::fs::remove_file(dir.join("member-1.img")).unwrap();
     let e = fails(&["scrub", d], ARRAY);
     assert!(
-        e.contains("member-0.img") && e.contains("member-1.img") && e.contains("restore"),
+        e.contains("member-0.img") && e.contains("member-1.img") && e.contains("put back or repair"),
         "{e}"
     );
     let e = fails(&["replace", d, "--member", "0"], ARRAY);
