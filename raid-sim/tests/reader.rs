@@ -4,23 +4,14 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use common::*;
 use raid_sim::{member_name, BlockVolume, VolumeError};
 
-const CHUNK: u64 = 16 << 10;
-const CAP: u64 = 2 << 20;
-
-fn fresh(dir: &Path) -> Vec<u8> {
-    let vol = create(dir, 4, CHUNK, CAP, 0, &quiet());
-    fill(&vol, &mut Rng(0xbead))
-}
-
 #[test]
 fn a_missing_member_is_reconstructed_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xbead);
     std::fs::remove_file(dir.path().join(member_name(2))).unwrap();
     let before = snapshot(dir.path());
     let view = raid_sim::open_read_only(dir.path()).unwrap();
@@ -37,7 +28,7 @@ fn a_missing_member_is_reconstructed_and_nothing_is_written() {
 #[test]
 fn it_reads_while_the_array_is_held_and_repairs_a_corrupt_block_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xbead);
     let g = raid_sim::inspect(dir.path()).unwrap().geometry;
     let loc = g.locate(5 * 4096);
     let path = dir.path().join(member_name(loc.member));
@@ -64,7 +55,7 @@ fn it_reads_while_the_array_is_held_and_repairs_a_corrupt_block_in_memory() {
 #[test]
 fn pending_journal_records_are_laid_over_the_members() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = fresh(dir.path());
+    let mut model = fresh_array(dir.path(), 0xbead);
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     let g = vol.geometry();
     let data = Rng(9).bytes(8192);
@@ -86,7 +77,7 @@ fn pending_journal_records_are_laid_over_the_members() {
 #[test]
 fn two_lost_members_are_refused_with_the_point_first() {
     let dir = tempfile::tempdir().unwrap();
-    fresh(dir.path());
+    fresh_array(dir.path(), 0xbead);
     for k in [0, 3] {
         std::fs::remove_file(dir.path().join(member_name(k))).unwrap();
     }
