@@ -212,3 +212,43 @@ fn checkpoints_write_fresh_stripes_without_a_journal_copy() {
         .all(|c| c.iter().enumerate().all(|(k, b)| *b == (k % 251) as u8)));
     v.umount();
 }
+
+/// Two lost members: mount refuses in one sentence that starts with the point (which
+/// members, why) and says what to do, naming the array's geometry at most once.
+#[test]
+fn mount_with_two_lost_members_says_so_in_one_sentence() {
+    let mut v = Volume::new(&["--size", "64M", "--ring", "8M"]);
+    if v.is_native() {
+        return;
+    }
+    for k in [0, 2] {
+        fs::remove_file(v.voldir().join(format!("member-{k}.img"))).unwrap();
+    }
+    let err = v.try_remount().expect_err("mounted with two members gone");
+    assert!(!is_fuse_mount(v.mnt()), "a refused mount left a mount behind");
+    let out = run(Command::new(smlogfs_bin())
+        .arg("mount")
+        .arg(v.voldir())
+        .arg(v.mnt()));
+    assert!(!out.status.success(), "{err}");
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let point = msg
+        .find("members 0 and 2 are unusable (member-0.img: missing; member-2.img: missing)")
+        .unwrap_or_else(|| panic!("the point is missing: {msg}"));
+    let todo = msg
+        .find("put back or repair")
+        .unwrap_or_else(|| panic!("what to do is missing: {msg}"));
+    assert!(point < todo, "what to do comes before the point: {msg}");
+    for geometry_word in ["disks", "chunk", "stripes", "bytes"] {
+        assert!(
+            msg.matches(geometry_word).count() <= 1,
+            "{geometry_word:?} repeated: {msg}"
+        );
+    }
+    assert_eq!(
+        msg.matches(&v.voldir().display().to_string()).count(),
+        1,
+        "the directory named more than once: {msg}"
+    );
+    assert_eq!(msg.lines().count(), 1, "not one line: {msg}");
+}

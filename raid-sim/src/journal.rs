@@ -21,12 +21,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::format::{
-    JournalHeader, Record, BITMAP_START, BITS_PER_PAGE, MAX_BITMAP_PAGES, PAGE_BYTES,
-};
-use crate::layout::Geometry;
+use crate::journal_format::{JournalHeader, Record, BITMAP_START, BITS_PER_PAGE, MAX_BITMAP_PAGES};
+use crate::layout::{Geometry, PAGE_BYTES};
 use crate::member::MemberIo;
-use crate::VolumeError;
+use crate::volume::VolumeError;
 
 pub const JOURNAL_FILE: &str = "raid.journal";
 pub const RECORDS_FILE: &str = "raid.records";
@@ -415,7 +413,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::RecordRange;
+    use crate::journal_format::RecordRange;
     use crate::member::FileMember;
     use proptest::prelude::*;
     use std::fs::OpenOptions;

@@ -4,8 +4,27 @@
 //! chunks `i = 0 .. N-2` follow the parity member cyclically: member `(p + 1 + i) mod N`.
 //! Logical chunk `c` is data chunk `c mod (N-1)` of stripe `c div (N-1)`.
 
-use crate::format::{round_up_page, CSUMS_PER_PAGE, DATA_START, MAX_DISKS, PAGE_BYTES};
-use crate::BLOCK_BYTES;
+//!
+//! Inside a member file (the byte table is in `format`): two superblock slots, then one
+//! chunk per stripe from `DATA_START`, then the block checksum pages. The sizes those
+//! offsets derive from live here, so that `format` depends on `layout` and not back.
+
+use crate::volume::BLOCK_BYTES;
+
+pub const PAGE_BYTES: u64 = 4096;
+pub const SB_BYTES: u64 = 4096;
+/// Two superblock slots precede the data so that a torn superblock write leaves the other.
+pub const DATA_START: u64 = 2 * SB_BYTES;
+pub const MAX_DISKS: usize = 64;
+/// Checksum entries in one checksum page; the last 4 bytes hold the page's own crc.
+pub const CSUMS_PER_PAGE: u64 = (PAGE_BYTES - 4) / 4;
+
+const _: () = assert!(DATA_START.is_multiple_of(PAGE_BYTES));
+const _: () = assert!(CSUMS_PER_PAGE * 4 + 4 == PAGE_BYTES);
+
+pub fn round_up_page(n: u64) -> u64 {
+    n.div_ceil(PAGE_BYTES) * PAGE_BYTES
+}
 
 pub const MIN_DISKS: u32 = 3;
 pub const MIN_CHUNK_BYTES: u64 = BLOCK_BYTES;

@@ -1,91 +1,17 @@
-//! Rebuild onto a spare or a replacement, scrub, and the background worker that runs them
-//! while the volume serves I/O (and picks up requests from `raid-sim` in another process
-//! through `VOLDIR/raid.request`).
+//! Rebuild of a failed member onto a spare or a replacement, stripe by stripe with
+//! checkpoints in the superblocks, while the volume serves I/O.
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::assemble::{create_member_file, member_name, wrap};
+use crate::array::{lock_write, Inner, Member};
+use crate::files::{create_member_file, member_name, wrap};
 use crate::format::{block_crc, MemberState, Superblock};
 use crate::parity::xor_many;
-use crate::raid::{Inner, Member, RaidVolume};
-use crate::{VolumeError, BLOCK_BYTES};
-
-pub const REQUEST_FILE: &str = "raid.request";
-pub const SCRUB_REPORT_FILE: &str = "raid.scrub-report";
-/// "DONE TOTAL" stripes of a running scrub.
-pub const SCRUB_PROGRESS_FILE: &str = "raid.scrub-progress";
-
-/// Progress (done, total stripes) of a scrub running in the process holding the volume.
-pub fn scrub_progress(dir: &Path) -> Option<(u64, u64)> {
-    if !crate::assemble::in_use(dir) {
-        return None;
-    }
-    let text = std::fs::read_to_string(dir.join(SCRUB_PROGRESS_FILE)).ok()?;
-    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
-    match (it.next().flatten(), it.next().flatten()) {
-        (Some(d), Some(t)) if d <= t => Some((d, t)),
-        _ => None,
-    }
-}
-
-/// One finding of a scrub, by member and byte offset in the member file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScrubFinding {
-    pub member: u32,
-    pub path: PathBuf,
-    pub member_offset: u64,
-    pub stripe: u64,
-    pub kind: &'static str,
-    pub repaired: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct ScrubReport {
-    pub stripes: u64,
-    pub blocks_checked: u64,
-    pub findings: Vec<ScrubFinding>,
-}
-
-impl ScrubReport {
-    pub fn unrepaired(&self) -> usize {
-        self.findings.iter().filter(|f| !f.repaired).count()
-    }
-
-    pub fn to_text(&self) -> String {
-        let mut s = format!(
-            "scrubbed {} stripes, {} blocks: {} finding(s), {} repaired, {} unrepaired\n",
-            self.stripes,
-            self.blocks_checked,
-            self.findings.len(),
-            self.findings.len() - self.unrepaired(),
-            self.unrepaired()
-        );
-        for f in &self.findings {
-            s.push_str(&format!(
-                "member {} ({}) byte {} stripe {}: {}{}\n",
-                f.member,
-                f.path.display(),
-                f.member_offset,
-                f.stripe,
-                f.kind,
-                if f.repaired {
-                    ", repaired"
-                } else {
-                    ", NOT repaired"
-                }
-            ));
-        }
-        s
-    }
-}
-
-fn lockw<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
+use crate::volume::{VolumeError, BLOCK_BYTES};
 
 impl Inner {
     /// Starts rebuilding member `k` (which must be failed) onto `with`, a spare of the
@@ -102,7 +28,7 @@ impl Inner {
                 g.disks
             )));
         }
-        let mut st = lockw(&self.state);
+        let mut st = lock_write(&self.state);
         if st.states[k as usize] != MemberState::Failed {
             return Err(invalid(format!(
                 "member {k} is {}, not failed; fail it first",
@@ -216,7 +142,7 @@ impl Inner {
     pub fn rebuild_step(&self, max_stripes: u64) -> Result<bool, VolumeError> {
         let g = self.geometry;
         let (k, next) = {
-            let mut st = lockw(&self.state);
+            let mut st = lock_write(&self.state);
             let Some((k, next)) = st.rebuild else {
                 return Ok(true);
             };
@@ -248,7 +174,9 @@ impl Inner {
             {
                 // Ascending stripe order, like writers (groups are far shorter than the
                 // lock table, so no two of a group's stripes share a lock).
-                let _l: Vec<_> = (s..s + n).map(|t| lockw(self.stripe_lock(t))).collect();
+                let _l: Vec<_> = (s..s + n)
+                    .map(|t| lock_write(self.stripe_lock(t)))
+                    .collect();
                 let view = self.view();
                 let Some(target) = view.members[k as usize].clone() else {
                     return Ok(true);
@@ -302,7 +230,7 @@ impl Inner {
                     self.fail_member(k, &format!("write error during rebuild: {e}"))?;
                     return Ok(true);
                 }
-                let mut st = lockw(&self.state);
+                let mut st = lock_write(&self.state);
                 st.rebuild = Some((k, s + n));
             }
             s += n;
@@ -338,7 +266,7 @@ impl Inner {
                 return Ok(true);
             }
         }
-        let mut st = lockw(&self.state);
+        let mut st = lock_write(&self.state);
         if st.rebuild.map(|r| r.0) != Some(k) {
             return Ok(true);
         }
@@ -353,188 +281,6 @@ impl Inner {
         self.write_superblocks(&mut st, true)?;
         Ok(finished)
     }
-
-    /// Checks every stripe: block checksums of every member and parity; repairs what one
-    /// member's damage explains. Decision table per block row (bad = members whose block
-    /// fails its checksum, R = xor of the other members' blocks):
-    /// | bad      | parity | action                                                   |
-    /// |----------|--------|----------------------------------------------------------|
-    /// | none     | ok     | nothing                                                  |
-    /// | none     | wrong  | rewrite parity from the (verified) data                  |
-    /// | {m}      | –      | crc(R) matches: write R to m; else block = R: fix entry; |
-    /// |          |        | else unrecoverable                                       |
-    /// | ≥ 2      | –      | unrecoverable, each reported                             |
-    /// On a degraded stripe only the checksums of present members can be checked.
-    pub fn scrub(
-        &self,
-        repair: bool,
-        mut progress: impl FnMut(u64, u64),
-    ) -> Result<ScrubReport, VolumeError> {
-        let g = self.geometry;
-        let mut report = ScrubReport::default();
-        let bs = BLOCK_BYTES as usize;
-        for s in 0..g.stripes {
-            if self.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let _l = lockw(self.stripe_lock(s));
-            let view = self.view();
-            let mut bufs: Vec<Option<(Arc<Member>, Vec<u8>)>> = Vec::new();
-            for m in 0..g.disks {
-                match view.usable(m, s) {
-                    Some(mem) => {
-                        let mut b = vec![0u8; g.chunk_bytes as usize];
-                        if let Err(e) = mem.io.read_at(g.member_offset(s, 0), &mut b) {
-                            drop(_l);
-                            self.fail_member(m, &format!("read error during scrub: {e}"))?;
-                            return self.scrub(repair, progress);
-                        }
-                        bufs.push(Some((Arc::clone(mem), b)));
-                    }
-                    None => bufs.push(None),
-                }
-            }
-            let first = g.member_block(s, 0) as usize;
-            let degraded = bufs.iter().any(|b| b.is_none());
-            for blk in 0..g.blocks_per_chunk() as usize {
-                report.blocks_checked += 1;
-                let range = blk * bs..(blk + 1) * bs;
-                let bad: Vec<u32> = bufs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(m, b)| {
-                        let (mem, data) = b.as_ref()?;
-                        (block_crc(&data[range.clone()])
-                            != mem.csums[first + blk].load(Ordering::Acquire))
-                        .then_some(m as u32)
-                    })
-                    .collect();
-                let at = g.member_offset(s, range.start as u64);
-                let finding = |m: u32, kind: &'static str, repaired: bool| ScrubFinding {
-                    member: m,
-                    path: self.member_path(&view, m),
-                    member_offset: at,
-                    stripe: s,
-                    kind,
-                    repaired,
-                };
-                if degraded {
-                    for m in bad {
-                        report.findings.push(finding(
-                            m,
-                            "checksum mismatch on a degraded stripe",
-                            false,
-                        ));
-                    }
-                    continue;
-                }
-                let rows: Vec<&[u8]> = bufs
-                    .iter()
-                    .map(|b| &b.as_ref().expect("not degraded").1[range.clone()])
-                    .collect();
-                match bad.len() {
-                    0 => {
-                        let mut z = vec![0u8; bs];
-                        xor_many(&mut z, &rows);
-                        if z.iter().all(|b| *b == 0) {
-                            continue;
-                        }
-                        let p = g.parity_member(s);
-                        let data_rows: Vec<&[u8]> = rows
-                            .iter()
-                            .enumerate()
-                            .filter(|(m, _)| *m as u32 != p)
-                            .map(|(_, r)| *r)
-                            .collect();
-                        let mut par = vec![0u8; bs];
-                        xor_many(&mut par, &data_rows);
-                        let mem = &bufs[p as usize].as_ref().expect("not degraded").0;
-                        let ok =
-                            repair && self.rewrite_block(mem, s, range.start as u64, &par).is_ok();
-                        report
-                            .findings
-                            .push(finding(p, "parity does not match the data", ok));
-                    }
-                    1 => {
-                        let m = bad[0];
-                        let others: Vec<&[u8]> = rows
-                            .iter()
-                            .enumerate()
-                            .filter(|(o, _)| *o as u32 != m)
-                            .map(|(_, r)| *r)
-                            .collect();
-                        let mut r = vec![0u8; bs];
-                        xor_many(&mut r, &others);
-                        let mem = &bufs[m as usize].as_ref().expect("not degraded").0;
-                        self.stats.csum_mismatches.fetch_add(1, Ordering::Relaxed);
-                        if block_crc(&r) == mem.csums[first + blk].load(Ordering::Acquire) {
-                            let ok = repair
-                                && self.rewrite_block(mem, s, range.start as u64, &r).is_ok();
-                            if ok {
-                                self.stats.repaired_blocks.fetch_add(1, Ordering::Relaxed);
-                                log::warn!(
-                                    "{}: block at byte {at} repaired by scrub",
-                                    mem.path.display()
-                                );
-                            }
-                            report.findings.push(finding(
-                                m,
-                                "checksum mismatch, rebuilt from parity",
-                                ok,
-                            ));
-                        } else if r == rows[m as usize] {
-                            let ok = repair
-                                && self.rewrite_block(mem, s, range.start as u64, &r).is_ok();
-                            report.findings.push(finding(m, "stale checksum entry", ok));
-                        } else {
-                            report.findings.push(finding(
-                                m,
-                                "checksum mismatch, parity cannot explain it",
-                                false,
-                            ));
-                        }
-                    }
-                    _ => {
-                        for m in bad {
-                            report.findings.push(finding(
-                                m,
-                                "checksum mismatch on two or more members",
-                                false,
-                            ));
-                        }
-                    }
-                }
-            }
-            report.stripes += 1;
-            progress(s + 1, g.stripes);
-            if s % 64 == 0 {
-                // For `raid-sim status` in another process; best effort.
-                let _ = std::fs::write(
-                    self.dir.join(SCRUB_PROGRESS_FILE),
-                    format!("{} {}\n", s + 1, g.stripes),
-                );
-            }
-        }
-        let _ = std::fs::remove_file(self.dir.join(SCRUB_PROGRESS_FILE));
-        Ok(report)
-    }
-
-    /// Writes one block of a member and its checksum entry (stripe lock held).
-    fn rewrite_block(
-        &self,
-        mem: &Member,
-        stripe: u64,
-        chunk_offset: u64,
-        data: &[u8],
-    ) -> std::io::Result<()> {
-        let g = self.geometry;
-        let b = g.member_block(stripe, chunk_offset);
-        mem.csums[b as usize].store(block_crc(data), Ordering::Release);
-        mem.io
-            .write_at(g.member_offset(stripe, chunk_offset), data)?;
-        mem.write_csum_pages(&g, b, b)
-    }
-
     /// Runs a rebuild to its end, reporting (done, total) stripes.
     pub fn run_rebuild(&self, mut progress: impl FnMut(u64, u64)) -> Result<(), VolumeError> {
         loop {
@@ -549,186 +295,11 @@ impl Inner {
             }
         }
     }
-
-    fn handle_requests(&self) {
-        let path = self.dir.join(REQUEST_FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
-        };
-        let _ = std::fs::remove_file(&path);
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let member = |i: usize| words.get(i).and_then(|w| w.parse::<u32>().ok());
-            let res = match words.first().copied() {
-                Some("fail") => match member(1) {
-                    Some(k) if k < self.geometry.disks => {
-                        self.fail_member_on_request(k, "failed on request (raid-sim fail)")
-                    }
-                    _ => Err(VolumeError::Invalid {
-                        path: path.clone(),
-                        detail: format!("bad request {line:?}"),
-                    }),
-                },
-                Some("replace") => match member(1) {
-                    Some(k) => {
-                        let with = words.get(2).map(PathBuf::from);
-                        let failed = self
-                            .state
-                            .read()
-                            .map(|s| s.states.get(k as usize) == Some(&MemberState::Failed))
-                            .unwrap_or(false);
-                        let r = if failed {
-                            Ok(())
-                        } else {
-                            self.fail_member_on_request(k, "replaced on request (raid-sim replace)")
-                        };
-                        r.and_then(|_| self.start_rebuild(k, with.as_deref()))
-                    }
-                    None => Err(VolumeError::Invalid {
-                        path: path.clone(),
-                        detail: format!("bad request {line:?}"),
-                    }),
-                },
-                Some("scrub") => {
-                    set_busy(self, Some("scrub".into()));
-                    let r = self.scrub(true, |_, _| {});
-                    set_busy(self, None);
-                    r.and_then(|rep| {
-                        let p = self.dir.join(SCRUB_REPORT_FILE);
-                        log::info!("{}", rep.to_text().lines().next().unwrap_or(""));
-                        std::fs::write(&p, rep.to_text()).map_err(|e| VolumeError::io(&p, e))
-                    })
-                }
-                _ => Err(VolumeError::Invalid {
-                    path: path.clone(),
-                    detail: format!("unknown request {line:?}"),
-                }),
-            };
-            match res {
-                Ok(()) => log::info!("request {line:?} done"),
-                Err(e) => log::error!("request {line:?}: {e}"),
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// Fails a member whose file was removed, replaced or truncated under the running
-    /// volume (the open descriptor would otherwise keep serving an unlinked file).
-    pub fn check_member_files(&self) {
-        let view = self.view();
-        for (i, m) in view.members.iter().enumerate() {
-            let Some(m) = m else { continue };
-            if view.states[i] == MemberState::Failed {
-                continue;
-            }
-            let problem = match (std::fs::metadata(&m.path), m.io.identity()) {
-                (Err(e), _) => Some(format!("member file is gone: {e}")),
-                (Ok(meta), Some(id)) => {
-                    use std::os::unix::fs::MetadataExt;
-                    if (meta.dev(), meta.ino()) != id {
-                        Some("member file was replaced by another file".to_string())
-                    } else if meta.len() < self.geometry.member_bytes() {
-                        Some(format!(
-                            "member file was truncated to {} bytes (needs {})",
-                            meta.len(),
-                            self.geometry.member_bytes()
-                        ))
-                    } else {
-                        None
-                    }
-                }
-                (Ok(_), None) => None,
-            };
-            if let Some(why) = problem {
-                if let Err(e) = self.fail_member(i as u32, &why) {
-                    log::error!("{}: {e}", m.path.display());
-                }
-            }
-        }
-    }
-}
-
-fn set_busy(inner: &Inner, what: Option<String>) {
-    *inner.busy.lock().unwrap_or_else(|e| e.into_inner()) = what;
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
-    }
-}
-
-/// The background worker: requests, automatic rebuild onto a spare, rebuild steps.
-pub(crate) fn worker_loop(inner: Arc<Inner>) {
-    let mut last_error: Option<Instant> = None;
-    let mut last_check = Instant::now();
-    while !inner.stop.load(Ordering::Relaxed) {
-        inner.handle_requests();
-        if last_check.elapsed() >= Duration::from_millis(500) {
-            last_check = Instant::now();
-            inner.check_member_files();
-        }
-        if inner.poisoned.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        let (rebuilding, auto) = {
-            let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-            let failed: Vec<u32> = (0..st.states.len() as u32)
-                .filter(|i| st.states[*i as usize] == MemberState::Failed)
-                .collect();
-            let auto = (st.rebuild.is_none() && failed.len() == 1 && !st.spares.is_empty())
-                .then(|| failed[0]);
-            (st.rebuild.is_some(), auto)
-        };
-        let backoff = last_error.is_some_and(|t| t.elapsed() < Duration::from_secs(5));
-        if rebuilding && !backoff {
-            set_busy(&inner, Some("rebuild".into()));
-            if let Err(e) = inner.rebuild_step(inner.opts.rebuild_checkpoint_stripes.max(1)) {
-                log::error!("rebuild: {e}");
-                last_error = Some(Instant::now());
-            }
-            set_busy(&inner, None);
-        } else if let (Some(k), false) = (auto, backoff) {
-            log::warn!("member {k} is failed and a spare is available: starting rebuild");
-            if let Err(e) = inner.start_rebuild(k, None) {
-                log::error!("automatic rebuild of member {k}: {e}");
-                last_error = Some(Instant::now());
-            }
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl RaidVolume {
-    /// Starts a rebuild of failed member `k` (see `Inner::start_rebuild`).
-    pub fn start_rebuild(&self, k: u32, with: Option<&Path>) -> Result<(), VolumeError> {
-        self.inner.start_rebuild(k, with)
-    }
-
-    /// Runs the current rebuild to its end in this thread.
-    pub fn run_rebuild(&self, progress: impl FnMut(u64, u64)) -> Result<(), VolumeError> {
-        self.inner.run_rebuild(progress)
-    }
-
-    pub fn scrub(
-        &self,
-        repair: bool,
-        progress: impl FnMut(u64, u64),
-    ) -> Result<ScrubReport, VolumeError> {
-        self.inner.scrub(repair, progress)
-    }
-
-    /// Member file paths by index (None for a missing member).
-    pub fn member_paths(&self) -> Vec<Option<PathBuf>> {
-        self.inner
-            .view()
-            .members
-            .iter()
-            .map(|m| m.as_ref().map(|m| m.path.clone()))
-            .collect()
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::{BlockVolume, VolumeError, BLOCK_BYTES};
+use crate::volume::{BlockVolume, VolumeError, BLOCK_BYTES};
 
 pub(crate) const FILE_NAME: &str = "disk.img";
 

@@ -8,19 +8,11 @@ use raid_sim::format::{MemberState, Superblock, SB_BYTES};
 use raid_sim::member::{FaultAction, FaultOp, FaultPlan, FaultRule};
 use raid_sim::{inspect, member_name, BlockVolume, RaidOptions, VolumeError};
 
-const CHUNK: u64 = 16 << 10;
-const CAP: u64 = 2 << 20;
-
-fn fresh(dir: &Path) -> Vec<u8> {
-    let vol = create(dir, 4, CHUNK, CAP, 0, &quiet());
-    fill(&vol, &mut Rng(0xfeed))
-}
-
 /// A deleted member: reads reconstruct, writes go on, the state survives a reopen.
 #[test]
 fn missing_member_reads_and_writes_continue() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = fresh(dir.path());
+    let mut model = fresh_array(dir.path(), 0xfeed);
     std::fs::remove_file(dir.path().join(member_name(1))).unwrap();
     {
         let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
@@ -50,12 +42,8 @@ fn missing_member_reads_and_writes_continue() {
 #[test]
 fn read_errors_fail_the_member_and_bump_events() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let model = fresh_array(dir.path(), 0xfeed);
+    let (plan, o) = faulty();
     let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
     let before = vol.events();
     plan.add(FaultRule::new(
@@ -81,12 +69,8 @@ fn read_errors_fail_the_member_and_bump_events() {
 #[test]
 fn write_errors_fail_the_member_and_data_stays_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = fresh(dir.path());
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let mut model = fresh_array(dir.path(), 0xfeed);
+    let (plan, o) = faulty();
     let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
     plan.add(FaultRule::new(
         &member_name(0),
@@ -102,6 +86,15 @@ fn write_errors_fail_the_member_and_data_stays_readable() {
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     assert_reads(&vol, &model);
 }
+
+/// Every kind of damage, for tests that try each.
+const ALL_DAMAGE: [Damage; 5] = [
+    Damage::ForeignArray,
+    Damage::Stale,
+    Damage::Truncated,
+    Damage::CorruptSuperblock,
+    Damage::WrongGeometry,
+];
 
 enum Damage {
     ForeignArray,
@@ -159,15 +152,9 @@ fn damage(dir: &Path, k: u32, how: &Damage) -> &'static str {
 /// and why, returns the right data, and never writes the bad file.
 #[test]
 fn one_bad_member_runs_degraded_and_is_named() {
-    for how in [
-        Damage::ForeignArray,
-        Damage::Stale,
-        Damage::Truncated,
-        Damage::CorruptSuperblock,
-        Damage::WrongGeometry,
-    ] {
+    for how in ALL_DAMAGE {
         let dir = tempfile::tempdir().unwrap();
-        let mut model = fresh(dir.path());
+        let mut model = fresh_array(dir.path(), 0xfeed);
         let word = damage(dir.path(), 2, &how);
         if matches!(how, Damage::Stale) {
             model[..8192].fill(0xAB);
@@ -194,15 +181,9 @@ fn one_bad_member_runs_degraded_and_is_named() {
 /// Two unusable members: assembly refuses, names both files and reasons, writes nothing.
 #[test]
 fn two_bad_members_refuse_and_write_nothing() {
-    for how in [
-        Damage::ForeignArray,
-        Damage::Stale,
-        Damage::Truncated,
-        Damage::CorruptSuperblock,
-        Damage::WrongGeometry,
-    ] {
+    for how in ALL_DAMAGE {
         let dir = tempfile::tempdir().unwrap();
-        fresh(dir.path());
+        fresh_array(dir.path(), 0xfeed);
         let word = damage(dir.path(), 1, &how);
         std::fs::remove_file(dir.path().join(member_name(3))).unwrap();
         let before = snapshot(dir.path());
@@ -294,12 +275,8 @@ fn fenced_volume_refuses_writes_and_releases_its_lock() {
 #[test]
 fn torn_member_write_fails_the_member_not_the_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = fresh(dir.path());
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let mut model = fresh_array(dir.path(), 0xfeed);
+    let (plan, o) = faulty();
     let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
     let g = vol.geometry();
     let stripe = 7;
@@ -334,7 +311,7 @@ fn torn_member_write_fails_the_member_not_the_data() {
 fn checksum_failures_past_the_limit_fail_the_member() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xfeed);
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     let g = vol.geometry();
     drop(vol);
@@ -369,7 +346,7 @@ fn checksum_failures_past_the_limit_fail_the_member() {
 #[test]
 fn failing_a_second_member_on_request_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xfeed);
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     vol.fail_member(0, "test").unwrap();
     let err = vol.fail_member(3, "test").unwrap_err();
@@ -388,7 +365,7 @@ fn failing_a_second_member_on_request_is_refused() {
 #[test]
 fn superblock_write_failure_fails_that_member_only() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xfeed);
     let plan = FaultPlan::new();
     plan.add(FaultRule::new(&member_name(3), FaultOp::Write, FaultAction::Eio).range(0, 8192));
     let o = RaidOptions {
@@ -411,7 +388,7 @@ fn superblock_write_failure_fails_that_member_only() {
 #[test]
 fn corrupt_journal_is_named_and_removing_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xfeed);
     let jpath = dir.path().join(raid_sim::JOURNAL_FILE);
     let mut j = std::fs::read(&jpath).unwrap();
     j[40] ^= 1;
@@ -437,7 +414,7 @@ fn random_damage_never_panics_assembly() {
     use std::os::unix::fs::FileExt;
     for seed in 0..24u64 {
         let dir = tempfile::tempdir().unwrap();
-        let model = fresh(dir.path());
+        let model = fresh_array(dir.path(), 0xfeed);
         let mut rng = Rng(900 + seed);
         for _ in 0..1 + rng.below(3) {
             let m = rng.below(4) as u32;
@@ -493,12 +470,8 @@ fn random_damage_never_panics_assembly() {
 #[test]
 fn bit_flips_on_the_read_path_are_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let model = fresh_array(dir.path(), 0xfeed);
+    let (plan, o) = faulty();
     let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
     let g = vol.geometry();
     let at = g.member_offset(4, 0);
@@ -532,7 +505,7 @@ fn bit_flips_on_the_read_path_are_caught() {
 #[test]
 fn slow_member_is_slow_but_correct() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fresh(dir.path());
+    let model = fresh_array(dir.path(), 0xfeed);
     let plan = FaultPlan::new();
     plan.add(
         FaultRule::new(

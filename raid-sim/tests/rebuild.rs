@@ -41,8 +41,7 @@ fn spare_takes_over_automatically_while_writes_go_on() {
         "no foreground write overlapped the rebuild"
     );
     assert_reads(&vol, &model);
-    let rep = vol.scrub(false, |_, _| {}).unwrap();
-    assert!(rep.findings.is_empty(), "{}", rep.to_text());
+    assert_scrub_clean(&vol, "after the test");
     drop(vol);
     assert!(!dir.path().join(spare_name(0)).exists());
     let b = std::fs::read(dir.path().join(member_name(1))).unwrap();
@@ -147,8 +146,7 @@ fn rebuild_resumes_after_the_process_is_killed() {
     assert!(first_report.unwrap() > resume_at);
     assert!(!vol.is_degraded());
     assert_reads(&vol, &model);
-    let rep = vol.scrub(false, |_, _| {}).unwrap();
-    assert!(rep.findings.is_empty(), "{}", rep.to_text());
+    assert_scrub_clean(&vol, "after the test");
 }
 
 /// Kills the child on drop, so that a failed test leaves no process behind.
@@ -346,8 +344,7 @@ fn member_file_deleted_or_truncated_while_open_triggers_spare_rebuild() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_reads(&vol, &model);
-        let rep = vol.scrub(false, |_, _| {}).unwrap();
-        assert!(rep.findings.is_empty(), "{}", rep.to_text());
+        assert_scrub_clean(&vol, "after the test");
         drop(vol);
         let i = inspect(dir.path()).unwrap();
         assert!(!i.degraded(), "truncate={truncate}");

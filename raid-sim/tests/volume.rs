@@ -4,8 +4,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use raid_sim::member::{FaultAction, FaultOp, FaultPlan, FaultRule};
-use raid_sim::{BlockVolume, RaidOptions, BLOCK_BYTES};
+use raid_sim::member::{FaultAction, FaultOp, FaultRule};
+use raid_sim::{BlockVolume, BLOCK_BYTES};
 
 /// Random writes of every size and alignment class read back identically, before and after
 /// a reopen through the public `open_volume`, and scrub finds parity consistent.
@@ -30,8 +30,7 @@ fn random_writes_read_back_and_survive_reopen() {
         let s = vol.stats();
         assert!(s.rmw_stripes.load(std::sync::atomic::Ordering::Relaxed) > 0);
         assert!(s.rcw_stripes.load(std::sync::atomic::Ordering::Relaxed) > 0);
-        let rep = vol.scrub(false, |_, _| {}).unwrap();
-        assert!(rep.findings.is_empty(), "{}", rep.to_text());
+        assert_scrub_clean(&vol, "after the test");
     }
     assert!(raid_sim::volume_exists(dir.path()));
     let vol = raid_sim::open_volume(dir.path()).unwrap();
@@ -44,11 +43,7 @@ fn random_writes_read_back_and_survive_reopen() {
 #[test]
 fn full_stripe_write_needs_no_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let (plan, o) = faulty();
     let vol = create(dir.path(), 5, 8 << 10, 1 << 20, 0, &o);
     let g = vol.geometry();
     plan.add(FaultRule::new(".img", FaultOp::Read, FaultAction::Eio).range(8192, g.csum_start()));
@@ -83,8 +78,7 @@ fn partial_writes_choose_fewer_reads() {
     .unwrap();
     assert_eq!(vol.stats().rmw_stripes.load(Relaxed), 1);
     assert_eq!(vol.stats().rcw_stripes.load(Relaxed), 1);
-    let rep = vol.scrub(false, |_, _| {}).unwrap();
-    assert!(rep.findings.is_empty(), "{}", rep.to_text());
+    assert_scrub_clean(&vol, "after the test");
 }
 
 /// Threads writing interleaved blocks of the same stripes and reading concurrently
@@ -126,8 +120,7 @@ fn concurrent_writers_share_stripes_safely() {
             "block {b}"
         );
     }
-    let rep = vol.scrub(false, |_, _| {}).unwrap();
-    assert!(rep.findings.is_empty(), "{}", rep.to_text());
+    assert_scrub_clean(&vol, "after the test");
 }
 
 /// Out-of-range requests are errors, not panics; unaligned ones work (edge blocks are

@@ -31,19 +31,11 @@ fn crash_between_data_and_parity_then_member_loss_reads_back_correct() {
     vol.flush().unwrap();
 
     let stripe = 5;
-    let parity = g.parity_member(stripe);
     let written = g.data_member(stripe, 0);
     let lost = g.data_member(stripe, 1);
     let at = g.member_offset(stripe, 0);
     // The "process" dies right before the parity write of this stripe.
-    plan.add(
-        FaultRule::new(
-            &member_name(parity),
-            FaultOp::Write,
-            FaultAction::HaltBefore,
-        )
-        .range(at, at + g.chunk_bytes),
-    );
+    halt_before_parity(&plan, &g, stripe);
     let logical = g.logical(stripe, 0, 0);
     let new = rng.bytes(4096);
     let _ = vol.write_at(logical, &new);
@@ -70,12 +62,7 @@ fn crash_between_data_and_parity_then_member_loss_reads_back_correct() {
     std::fs::remove_file(dir.path().join(member_name(lost))).unwrap();
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     assert!(vol.is_degraded());
-    assert!(
-        vol.stats()
-            .replayed_records
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(replayed(&vol) >= 1);
     assert_reads(&vol, &model);
     assert!(DATA_START <= at);
 }
@@ -85,11 +72,7 @@ fn crash_between_data_and_parity_then_member_loss_reads_back_correct() {
 #[test]
 fn torn_journal_record_is_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let (plan, o) = faulty();
     let vol = create(dir.path(), 3, 8 << 10, 1 << 20, 0, &o);
     let mut rng = Rng(4);
     let model = fill(&vol, &mut rng);
@@ -103,15 +86,9 @@ fn torn_journal_record_is_not_replayed() {
     assert!(vol.write_at(8192, &rng.bytes(8192)).is_err());
     vol.abandon();
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
-    assert_eq!(
-        vol.stats()
-            .replayed_records
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(replayed(&vol), 0);
     assert_reads(&vol, &model);
-    let rep = vol.scrub(false, |_, _| {}).unwrap();
-    assert!(rep.findings.is_empty(), "{}", rep.to_text());
+    assert_scrub_clean(&vol, "after the test");
 }
 
 /// Power loss that loses the journal's records (the ring is not synced outside strict
@@ -120,26 +97,14 @@ fn torn_journal_record_is_not_replayed() {
 #[test]
 fn lost_records_fall_back_to_dirty_region_resync() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let (plan, o) = faulty();
     let vol = create(dir.path(), 4, 8 << 10, 1 << 20, 0, &o);
     let g = vol.geometry();
     let mut rng = Rng(21);
     let model = fill(&vol, &mut rng);
     vol.flush().unwrap();
     let stripe = 9;
-    let at = g.member_offset(stripe, 0);
-    plan.add(
-        FaultRule::new(
-            &member_name(g.parity_member(stripe)),
-            FaultOp::Write,
-            FaultAction::HaltBefore,
-        )
-        .range(at, at + g.chunk_bytes),
-    );
+    halt_before_parity(&plan, &g, stripe);
     let logical = g.logical(stripe, 1, 4096);
     let new = rng.bytes(4096);
     let _ = vol.write_at(logical, &new);
@@ -151,12 +116,7 @@ fn lost_records_fall_back_to_dirty_region_resync() {
     std::fs::write(&ring, vec![0u8; len as usize]).unwrap();
 
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
-    assert_eq!(
-        vol.stats()
-            .replayed_records
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(replayed(&vol), 0);
     let rep = vol.scrub(false, |_, _| {}).unwrap();
     assert!(
         rep.findings.is_empty(),
@@ -175,11 +135,7 @@ fn lost_records_fall_back_to_dirty_region_resync() {
 fn crash_at_random_points_leaves_every_block_old_or_new() {
     for seed in 0..12u64 {
         let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan::new();
-        let o = RaidOptions {
-            wrap_io: Some(plan.wrapper()),
-            ..quiet()
-        };
+        let (plan, o) = faulty();
         let vol = create(dir.path(), 4, 8 << 10, 1 << 20, 0, &o);
         let g = vol.geometry();
         let mut rng = Rng(1000 + seed);
@@ -225,8 +181,7 @@ fn crash_at_random_points_leaves_every_block_old_or_new() {
                 );
             }
         }
-        let rep = vol.scrub(false, |_, _| {}).unwrap();
-        assert!(rep.findings.is_empty(), "seed {seed}: {}", rep.to_text());
+        assert_scrub_clean(&vol, &format!("seed {seed}"));
     }
 }
 
@@ -237,11 +192,7 @@ fn crash_at_random_points_leaves_every_block_old_or_new() {
 #[test]
 fn fresh_whole_stripes_skip_the_journal_and_a_crash_in_them_is_resynced() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = FaultPlan::new();
-    let o = RaidOptions {
-        wrap_io: Some(plan.wrapper()),
-        ..quiet()
-    };
+    let (plan, o) = faulty();
     let vol = create(dir.path(), 4, 16 << 10, 2 << 20, 0, &o);
     let g = vol.geometry();
     let mut rng = Rng(77);
@@ -274,16 +225,7 @@ fn fresh_whole_stripes_skip_the_journal_and_a_crash_in_them_is_resynced() {
 
     // Now a crash right before the parity write of whole stripe 5.
     let stripe = 5;
-    let parity = g.parity_member(stripe);
-    let at = g.member_offset(stripe, 0);
-    plan.add(
-        FaultRule::new(
-            &member_name(parity),
-            FaultOp::Write,
-            FaultAction::HaltBefore,
-        )
-        .range(at, at + g.chunk_bytes),
-    );
+    halt_before_parity(&plan, &g, stripe);
     let newer = rng.bytes((end - start) as usize);
     let _ = vol.write_fresh_at(start, &newer);
     assert!(plan.halted(), "the failpoint did not fire");

@@ -139,30 +139,16 @@ fn collect(voldir: &Path, mountpoint: Option<&Path>) -> Result<Value, CliError> 
 /// The status document from the files alone: superblock, ring scan, RAID member files.
 fn offline(voldir: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
     let raid = control::raid_status(voldir);
-    let vol: Box<dyn raid_sim::BlockVolume> = if raid.is_null() {
-        raid_sim::open_volume(voldir).map_err(|e| open_error(e.into()))?
-    } else {
-        // Never assemble the array here: assembly writes the member superblocks.
-        match MemberFiles::open(voldir) {
-            Ok(v) if v.unusable().len() >= 2 => {
-                let why = CliError::new(
-                    exit::CORRUPT,
-                    format!(
-                        "members {:?} of {} are unusable and RAID-5 survives the loss of one: \
-                         bring a member file back, then mount",
-                        v.unusable(),
-                        voldir.display()
-                    ),
-                );
-                return Ok(unreadable(voldir, raid, why));
-            }
-            Ok(v) => Box::new(v),
-            Err(e) => return Ok(unreadable(voldir, raid, open_error(e.into()))),
-        }
+    let is_raid = raid_sim::is_raid(voldir);
+    // Never assemble the array here: assembly writes the member superblocks.
+    let vol = match raid_sim::open_read_only(voldir) {
+        Ok(vol) => vol,
+        Err(e) if is_raid => return Ok(unreadable(voldir, raid, open_error(e.into()))),
+        Err(e) => return Err(open_error(e.into())),
     };
     let sb = match Superblock::read(vol.as_ref()) {
         Ok(sb) => sb,
-        Err(e) if !raid.is_null() => {
+        Err(e) if is_raid => {
             let why = CliError::new(exit::CORRUPT, format!("{}: {e}", voldir.display()));
             return Ok(unreadable(voldir, raid, why));
         }
@@ -265,11 +251,7 @@ fn unreadable(voldir: &Path, raid: Value, why: CliError) -> serde_json::Map<Stri
 /// and so without its lock: it works while another process holds the volume, and writes
 /// nothing. Mount uses it to check ownership before it takes any lock.
 pub fn read_superblock_offline(voldir: &Path) -> Result<Superblock, CliError> {
-    let vol: Box<dyn raid_sim::BlockVolume> = if control::raid_status(voldir).is_null() {
-        raid_sim::open_volume(voldir).map_err(|e| open_error(e.into()))?
-    } else {
-        Box::new(MemberFiles::open(voldir).map_err(|e| open_error(e.into()))?)
-    };
+    let vol = raid_sim::open_read_only(voldir).map_err(|e| open_error(e.into()))?;
     Superblock::read(vol.as_ref()).map_err(|e| no_superblock(voldir, vol.as_ref(), e))
 }
 
@@ -287,117 +269,6 @@ pub fn no_superblock(
             vol.describe()
         ),
     )
-}
-
-/// A read-only view of a RAID-5 volume straight from its member files, enough to read the
-/// superblock: a missing or failed member's chunks are rebuilt from the others by parity.
-/// (Updates still in the RAID journal after a crash are not seen: the figures may be older
-/// than what a mount will find.)
-struct MemberFiles {
-    geometry: raid_sim::Geometry,
-    /// Indexed by member; None when the member cannot be used.
-    members: Vec<Option<std::fs::File>>,
-    describe: String,
-}
-
-impl MemberFiles {
-    fn open(voldir: &Path) -> Result<MemberFiles, raid_sim::VolumeError> {
-        let i = raid_sim::inspect(voldir)?;
-        let mut members = Vec::new();
-        let mut states = Vec::new();
-        for m in &i.members {
-            let usable = m.problem.is_none() && m.state == "active";
-            let file = if usable {
-                Some(
-                    std::fs::File::open(&m.path)
-                        .map_err(|e| raid_sim::VolumeError::io(&m.path, e))?,
-                )
-            } else {
-                None
-            };
-            members.push(file);
-            states.push(format!("{}:{}", m.index, m.state));
-        }
-        let g = i.geometry;
-        let describe = format!(
-            "raid5 {} ({} disks, chunk {} KiB, {} bytes, {}; members {})",
-            voldir.display(),
-            g.disks,
-            g.chunk_bytes >> 10,
-            g.capacity_bytes(),
-            if i.degraded() { "degraded" } else { "clean" },
-            states.join(" ")
-        );
-        Ok(MemberFiles {
-            geometry: g,
-            members,
-            describe,
-        })
-    }
-
-    fn unusable(&self) -> Vec<usize> {
-        (0..self.members.len())
-            .filter(|&k| self.members[k].is_none())
-            .collect()
-    }
-
-    fn read_chunk_part(&self, member: u32, at: u64, out: &mut [u8]) -> Result<(), String> {
-        use std::os::unix::fs::FileExt;
-        if let Some(f) = &self.members[member as usize] {
-            return f.read_exact_at(out, at).map_err(|e| e.to_string());
-        }
-        out.fill(0);
-        let mut other = vec![0u8; out.len()];
-        for (k, m) in self.members.iter().enumerate() {
-            if k == member as usize {
-                continue;
-            }
-            let f = m
-                .as_ref()
-                .ok_or_else(|| format!("members {member} and {k} are both unusable"))?;
-            f.read_exact_at(&mut other, at).map_err(|e| e.to_string())?;
-            raid_sim::parity::xor_into(out, &other);
-        }
-        Ok(())
-    }
-}
-
-impl raid_sim::BlockVolume for MemberFiles {
-    fn capacity_bytes(&self) -> u64 {
-        self.geometry.capacity_bytes()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), raid_sim::VolumeError> {
-        let g = &self.geometry;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let loc = g.locate(offset + done as u64);
-            let n = (buf.len() - done).min((g.chunk_bytes - loc.chunk_offset) as usize);
-            let at = g.member_offset(loc.stripe, loc.chunk_offset);
-            self.read_chunk_part(loc.member, at, &mut buf[done..done + n])
-                .map_err(|detail| raid_sim::VolumeError::Invalid {
-                    path: PathBuf::from(&self.describe),
-                    detail: format!("reading volume byte {}: {detail}", offset + done as u64),
-                })?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn write_at(&self, _offset: u64, _data: &[u8]) -> Result<(), raid_sim::VolumeError> {
-        Err(raid_sim::VolumeError::Invalid {
-            path: PathBuf::from(&self.describe),
-            detail: "a read-only view of the member files (smlogfs status)".into(),
-        })
-    }
-
-    fn flush(&self) -> Result<(), raid_sim::VolumeError> {
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
 }
 
 fn get<'a>(doc: &'a Value, key: &str) -> &'a Value {

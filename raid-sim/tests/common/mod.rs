@@ -99,3 +99,51 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// RaidOptions whose every file's I/O goes through a new, empty fault plan.
+pub fn faulty() -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidOptions) {
+    let plan = raid_sim::member::FaultPlan::new();
+    let o = RaidOptions {
+        wrap_io: Some(plan.wrapper()),
+        ..quiet()
+    };
+    (plan, o)
+}
+
+/// Scrubs without repairing and asserts that nothing was found; `what` names the case.
+pub fn assert_scrub_clean(vol: &RaidVolume, what: &str) {
+    let rep = vol.scrub(false, |_, _| {}).expect("scrub");
+    assert!(rep.findings.is_empty(), "{what}: {}", rep.to_text());
+}
+
+/// Journal records the last assembly replayed.
+pub fn replayed(vol: &RaidVolume) -> u64 {
+    vol.stats()
+        .replayed_records
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Chunk and capacity of the small four-member array most tests start from.
+pub const CHUNK: u64 = 16 << 10;
+pub const CAP: u64 = 2 << 20;
+
+/// Creates that array in `dir`, fills it with data from `seed`, closes it cleanly and
+/// returns the data.
+pub fn fresh_array(dir: &Path, seed: u64) -> Vec<u8> {
+    let vol = create(dir, 4, CHUNK, CAP, 0, &quiet());
+    fill(&vol, &mut Rng(seed))
+}
+
+/// The "process" stops writing right before the parity write of `stripe`.
+pub fn halt_before_parity(plan: &raid_sim::member::FaultPlan, g: &raid_sim::Geometry, stripe: u64) {
+    use raid_sim::member::{FaultAction, FaultOp, FaultRule};
+    let at = g.member_offset(stripe, 0);
+    plan.add(
+        FaultRule::new(
+            &raid_sim::member_name(g.parity_member(stripe)),
+            FaultOp::Write,
+            FaultAction::HaltBefore,
+        )
+        .range(at, at + g.chunk_bytes),
+    );
+}
