@@ -188,7 +188,7 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
         supervisor_pid: std::process::id(),
         ..State::default()
     };
-    state.write(&plan.voldir);
+    // Written once a daemon serves: a mount refused before that leaves VOLDIR unchanged.
 
     let run = start_daemon(plan, &fds, None, None, &mut state, report)?;
     let Some(_) = run.ready_at else {
