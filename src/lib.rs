@@ -12,3 +12,4 @@ pub mod fuse_adapter;
 pub mod mirror;
 pub mod progress;
 pub mod statelog;
+pub mod supervisor;

@@ -11,6 +11,7 @@ use super::{exit, live_daemon, open_error, process_alive, CliError, VolumeLock};
 use crate::core::{Fs, FsConfig};
 use crate::fuse_adapter::FuseAdapter;
 use crate::progress::Progress;
+use crate::supervisor;
 
 /// Environment variable through which a background daemon reports readiness to its parent.
 const READY_ENV: &str = "SMLOGFS_REPORT_READY";
@@ -320,6 +321,11 @@ fn acquire_lock(
 pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
     let parsed = parse_options(&o.options)?;
     let voldir = check_volume(voldir)?;
+    if let Some(connection) = handed_connection()? {
+        // Started by the supervisor: the mount exists; recover and serve it.
+        let mirror = o.mirror.options()?;
+        return run_daemon(&voldir, mnt, parsed, mirror, o.takeover, connection);
+    }
     check_fuse_available()?;
     let mirror = o.mirror.options()?;
     // Refuse early and clearly if another node owns the volume, or a live daemon holds it.
@@ -330,8 +336,16 @@ pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError
     super::failover::check_owner(&voldir, &node)?;
     drop(acquire_lock(&voldir, o.takeover, mirror.as_ref())?);
     let mnt = prepare_mountpoint(mnt)?;
-    if o.foreground {
-        run_daemon(&voldir, &mnt, parsed, mirror, o.takeover)
+    if o.foreground && std::env::var_os(supervisor::SUPERVISE_ENV).is_some() {
+        match supervisor::resend_supported() {
+            Ok(()) => return supervise(&voldir, &mnt, &parsed),
+            Err(why) => log::warn!(
+                "{why}: this mount is not supervised, a daemon crash ends it (run `smlogfs mount` again)"
+            ),
+        }
+        run_daemon(&voldir, &mnt, parsed, mirror, o.takeover, Connection::Mount)
+    } else if o.foreground {
+        run_daemon(&voldir, &mnt, parsed, mirror, o.takeover, Connection::Mount)
     } else {
         spawn_background(&voldir, &mnt, o)
     }
@@ -358,6 +372,7 @@ fn spawn_background(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), C
         cmd.arg("--takeover");
     }
     cmd.env(READY_ENV, "1")
+        .env(supervisor::SUPERVISE_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -429,41 +444,57 @@ fn report(line: &str) {
     }
 }
 
-fn run_daemon(
-    voldir: &Path,
-    mnt: &Path,
-    parsed: Parsed,
-    mirror: Option<crate::mirror::MirrorOptions>,
-    takeover: bool,
-) -> Result<(), CliError> {
-    let result = serve(voldir, mnt, parsed, mirror, takeover);
-    if let Err(e) = &result {
-        report(&format!("error {}", e.msg));
-    }
-    result
+/// Where the daemon's FUSE connection comes from.
+enum Connection {
+    /// It mounts (unsupervised: `mount -f`, or a kernel without FUSE_NOTIFY_RESEND).
+    Mount,
+    /// The supervisor mounted and handed these descriptors over; `resumed` holds what the
+    /// kernel offered at FUSE_INIT if an earlier daemon already answered it.
+    Handed {
+        fds: Vec<std::os::fd::OwnedFd>,
+        resumed: Option<fuser::resume::InitRecord>,
+    },
 }
 
-fn serve(
-    voldir: &Path,
-    mnt: &Path,
-    parsed: Parsed,
-    mirror: Option<crate::mirror::MirrorOptions>,
-    takeover: bool,
-) -> Result<(), CliError> {
-    let lock = acquire_lock(voldir, takeover, mirror.as_ref())?;
-    let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new, mirror, takeover)
-        .map_err(open_error)?;
-    let fs = Arc::new(fs);
-    // Fenced (a peer took the volume over): let go of the volume so that the peer can mount
-    // it; this mount stays up, read-only, until it is unmounted.
-    let fenced_voldir = voldir.to_path_buf();
-    fs.set_on_fenced(Box::new(move || {
-        drop(lock);
-        log::warn!(
-            "released the volume lock of {}: the node that took it over may mount it; this mount answers EROFS to every change",
-            fenced_voldir.display()
-        );
-    }));
+/// The descriptors a supervisor handed over (its environment variables), if any.
+fn handed_connection() -> Result<Option<Connection>, CliError> {
+    let Some(list) = std::env::var_os(supervisor::FDS_ENV) else {
+        return Ok(None);
+    };
+    let bad = |what: String| {
+        CliError::new(
+            exit::USAGE,
+            format!(
+                "{}={}: {what}; it is set by the smlogfs supervisor only, unset it",
+                supervisor::FDS_ENV,
+                list.to_string_lossy()
+            ),
+        )
+    };
+    let mut fds = Vec::new();
+    for n in list.to_string_lossy().split(',') {
+        let raw = n
+            .parse()
+            .map_err(|_| bad(format!("{n:?} is not a descriptor number")))?;
+        fds.push(fuser::resume::take_inherited_fd(raw).map_err(|e| bad(e.to_string()))?);
+    }
+    let resumed = match std::env::var(supervisor::INIT_ENV) {
+        Ok(text) => Some(text.parse().map_err(|e: String| {
+            CliError::new(
+                exit::USAGE,
+                format!(
+                    "{}: {e}; it is set by the smlogfs supervisor only",
+                    supervisor::INIT_ENV
+                ),
+            )
+        })?),
+        Err(_) => None,
+    };
+    Ok(Some(Connection::Handed { fds, resumed }))
+}
+
+/// The session's configuration: kernel mount options, threads, who may enter.
+fn fuse_config(voldir: &Path, parsed: &Parsed) -> fuser::Config {
     let mut options = vec![
         fuser::MountOption::FSName(voldir.display().to_string()),
         fuser::MountOption::Subtype("smlogfs".into()),
@@ -481,13 +512,117 @@ fn serve(
     {
         config.acl = fuser::SessionACL::All;
     }
+    config
+}
+
+/// Runs the mount's supervisor (see `crate::supervisor`) until the mount ends.
+fn supervise(voldir: &Path, mnt: &Path, parsed: &Parsed) -> Result<(), CliError> {
+    let config = fuse_config(voldir, parsed);
+    // A daemon gets the supervisor's own arguments; a restart is a plain mount even after a
+    // takeover (the epoch is raised, the local ring is the volume's again).
+    let first_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let restart_args = first_args
+        .iter()
+        .filter(|a| a.as_os_str() != "--takeover")
+        .cloned()
+        .collect();
+    let plan = supervisor::Plan {
+        voldir: voldir.to_path_buf(),
+        mnt: mnt.to_path_buf(),
+        mount_options: config.mount_options.clone(),
+        acl: config.acl,
+        threads: parsed.threads,
+        first_args,
+        restart_args,
+        ready_env: READY_ENV,
+    };
+    let result = supervisor::run(&plan, &report);
+    if let Err(e) = &result {
+        report(&format!("error {}", e.msg));
+    }
+    result
+}
+
+fn run_daemon(
+    voldir: &Path,
+    mnt: &Path,
+    parsed: Parsed,
+    mirror: Option<crate::mirror::MirrorOptions>,
+    takeover: bool,
+    connection: Connection,
+) -> Result<(), CliError> {
+    let result = serve(voldir, mnt, parsed, mirror, takeover, connection);
+
+    if let Err(e) = &result {
+        report(&format!("error {}", e.msg));
+    }
+    result
+}
+
+fn serve(
+    voldir: &Path,
+    mnt: &Path,
+    parsed: Parsed,
+    mirror: Option<crate::mirror::MirrorOptions>,
+    takeover: bool,
+    connection: Connection,
+) -> Result<(), CliError> {
+    let lock = match &connection {
+        // A restarted daemon's predecessor is dead and reaped (its lock released), but give
+        // a slow exit of its threads a moment.
+        Connection::Handed {
+            resumed: Some(_), ..
+        } => VolumeLock::acquire_within(voldir, Duration::from_secs(5))?,
+        _ => acquire_lock(voldir, takeover, mirror.as_ref())?,
+    };
+    let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new, mirror, takeover)
+        .map_err(open_error)?;
+    let fs = Arc::new(fs);
+    // Fenced (a peer took the volume over): let go of the volume so that the peer can mount
+    // it; this mount stays up, read-only, until it is unmounted.
+    let fenced_voldir = voldir.to_path_buf();
+    fs.set_on_fenced(Box::new(move || {
+        drop(lock);
+        log::warn!(
+            "released the volume lock of {}: the node that took it over may mount it; this mount answers EROFS to every change",
+            fenced_voldir.display()
+        );
+    }));
+    let config = fuse_config(voldir, &parsed);
     let adapter = FuseAdapter::new(fs.clone(), parsed.writeback_cache);
-    let session = fuser::Session::new(adapter, mnt, &config).map_err(|e| {
+    let resumed = matches!(
+        connection,
+        Connection::Handed {
+            resumed: Some(_),
+            ..
+        }
+    );
+    let session = match connection {
+        Connection::Mount => fuser::Session::new(adapter, mnt, &config),
+        Connection::Handed { fds, resumed: None } => {
+            fuser::Session::from_fds(adapter, fds, config.acl, config.clone())
+        }
+        Connection::Handed {
+            fds,
+            resumed: Some(record),
+        } => fuser::Session::from_fds_resumed(adapter, fds, config.acl, config.clone(), record),
+    }
+    .map_err(|e| {
         CliError::new(
             exit::DAEMON,
             format!("mounting {} failed: {e}", mnt.display()),
         )
     })?;
+    if resumed {
+        // What the dead daemon read and never answered is queued again (unique | 1 << 63).
+        if let Err(e) = session.notify_resend() {
+            log::warn!("FUSE_NOTIFY_RESEND failed ({e}): calls in flight at the crash may fail");
+        }
+    } else if let Some(record) = session.init_record() {
+        if std::env::var_os(supervisor::FDS_ENV).is_some() {
+            supervisor::report_line(&format!("init {record}"));
+        }
+    }
     let pid_path = voldir.join("daemon.pid");
     std::fs::write(
         voldir.join("daemon.mountpoint"),
@@ -525,7 +660,8 @@ fn serve(
         std::process::id()
     );
     report("ready");
-    if parsed.read_ahead_kb > 0 {
+    // A restarted daemon serves a connection whose readahead is already set.
+    if parsed.read_ahead_kb > 0 && !resumed {
         set_read_ahead(mnt, parsed.read_ahead_kb);
     }
     let run = session.run();
@@ -572,6 +708,9 @@ pub fn umount_volume(mnt: &Path) -> Result<PathBuf, CliError> {
         ));
     };
     let daemon = live_daemon(&voldir);
+    let supervisor = std::fs::read_to_string(voldir.join("supervisor.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok());
     fusermount_unmount(&abs, false)?;
     if let Some((pid, _)) = daemon {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -582,6 +721,13 @@ pub fn umount_volume(mnt: &Path) -> Result<PathBuf, CliError> {
                     format!("daemon pid {pid} did not exit within 120 s after unmount"),
                 ));
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The supervisor follows its daemon out at once.
+    if let Some(pid) = supervisor {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }

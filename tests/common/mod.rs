@@ -190,22 +190,38 @@ impl Volume {
         text.trim().parse().ok()
     }
 
-    /// `kill -9` of the daemon; returns once the process is gone and the mount answers
-    /// ENOTCONN. In native mode it only marks the volume as crashed.
+    /// The pids a crash must kill, supervisor first (so that it restarts nothing), then
+    /// the daemon: killing the daemon alone is a pause now (tests/restart.rs).
+    pub fn crash_pids(&self) -> Vec<i32> {
+        let supervisor = fs::read_to_string(self.voldir.join("supervisor.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|&pid| pid_alive(pid) && is_smlogfs(pid));
+        supervisor.into_iter().chain(self.daemon_pid()).collect()
+    }
+
+    /// `kill -9` of the supervisor and the daemon; returns once both are gone and the mount
+    /// answers ENOTCONN. In native mode it only marks the volume as crashed.
     pub fn kill9(&mut self) {
         if self.native {
             self.mounted = false;
             return;
         }
-        let pid = self
+        let pids = self.crash_pids();
+        let daemon = self
             .daemon_pid()
             .unwrap_or_else(|| panic!("no daemon.pid in {}", self.voldir.display()));
-        assert!(pid_alive(pid), "daemon {pid} is not running before kill -9");
-        // SAFETY-free: kill(2) has no memory effects.
-        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-        assert_eq!(rc, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
-        wait_until(READY_TIMEOUT, || !pid_alive(pid))
-            .unwrap_or_else(|| panic!("daemon {pid} still alive after kill -9"));
+        assert!(
+            pid_alive(daemon),
+            "daemon {daemon} is not running before kill -9"
+        );
+        for pid in pids {
+            // SAFETY-free: kill(2) has no memory effects.
+            let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+            assert_eq!(rc, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
+            wait_until(READY_TIMEOUT, || !pid_alive(pid))
+                .unwrap_or_else(|| panic!("pid {pid} still alive after kill -9"));
+        }
         self.mounted = false;
     }
 
@@ -289,7 +305,7 @@ impl Volume {
                 .stderr(Stdio::null())
                 .status();
         }
-        if let Some(pid) = self.daemon_pid() {
+        for pid in self.crash_pids() {
             if pid_alive(pid) && is_smlogfs(pid) {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 let _ = wait_until(Duration::from_secs(10), || !pid_alive(pid));
