@@ -142,13 +142,9 @@ fn cause(status: ExitStatus) -> String {
 
 /// Runs the supervisor until the mount ends. `report` tells the parent `ready` or the error.
 pub fn run(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
+    // supervisor.pid is written once the first daemon serves (`start_daemon`): a mount
+    // refused before that leaves VOLDIR as it was.
     let sup_pid_path = plan.voldir.join("supervisor.pid");
-    std::fs::write(&sup_pid_path, format!("{}\n", std::process::id())).map_err(|e| {
-        CliError::new(
-            exit::IO,
-            format!("cannot write {}: {e}", sup_pid_path.display()),
-        )
-    })?;
     let result = supervise(plan, report);
     let ours = std::fs::read_to_string(&sup_pid_path)
         .is_ok_and(|t| t.trim() == std::process::id().to_string());
@@ -336,7 +332,13 @@ fn start_daemon(
             run.ready_at = Some(Instant::now());
             state.daemon_pid = Some(pid);
             match died_at {
-                None => report("ready"),
+                None => {
+                    let path = plan.voldir.join("supervisor.pid");
+                    if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+                        log::warn!("cannot write {}: {e}", path.display());
+                    }
+                    report("ready")
+                }
                 Some(died_at) => {
                     let pause = Instant::now().saturating_duration_since(died_at);
                     state.last_pause_ms = Some(pause.as_millis() as u64);

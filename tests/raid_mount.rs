@@ -225,7 +225,10 @@ fn mount_with_two_lost_members_says_so_in_one_sentence() {
         fs::remove_file(v.voldir().join(format!("member-{k}.img"))).unwrap();
     }
     let err = v.try_remount().expect_err("mounted with two members gone");
-    assert!(!is_fuse_mount(v.mnt()), "a refused mount left a mount behind");
+    assert!(
+        !is_fuse_mount(v.mnt()),
+        "a refused mount left a mount behind"
+    );
     let out = run(Command::new(smlogfs_bin())
         .arg("mount")
         .arg(v.voldir())
