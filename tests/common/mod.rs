@@ -15,6 +15,7 @@
 //! allow, which covers the submodules too.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod netns;
 
 use std::ffi::{CString, OsStr};
@@ -280,15 +281,7 @@ impl Volume {
         if self.native {
             return;
         }
-        if is_fuse_mount(&self.mnt) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mnt)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        lazy_umount(&self.mnt);
         if let Some(pid) = self.daemon_pid() {
             if pid_alive(pid) && is_smlogfs(pid) {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -332,7 +325,22 @@ pub fn describe(out: &Output) -> String {
 }
 
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<()> {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> Option<()> {
+    poll(timeout, Duration::from_millis(5), cond)
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` (the event waited for) once
+/// `timeout` passes. Tests wait for the event itself (a status field, a log line, a process
+/// state) instead of sleeping and hoping it happened.
+#[track_caller]
+pub fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    if poll(timeout, Duration::from_millis(20), cond).is_none() {
+        panic!("timed out after {:?} waiting for {what}", started.elapsed());
+    }
+}
+
+fn poll(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> Option<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -341,7 +349,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<(
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(every);
     }
 }
 
@@ -388,6 +396,20 @@ pub fn is_fuse_mount(path: &Path) -> bool {
             && unescape_mountinfo(fields[4]).as_bytes() == want
             && fields[sep + 1].starts_with("fuse")
     })
+}
+
+/// `fusermount3 -u -z PATH` when a FUSE file system is mounted there (cleanup: failures are
+/// ignored, the lazy unmount detaches even a busy or dead mount).
+pub fn lazy_umount(path: &Path) {
+    if is_fuse_mount(path) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -548,20 +570,19 @@ pub fn sh(script: &str) -> Output {
 // ----- small syscall wrappers used by several tests -----
 
 pub fn lstat(p: impl AsRef<Path>) -> Result<libc::stat, i32> {
-    let c = cpath(p);
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::lstat(c.as_ptr(), &mut st) };
-    if rc == 0 {
-        Ok(st)
-    } else {
-        Err(errno())
-    }
+    stat_by(p.as_ref(), libc::lstat)
 }
 
 pub fn stat(p: impl AsRef<Path>) -> Result<libc::stat, i32> {
+    stat_by(p.as_ref(), libc::stat)
+}
+
+type StatFn = unsafe extern "C" fn(*const libc::c_char, *mut libc::stat) -> libc::c_int;
+
+fn stat_by(p: &Path, call: StatFn) -> Result<libc::stat, i32> {
     let c = cpath(p);
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::stat(c.as_ptr(), &mut st) };
+    let rc = unsafe { call(c.as_ptr(), &mut st) };
     if rc == 0 {
         Ok(st)
     } else {

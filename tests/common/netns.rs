@@ -251,6 +251,18 @@ impl Agent {
     }
 
     /// The last seq the agent holds for the (only) volume in DIR, from `--inspect`.
+    /// The epoch of the (first) volume the agent holds, from `--inspect`: a takeover raises
+    /// it, fencing the old owner.
+    pub fn epoch(&self) -> Option<u64> {
+        let out = self.inspect();
+        let line = out.lines().find(|l| l.starts_with("volume "))?;
+        let (_, rest) = line.split_once(": epoch ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
     pub fn last_seq(&self) -> Option<u64> {
         let out = self.inspect();
         let line = out.lines().find(|l| l.starts_with("volume "))?;
