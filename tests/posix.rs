@@ -572,42 +572,36 @@ fn create_and_open_flags_and_errors() {
     assert_eq!(perm(&fstat(fd)), 0o640 & !0o022 & 0o640);
     pwrite_all(fd, b"0123456789", 0);
     close(fd);
-    assert_errno(
-        "O_EXCL on existing",
-        open(&f, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644) as i64,
-        libc::EEXIST,
-    );
-    assert_errno(
-        "open missing",
-        open(&v.path("missing"), libc::O_RDONLY, 0) as i64,
-        libc::ENOENT,
-    );
-    assert_errno(
-        "create in missing dir",
-        open(&v.path("nodir/x"), libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::ENOENT,
-    );
-    assert_errno(
-        "create under a file",
-        open(&v.path("f/x"), libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::ENOTDIR,
-    );
     assert_ok("mkdir", mkdir(&v.path("d"), 0o755));
-    assert_errno(
-        "open dir for writing",
-        open(&v.path("d"), libc::O_WRONLY, 0) as i64,
-        libc::EISDIR,
-    );
-    assert_errno(
-        "O_DIRECTORY on a file",
-        open(&f, libc::O_RDONLY | libc::O_DIRECTORY, 0) as i64,
-        libc::ENOTDIR,
-    );
-    assert_errno(
-        "O_CREAT on a directory",
-        open(&v.path("d"), libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::EISDIR,
-    );
+    assert_ok("symlink", symlink("f", &v.path("l")));
+    let (cr, wr, rd) = (libc::O_CREAT, libc::O_WRONLY, libc::O_RDONLY);
+    let op = |rel: &str, flags: i32| open(&v.path(rel), flags, 0o644) as i64;
+    assert_errnos(&[
+        (
+            "O_EXCL on existing",
+            &|| op("f", cr | libc::O_EXCL | wr),
+            libc::EEXIST,
+        ),
+        ("open missing", &|| op("missing", rd), libc::ENOENT),
+        (
+            "create in missing dir",
+            &|| op("nodir/x", cr | wr),
+            libc::ENOENT,
+        ),
+        ("create under a file", &|| op("f/x", cr | wr), libc::ENOTDIR),
+        ("open dir for writing", &|| op("d", wr), libc::EISDIR),
+        (
+            "O_DIRECTORY on a file",
+            &|| op("f", rd | libc::O_DIRECTORY),
+            libc::ENOTDIR,
+        ),
+        ("O_CREAT on a directory", &|| op("d", cr | wr), libc::EISDIR),
+        (
+            "O_NOFOLLOW on a symlink",
+            &|| op("l", rd | libc::O_NOFOLLOW),
+            libc::ELOOP,
+        ),
+    ]);
     // O_APPEND always writes at the end.
     let fd = open_ok(&f, libc::O_WRONLY | libc::O_APPEND, 0);
     let n = unsafe { libc::write(fd, b"AB".as_ptr().cast(), 2) };
@@ -624,13 +618,6 @@ fn create_and_open_flags_and_errors() {
     let fd = open_ok(&f, libc::O_CREAT | libc::O_WRONLY, 0o777);
     close(fd);
     assert_eq!(perm(&st(&f)), 0o600);
-    // O_NOFOLLOW on a symlink.
-    assert_ok("symlink", symlink("f", &v.path("l")));
-    assert_errno(
-        "O_NOFOLLOW",
-        open(&v.path("l"), libc::O_RDONLY | libc::O_NOFOLLOW, 0) as i64,
-        libc::ELOOP,
-    );
     // Creating through a dangling symlink creates the target.
     assert_ok("symlink", symlink("target", &v.path("dangling")));
     let fd = open_ok(&v.path("dangling"), libc::O_CREAT | libc::O_WRONLY, 0o644);
@@ -711,19 +698,7 @@ fn mkdir_and_rmdir_with_errors() {
     assert_ok("mkdir", mkdir(&d, 0o750));
     let s = st(&d);
     assert_eq!((ftype(&s), perm(&s)), (libc::S_IFDIR, 0o750 & !0o022));
-    assert_errno("mkdir existing", mkdir(&d, 0o755), libc::EEXIST);
     write_file(v.path("f"), b"");
-    assert_errno("mkdir over file", mkdir(&v.path("f"), 0o755), libc::EEXIST);
-    assert_errno(
-        "mkdir under missing",
-        mkdir(&v.path("x/y"), 0o755),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "mkdir under file",
-        mkdir(&v.path("f/y"), 0o755),
-        libc::ENOTDIR,
-    );
     let root_links = st(v.mnt()).st_nlink;
     assert_ok("mkdir sub", mkdir(&d.join("sub"), 0o755));
     assert_eq!(
@@ -731,16 +706,31 @@ fn mkdir_and_rmdir_with_errors() {
         3,
         "a subdirectory adds a link to its parent"
     );
-    assert_errno("rmdir non-empty", rmdir(&d), libc::ENOTEMPTY);
     write_file(d.join("sub/file"), b"");
-    assert_errno(
-        "rmdir non-empty sub",
-        rmdir(&d.join("sub")),
-        libc::ENOTEMPTY,
-    );
-    assert_errno("rmdir file", rmdir(&d.join("sub/file")), libc::ENOTDIR);
-    assert_errno("rmdir missing", rmdir(&v.path("missing")), libc::ENOENT);
-    assert_errno("rmdir dot", rmdir(&d.join(".")), libc::EINVAL);
+    let p = |rel: &str| v.path(rel);
+    assert_errnos(&[
+        ("mkdir existing", &|| mkdir(&d, 0o755), libc::EEXIST),
+        ("mkdir over file", &|| mkdir(&p("f"), 0o755), libc::EEXIST),
+        (
+            "mkdir under missing",
+            &|| mkdir(&p("x/y"), 0o755),
+            libc::ENOENT,
+        ),
+        (
+            "mkdir under file",
+            &|| mkdir(&p("f/y"), 0o755),
+            libc::ENOTDIR,
+        ),
+        ("rmdir non-empty", &|| rmdir(&d), libc::ENOTEMPTY),
+        (
+            "rmdir non-empty sub",
+            &|| rmdir(&p("d/sub")),
+            libc::ENOTEMPTY,
+        ),
+        ("rmdir file", &|| rmdir(&p("d/sub/file")), libc::ENOTDIR),
+        ("rmdir missing", &|| rmdir(&p("missing")), libc::ENOENT),
+        ("rmdir dot", &|| rmdir(&p("d/.")), libc::EINVAL),
+    ]);
     assert_ok("unlink", unlink(&d.join("sub/file")));
     assert_ok("rmdir sub", rmdir(&d.join("sub")));
     assert_eq!(st(&d).st_nlink, 2);
@@ -763,9 +753,19 @@ fn unlink_with_errors_and_open_file_survives() {
     let f = v.path("f");
     write_file(&f, b"still here");
     assert_ok("mkdir", mkdir(&v.path("d"), 0o755));
-    assert_errno("unlink dir", unlink(&v.path("d")), libc::EISDIR);
-    assert_errno("unlink missing", unlink(&v.path("missing")), libc::ENOENT);
-    assert_errno("unlink under file", unlink(&v.path("f/x")), libc::ENOTDIR);
+    assert_errnos(&[
+        ("unlink dir", &|| unlink(&v.path("d")), libc::EISDIR),
+        (
+            "unlink missing",
+            &|| unlink(&v.path("missing")),
+            libc::ENOENT,
+        ),
+        (
+            "unlink under file",
+            &|| unlink(&v.path("f/x")),
+            libc::ENOTDIR,
+        ),
+    ]);
     // An unlinked file stays usable through an open descriptor.
     let fd = open_ok(&f, libc::O_RDWR, 0);
     assert_ok("unlink", unlink(&f));
@@ -840,46 +840,22 @@ fn rename_replaces_and_reports_errors() {
     );
     assert_eq!(read_file(v.path("empty/inner")), b"inner");
     assert_ok("mkdir", mkdir(&v.path("e2"), 0o755));
-    assert_errno(
-        "rename over non-empty",
-        rename(&v.path("e2"), &v.path("empty")),
-        libc::ENOTEMPTY,
-    );
-    // Type mismatches.
-    write_file(v.path("file"), b"");
-    assert_errno(
-        "dir over file",
-        rename(&v.path("e2"), &v.path("file")),
-        libc::ENOTDIR,
-    );
-    assert_errno(
-        "file over dir",
-        rename(&v.path("file"), &v.path("e2")),
-        libc::EISDIR,
-    );
-    // Into its own subtree.
     assert_ok("mkdir", mkdir(&v.path("e2/child"), 0o755));
-    assert_errno(
-        "into own subtree",
-        rename(&v.path("e2"), &v.path("e2/child/x")),
-        libc::EINVAL,
-    );
-    // Missing source or target directory.
-    assert_errno(
-        "missing source",
-        rename(&v.path("nope"), &v.path("x")),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "missing target dir",
-        rename(&v.path("file"), &v.path("nodir/x")),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "target under a file",
-        rename(&v.path("e2"), &v.path("file/x")),
-        libc::ENOTDIR,
-    );
+    write_file(v.path("file"), b"");
+    let mv = |a: &str, b: &str| rename(&v.path(a), &v.path(b));
+    assert_errnos(&[
+        ("over non-empty", &|| mv("e2", "empty"), libc::ENOTEMPTY),
+        ("dir over file", &|| mv("e2", "file"), libc::ENOTDIR),
+        ("file over dir", &|| mv("file", "e2"), libc::EISDIR),
+        ("into own subtree", &|| mv("e2", "e2/child/x"), libc::EINVAL),
+        ("missing source", &|| mv("nope", "x"), libc::ENOENT),
+        (
+            "missing target dir",
+            &|| mv("file", "nodir/x"),
+            libc::ENOENT,
+        ),
+        ("target under a file", &|| mv("e2", "file/x"), libc::ENOTDIR),
+    ]);
     // Nothing was lost along the way.
     let names: BTreeSet<String> = fs::read_dir(v.mnt())
         .unwrap()
@@ -985,29 +961,20 @@ fn symlink_and_readlink() {
     }
     write_file(v.path("f"), b"via link");
     assert_eq!(read_file(v.path("rel")), b"via link");
-    assert_errno(
-        "symlink existing",
-        symlink("x", &v.path("rel")),
-        libc::EEXIST,
-    );
-    assert_errno(
-        "readlink of a file",
-        {
-            let c = cpath(v.path("f"));
-            let mut buf = [0u8; 64];
-            unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as i64 }
-        },
-        libc::EINVAL,
-    );
-    assert_errno(
-        "readlink missing",
-        {
-            let c = cpath(v.path("missing"));
-            let mut buf = [0u8; 64];
-            unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as i64 }
-        },
-        libc::ENOENT,
-    );
+    let readlink = |rel: &str| {
+        let c = cpath(v.path(rel));
+        let mut buf = [0u8; 64];
+        unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as i64 }
+    };
+    assert_errnos(&[
+        (
+            "symlink existing",
+            &|| symlink("x", &v.path("rel")),
+            libc::EEXIST,
+        ),
+        ("readlink of a file", &|| readlink("f"), libc::EINVAL),
+        ("readlink missing", &|| readlink("missing"), libc::ENOENT),
+    ]);
     // A loop.
     assert_ok("symlink", symlink("loop2", &v.path("loop1")));
     assert_ok("symlink", symlink("loop1", &v.path("loop2")));
@@ -1047,26 +1014,13 @@ fn hard_link_counts() {
     assert_ok("unlink", unlink(&v.path("g")));
     assert_eq!(st(v.path("d/h")).st_nlink, 1);
     assert_eq!(read_file(v.path("d/h")), b"SHared");
-    assert_errno(
-        "link to dir",
-        link(&v.path("d"), &v.path("dl")),
-        libc::EPERM,
-    );
-    assert_errno(
-        "link onto existing",
-        link(&v.path("d/h"), &v.path("d")),
-        libc::EEXIST,
-    );
-    assert_errno(
-        "link of missing",
-        link(&v.path("missing"), &v.path("x")),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "link into missing dir",
-        link(&v.path("d/h"), &v.path("no/x")),
-        libc::ENOENT,
-    );
+    let ln = |a: &str, b: &str| link(&v.path(a), &v.path(b));
+    assert_errnos(&[
+        ("link to dir", &|| ln("d", "dl"), libc::EPERM),
+        ("link onto existing", &|| ln("d/h", "d"), libc::EEXIST),
+        ("link of missing", &|| ln("missing", "x"), libc::ENOENT),
+        ("link into missing dir", &|| ln("d/h", "no/x"), libc::ENOENT),
+    ]);
     // Hard links to a symlink (linkat without AT_SYMLINK_FOLLOW) and to a fifo.
     assert_ok("symlink", symlink("d/h", &v.path("sl")));
     assert_ok("link symlink", link(&v.path("sl"), &v.path("sl2")));
@@ -1966,25 +1920,28 @@ fn names_up_to_255_bytes() {
     assert!(fs::read_dir(v.mnt())
         .unwrap()
         .any(|e| e.unwrap().file_name().len() == 255));
-    assert_errno(
-        "create 256",
-        open(&p256, libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::ENAMETOOLONG,
-    );
-    assert_errno("mkdir 256", mkdir(&p256, 0o755), libc::ENAMETOOLONG);
-    assert_errno("symlink 256", symlink("x", &p256), libc::ENAMETOOLONG);
-    assert_errno(
-        "mknod 256",
-        mknod(&p256, libc::S_IFIFO | 0o644, 0),
-        libc::ENAMETOOLONG,
-    );
-    assert_errno("link 256", link(&p255, &p256), libc::ENAMETOOLONG);
-    assert_errno("rename to 256", rename(&p255, &p256), libc::ENAMETOOLONG);
-    assert_errno(
-        "lookup 256",
-        lstat(&p256).err().map_or(0, |_| -1),
-        libc::ENAMETOOLONG,
-    );
+    let too_long = libc::ENAMETOOLONG;
+    assert_errnos(&[
+        (
+            "create 256",
+            &|| open(&p256, libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
+            too_long,
+        ),
+        ("mkdir 256", &|| mkdir(&p256, 0o755), too_long),
+        ("symlink 256", &|| symlink("x", &p256), too_long),
+        (
+            "mknod 256",
+            &|| mknod(&p256, libc::S_IFIFO | 0o644, 0),
+            too_long,
+        ),
+        ("link 256", &|| link(&p255, &p256), too_long),
+        ("rename to 256", &|| rename(&p255, &p256), too_long),
+        (
+            "lookup 256",
+            &|| lstat(&p256).err().map_or(0, |_| -1),
+            too_long,
+        ),
+    ]);
     assert_eq!(
         read_file(&p255),
         b"long name",

@@ -498,6 +498,36 @@ pub fn assert_errno(what: &str, ret: i64, want: i32) {
     );
 }
 
+/// One row of an errno table: what is tried, the call (its libc-style return value, errno
+/// set on failure), and the errno it must fail with.
+pub type ErrnoCase<'a> = (&'a str, &'a dyn Fn() -> i64, i32);
+
+/// Runs every row in order and then fails once, listing each row that did not fail with its
+/// errno (so one run shows every wrong case, not only the first).
+#[track_caller]
+pub fn assert_errnos(cases: &[ErrnoCase]) {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(what, call, want)| {
+            let got = err_of(call());
+            (got != *want).then(|| {
+                format!(
+                    "{what}: got {} expected {}",
+                    errno_name(got),
+                    errno_name(*want)
+                )
+            })
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} errno cases wrong:\n  {}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n  ")
+    );
+}
+
 /// Asserts that `ret` is a success, showing errno otherwise.
 #[track_caller]
 pub fn assert_ok(what: &str, ret: i64) -> i64 {
