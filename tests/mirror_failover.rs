@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 
 /// mkfs arguments: small enough to be quick, a ring that does not wrap in these workloads.
 const MKFS: &[&str] = &["--size", "256M", "--ring", "16M", "--disks", "1"];
+/// Heartbeats every 200 ms and an agent declared lost after 1 s of silence: the loss
+/// policies act within about a second.
+const FAST_DETECT: &[&str] = &["--heartbeat-ms", "200", "--detect-ms", "1000"];
 /// Keeps every entry after mount in the ring (and so the agent's copy carries everything).
 const NO_CHECKPOINTS: &str = "checkpoint_ms=3600000";
 
@@ -86,17 +89,46 @@ impl Setup {
         }
     }
 
-    /// Mounts the volume as node A mirrored to the agent, checkpoints off (see
-    /// NO_CHECKPOINTS), and runs `ops` ops of a fresh workload.
-    fn mount_a_and_run(&mut self, ops: usize) -> Workload {
-        let mirror = self.host.addr(0);
-        self.vol.mount(&mirror_args(
-            &mirror,
-            &["--node", "A", "-o", NO_CHECKPOINTS],
-        ));
+    /// Mounts the volume as node A mirrored to the agent over every route, with `extra`
+    /// options and checkpoints off (see NO_CHECKPOINTS), and runs `ops` ops of a fresh
+    /// workload.
+    fn mount_a_and_run(&mut self, extra: &[&str], ops: usize) -> Workload {
+        let mirror = self.host.mirror_list();
+        let mut args = mirror_args(&mirror, &["--node", "A"]);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", NO_CHECKPOINTS]);
+        self.vol.mount(&args);
         let mut w = start_workload(self.vol.mnt());
         w.run(self.vol.mnt(), ops);
         w
+    }
+
+    /// Waits until the agent holds every entry the daemon has written so far.
+    #[track_caller]
+    fn wait_for_the_agent_to_hold_every_entry(&self) {
+        let last = self.next_seq() - 1;
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the agent to hold every entry (through seq {last})"),
+            || self.agent.last_seq() >= Some(last),
+        );
+    }
+
+    /// The decisive check: kill -9, the local ring deleted, mount again from the agent; the
+    /// tree must hold every acknowledged op; then a clean unmount and fsck.
+    #[track_caller]
+    fn read_back(&mut self, w: &mut Workload) {
+        self.lose_ring_and_remount();
+        self.check_and_unmount(w);
+    }
+
+    /// Checks the mounted tree against the model, then unmounts the volume cleanly and runs
+    /// fsck.
+    #[track_caller]
+    fn check_and_unmount(&mut self, w: &mut Workload) {
+        w.check(self.vol.mnt());
+        self.vol.umount();
+        self.vol.assert_fsck_clean();
     }
 
     /// A mount point for a takeover by node B; lazily unmounted when the Setup is dropped.
@@ -240,14 +272,10 @@ fn lost_ring_is_recovered_from_the_agent_on_another_host() {
         "{} acknowledged ops; remount with recovery from the agent took {took:?}",
         w.acked
     );
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
     // A clean cycle keeps it all too.
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 // ----- 2. --on-mirror-loss wait -----
@@ -255,24 +283,7 @@ fn lost_ring_is_recovered_from_the_agent_on_another_host() {
 #[test]
 fn wait_policy_blocks_writes_until_the_agent_returns() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &[
-            "--node",
-            "A",
-            "--on-mirror-loss",
-            "wait",
-            "--heartbeat-ms",
-            "200",
-            "--detect-ms",
-            "1000",
-            "-o",
-            NO_CHECKPOINTS,
-        ],
-    ));
-    let mut w = start_workload(s.vol.mnt());
-    w.run(s.vol.mnt(), 150);
+    let mut w = s.mount_a_and_run(&[&["--on-mirror-loss", "wait"], FAST_DETECT].concat(), 150);
     s.agent.kill();
     // One change in a thread: it must block while the agent is away.
     let (tx, rx) = mpsc::channel();
@@ -320,41 +331,21 @@ fn wait_policy_blocks_writes_until_the_agent_returns() {
     );
     // Writes go on as before.
     w.run(s.vol.mnt(), 100);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.wait_for_the_agent_to_hold_every_entry();
+    s.read_back(&mut w);
 }
 
 #[test]
 fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
+    let mut w = s.mount_a_and_run(
         &[
-            "--node",
-            "A",
-            "--on-mirror-loss",
-            "wait",
-            "--mirror-wait-ms",
-            "1500",
-            "--heartbeat-ms",
-            "200",
-            "--detect-ms",
-            "1000",
-            "-o",
-            NO_CHECKPOINTS,
-        ],
-    ));
-    let mut w = start_workload(s.vol.mnt());
-    w.run(s.vol.mnt(), 80);
+            &["--on-mirror-loss", "wait", "--mirror-wait-ms", "1500"],
+            FAST_DETECT,
+        ]
+        .concat(),
+        80,
+    );
     s.agent.kill();
     let victim = s.vol.path("w/eio-victim");
     let started = Instant::now();
@@ -374,12 +365,7 @@ fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
     s.agent.restart();
     // Writes work again once the agent is back, and nothing acknowledged is lost.
     w.run(s.vol.mnt(), 50);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     s.lose_ring_and_remount();
     // The EIO'd create was never acknowledged: it may be there or not (POSIX leaves a failed
     // write's effect undefined); the model ignores it.
@@ -387,9 +373,7 @@ fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
         eprintln!("note: the create answered EIO is present after recovery");
         fs::remove_file(&victim).unwrap();
     }
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 // ----- 3. --on-mirror-loss degrade -----
@@ -397,24 +381,10 @@ fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
 #[test]
 fn degrade_policy_goes_on_unprotected_and_resyncs_the_agent() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &[
-            "--node",
-            "A",
-            "--on-mirror-loss",
-            "degrade",
-            "--heartbeat-ms",
-            "200",
-            "--detect-ms",
-            "1000",
-            "-o",
-            NO_CHECKPOINTS,
-        ],
-    ));
-    let mut w = start_workload(s.vol.mnt());
-    w.run(s.vol.mnt(), 100);
+    let mut w = s.mount_a_and_run(
+        &[&["--on-mirror-loss", "degrade"], FAST_DETECT].concat(),
+        100,
+    );
     assert_eq!(s.mirror_status("protected"), "true");
     s.agent.kill();
     let started = Instant::now();
@@ -471,17 +441,9 @@ fn degrade_policy_goes_on_unprotected_and_resyncs_the_agent() {
         serde_json::Value::Null,
         "status still shows a resync after the agent caught up"
     );
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     // The read-back: only the agent's copy can bring the degraded stretch back.
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.read_back(&mut w);
 }
 
 // ----- 4. route failover -----
@@ -542,17 +504,9 @@ fn writes_continue_through_the_second_route_when_the_first_goes_down() {
     let before = w.acked;
     w.run(s.vol.mnt(), 50);
     assert_eq!(w.acked, before + 50);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     eprintln!("agent: {}", s.agent.inspect());
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.read_back(&mut w);
 }
 
 // ----- 5. takeover and giveback -----
@@ -574,7 +528,7 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
     let mnt2 = s.peer_mountpoint();
-    let w = s.mount_a_and_run(100);
+    let w = s.mount_a_and_run(&[], 100);
     let mut w = kill_in_the_middle(&mut s.vol, w);
     let killed_at = Instant::now();
     // B takes over from the agent's copy (the local ring of A is not used).
@@ -602,16 +556,11 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
         "--node",
         "A",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(11),
-        "A's mount while B owns the volume: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("taken over"),
-        "the refusal does not say why: {}",
-        text(&out)
+    assert_fails_with(
+        &out,
+        11,
+        "A's mount while B owns the volume",
+        &["taken over"],
     );
     assert!(
         !is_fuse_mount(s.vol.mnt()),
@@ -630,10 +579,7 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
     w.check(s.vol.mnt());
     w.run(s.vol.mnt(), 30);
     // And A's own writes after giveback are mirrored again: the read-back check.
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.read_back(&mut w);
 }
 
 /// The largest writes the daemon takes (1 MiB, FUSE's max_write here) go to the agent like
@@ -661,12 +607,7 @@ fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
         !log.contains("ERROR"),
         "the daemon logged an error for 1 MiB writes:\n{log}"
     );
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     s.lose_ring_and_remount();
     assert!(
         fs::read(s.vol.path("big.bin")).unwrap() == data,
@@ -684,7 +625,7 @@ fn a_live_old_owner_is_fenced_by_the_takeover() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
     let mnt2 = s.peer_mountpoint();
-    let mut w = s.mount_a_and_run(100);
+    let mut w = s.mount_a_and_run(&[], 100);
     let out = takeover(s.vol.voldir(), &mnt2, &mirror, "B");
     eprintln!("takeover with A alive: {}", describe(&out));
     assert!(
@@ -716,9 +657,7 @@ fn a_live_old_owner_is_fenced_by_the_takeover() {
     assert!(out.status.success(), "giveback: {}", describe(&out));
     lazy_umount(s.vol.mnt());
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 /// A takeover that fails because A's daemon still holds the volume on this machine (here:
@@ -731,22 +670,17 @@ fn a_failed_takeover_leaves_the_volume_with_a_server() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
     let mnt2 = s.peer_mountpoint();
-    let mut w = s.mount_a_and_run(20);
+    let mut w = s.mount_a_and_run(&[], 20);
     let pid = s.vol.daemon_pid().expect("A's daemon pid");
     signal(pid, libc::SIGSTOP);
     let out = takeover(s.vol.voldir(), &mnt2, &mirror, "B");
     signal(pid, libc::SIGCONT);
     eprintln!("takeover while A holds the volume: {}", text(&out).trim());
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "takeover while A's daemon holds the volume: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("did not let go") && text(&out).contains("run the takeover again"),
-        "the failed takeover does not say why and what to do: {}",
-        text(&out)
+    assert_fails_with(
+        &out,
+        6,
+        "takeover while A's daemon holds the volume",
+        &["did not let go", "run the takeover again"],
     );
     assert!(!is_fuse_mount(&mnt2), "the failed takeover mounted B");
     // A still serves the volume (fenced: reads only).
@@ -778,20 +712,15 @@ fn signal(pid: i32, sig: libc::c_int) {
 fn a_mistyped_takeover_fences_nobody() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    let mut w = s.mount_a_and_run(10);
+    let mut w = s.mount_a_and_run(&[], 10);
     let epoch = s.agent.epoch().expect("the agent holds the volume");
     let missing = s.dir.path().join("no-such-mountpoint");
     let out = takeover(s.vol.voldir(), &missing, &mirror, "B");
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "takeover onto a missing mountpoint: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("no-such-mountpoint"),
-        "the error does not name the mountpoint: {}",
-        describe(&out)
+    assert_fails_with(
+        &out,
+        5,
+        "takeover onto a missing mountpoint",
+        &["no-such-mountpoint"],
     );
     // The fence is the epoch at the agent: not raised, so A is not fenced, and writes on.
     assert_eq!(
@@ -802,9 +731,7 @@ fn a_mistyped_takeover_fences_nobody() {
     w.run(s.vol.mnt(), 10);
     s.vol.umount();
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 // ----- 6. bad configuration -----
@@ -836,17 +763,7 @@ fn an_unreachable_agent_at_mount_is_a_clear_error() {
         ]);
         let took = started.elapsed();
         eprintln!("mount with agent {addr}: {took:?}: {}", text(&out).trim());
-        assert_eq!(
-            out.status.code(),
-            Some(12),
-            "mount with agent {addr}: {}",
-            describe(&out)
-        );
-        assert!(
-            text(&out).contains(addr.as_str()),
-            "the error does not name {addr}: {}",
-            text(&out)
-        );
+        assert_fails_with(&out, 12, &format!("mount with agent {addr}"), &[&addr]);
         assert!(
             !is_fuse_mount(s.vol.mnt()),
             "a failed mount left {addr} mounted"
@@ -927,7 +844,7 @@ enum RingDamage {
 /// checkpoint the agent learns of: recovery must join it with the agent's entries after it),
 /// runs more ops and kills the daemon in the middle of a workload.
 fn run_then_kill_after_a_checkpoint(s: &mut Setup) -> Workload {
-    let mut w = s.mount_a_and_run(80);
+    let mut w = s.mount_a_and_run(&[], 80);
     s.vol.cycle();
     w.run(s.vol.mnt(), 150);
     kill_in_the_middle(&mut s.vol, w)
@@ -1018,9 +935,7 @@ fn damaged_ring_is_recovered_from_the_agent(damage: RingDamage, expect: &str) {
     s.vol.umount();
     s.vol.assert_fsck_clean();
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 #[test]
@@ -1101,16 +1016,11 @@ fn explicit_recover_from_the_agent_then_a_mount_without_the_mirror() {
     let before = voldir_digest(s.vol.voldir());
     let log_before = s.daemon_log();
     let out = smlogfs(&["mount", &voldir, &mnt]);
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "a mount without the mirror over a ring damaged in the middle: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("recover"),
-        "the refusal does not point at `smlogfs recover`: {}",
-        text(&out)
+    assert_fails_with(
+        &out,
+        7,
+        "a mount without the mirror over a ring damaged in the middle",
+        &["recover"],
     );
     assert!(
         !s.vol.path(WORK_DIR).exists(),
@@ -1175,7 +1085,7 @@ fn copy_flat_dir(from: &Path, to: &Path) {
 fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    let mut w = s.mount_a_and_run(60);
+    let mut w = s.mount_a_and_run(&[], 60);
     let ours: Vec<PathBuf> = agent_volume_dirs(&s.agent.dir).into_iter().collect();
     assert_eq!(ours.len(), 1, "the agent holds {ours:?}");
     let ours = ours[0].clone();
@@ -1219,16 +1129,11 @@ fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
         "2000",
     ]);
     eprintln!("mount against the foreign directory: {}", text(&out).trim());
-    assert_eq!(
-        out.status.code(),
-        Some(12),
-        "mount with the agent's copy of another volume: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("belongs to volume") && text(&out).contains(&mirror),
-        "the error does not name the conflict and the route: {}",
-        text(&out)
+    assert_fails_with(
+        &out,
+        12,
+        "mount with the agent's copy of another volume",
+        &["belongs to volume", &mirror],
     );
     assert!(
         text(&out).contains("reachable but refused") && !text(&out).contains("unreachable"),
@@ -1247,9 +1152,7 @@ fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
     fs::rename(&saved, &ours).unwrap();
     s.agent.restart();
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
     // The other volume was never touched.
     other.remount();
     assert_eq!(read_file(other.path("from-b")), b"volume b");
@@ -1301,12 +1204,7 @@ fn async_mode_answers_at_once_and_the_agent_catches_up() {
     );
     let mut w = start_workload(s.vol.mnt());
     w.run(s.vol.mnt(), 200);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(20),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     // The agent away: async writes do not wait for it.
     s.agent.kill();
     w.run(s.vol.mnt(), 150);

@@ -324,6 +324,24 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// Asserts that a command (`what` it was) exited with `code` and that its output (stdout and
+/// stderr) contains each of `needles`: the failure it was run for, said in words.
+#[track_caller]
+pub fn assert_fails_with(out: &Output, code: i32, what: &str, needles: &[&str]) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", describe(out));
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "{what}: the output does not say {n:?}: {text}"
+        );
+    }
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> Option<()> {
     poll(timeout, Duration::from_millis(5), cond)
