@@ -223,23 +223,8 @@ impl Model {
     /// A write or append as (path, offset, bytes) in this state (an append lands at the end).
     fn placed(&self, op: &Op) -> Option<(String, u64, Vec<u8>)> {
         match op {
-            Op::Write {
-                path,
-                off,
-                len,
-                seed,
-                skip,
-            } => Some((path.clone(), *off, write_data(*seed, *skip, *len))),
-            Op::Append {
-                path,
-                len,
-                seed,
-                skip,
-            } => Some((
-                path.clone(),
-                self.file_len(path),
-                write_data(*seed, *skip, *len),
-            )),
+            Op::Write { path, off, data } => Some((path.clone(), *off, data.bytes())),
+            Op::Append { path, data } => Some((path.clone(), self.file_len(path), data.bytes())),
             _ => None,
         }
     }
@@ -370,22 +355,17 @@ pub enum Op {
         path: String,
         target: String,
     },
-    /// Writes bytes `skip..skip + len` of `pattern(seed, ..)` at `off` (skip > 0 only for
-    /// the unacknowledged rest of a short write).
+    /// Writes `data` at `off`.
     Write {
         path: String,
         off: u64,
-        len: usize,
-        seed: u64,
-        skip: usize,
+        data: Data,
     },
     /// Like `Write`, through an O_APPEND descriptor at the file's end: a replayed append
     /// would make the file grow twice.
     Append {
         path: String,
-        len: usize,
-        seed: u64,
-        skip: usize,
+        data: Data,
     },
     Truncate {
         path: String,
@@ -427,8 +407,8 @@ impl Op {
     /// A one-line description (without the bytes of writes and xattrs).
     pub fn short(&self) -> String {
         match self {
-            Op::Write { path, off, len, .. } => format!("Write {path} @{off} +{len}"),
-            Op::Append { path, len, .. } => format!("Append {path} +{len}"),
+            Op::Write { path, off, data } => format!("Write {path} @{off} +{}", data.len),
+            Op::Append { path, data } => format!("Append {path} +{}", data.len),
             Op::SetXattr { path, name, value } => {
                 format!("SetXattr {path} {name} ({} bytes)", value.len())
             }
@@ -443,50 +423,68 @@ impl Op {
 
     /// For a write cut short after `n` bytes: (the acknowledged first n bytes, the rest).
     fn split_at(&self, n: usize) -> Option<(Op, Op)> {
-        match self.clone() {
-            Op::Write {
-                path,
-                off,
-                len,
-                seed,
-                skip,
-            } => Some((
-                Op::Write {
-                    path: path.clone(),
-                    off,
-                    len: n,
-                    seed,
-                    skip,
-                },
-                Op::Write {
-                    path,
-                    off: off + n as u64,
-                    len: len - n,
-                    seed,
-                    skip: skip + n,
-                },
-            )),
-            Op::Append {
-                path,
-                len,
-                seed,
-                skip,
-            } => Some((
-                Op::Append {
-                    path: path.clone(),
-                    len: n,
-                    seed,
-                    skip,
-                },
-                Op::Append {
-                    path,
-                    len: len - n,
-                    seed,
-                    skip: skip + n,
-                },
-            )),
+        match self {
+            Op::Write { path, off, data } => {
+                let (done, rest) = data.split_at(n);
+                let path = path.clone();
+                let rest_at = off + n as u64;
+                Some((
+                    Op::Write {
+                        path: path.clone(),
+                        off: *off,
+                        data: done,
+                    },
+                    Op::Write {
+                        path,
+                        off: rest_at,
+                        data: rest,
+                    },
+                ))
+            }
+            Op::Append { path, data } => {
+                let (done, rest) = data.split_at(n);
+                let path = path.clone();
+                Some((
+                    Op::Append {
+                        path: path.clone(),
+                        data: done,
+                    },
+                    Op::Append { path, data: rest },
+                ))
+            }
             _ => None,
         }
+    }
+}
+
+/// Bytes `skip..skip + len` of `pattern(seed, ..)`: what a write puts, without storing it
+/// (skip > 0 only for the unacknowledged rest of a short write).
+#[derive(Clone, Copy, Debug)]
+pub struct Data {
+    pub seed: u64,
+    pub skip: usize,
+    pub len: usize,
+}
+
+impl Data {
+    fn new(seed: u64, len: usize) -> Data {
+        Data { seed, skip: 0, len }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        pattern(self.seed, self.skip + self.len)[self.skip..].to_vec()
+    }
+
+    /// (the first `n` bytes, the rest).
+    fn split_at(&self, n: usize) -> (Data, Data) {
+        assert!(n <= self.len, "split at {n} of {} bytes", self.len);
+        let first = Data { len: n, ..*self };
+        let rest = Data {
+            skip: self.skip + n,
+            len: self.len - n,
+            ..*self
+        };
+        (first, rest)
     }
 }
 
@@ -533,11 +531,12 @@ fn gen_op(m: &Model, rng: &mut StdRng) -> Op {
                 target: format!("target-{}", rng.gen_range(0..1000)),
             }),
             18..=37 => pick(rng, &files).map(|path| gen_write(m, rng, path)),
-            38..=45 => pick(rng, &files).map(|path| Op::Append {
-                path: path.clone(),
-                len: rng.gen_range(1..=4096),
-                seed: rng.gen(),
-                skip: 0,
+            38..=45 => pick(rng, &files).map(|path| {
+                let len = rng.gen_range(1..=4096);
+                Op::Append {
+                    path: path.clone(),
+                    data: Data::new(rng.gen(), len),
+                }
             }),
             46..=51 => pick(rng, &files).map(|path| Op::Truncate {
                 path: path.clone(),
@@ -636,9 +635,7 @@ fn gen_write(m: &Model, rng: &mut StdRng, path: &str) -> Op {
     Op::Write {
         path: path.to_string(),
         off,
-        len,
-        seed: rng.gen(),
-        skip: 0,
+        data: Data::new(rng.gen(), len),
     }
 }
 
@@ -664,10 +661,6 @@ fn gen_rename(m: &Model, rng: &mut StdRng, files: &[String]) -> Option<Op> {
         free_path(m, rng, FILE_NAMES)?
     };
     Some(Op::Rename { from, to })
-}
-
-fn write_data(seed: u64, skip: usize, len: usize) -> Vec<u8> {
-    pattern(seed, skip + len)[skip..].to_vec()
 }
 
 /// How one op ended when not every call it made succeeded.
@@ -730,19 +723,8 @@ fn exec(work: &Path, op: &Op) -> Result<(), Failed> {
             Op::Symlink { path, target } => {
                 neg(libc::symlink(cstr(target).as_ptr(), p(path).as_ptr()) as i64)
             }
-            Op::Write {
-                path,
-                off,
-                len,
-                seed,
-                skip,
-            } => write_through(&p(path), Some(*off), &write_data(*seed, *skip, *len)),
-            Op::Append {
-                path,
-                len,
-                seed,
-                skip,
-            } => write_through(&p(path), None, &write_data(*seed, *skip, *len)),
+            Op::Write { path, off, data } => write_through(&p(path), Some(*off), &data.bytes()),
+            Op::Append { path, data } => write_through(&p(path), None, &data.bytes()),
             Op::Truncate { path, len } => neg(libc::truncate(p(path).as_ptr(), *len as i64) as i64),
             Op::Rename { from, to } => neg(libc::rename(p(from).as_ptr(), p(to).as_ptr()) as i64),
             Op::Link { from, to } => neg(libc::link(p(from).as_ptr(), p(to).as_ptr()) as i64),
