@@ -113,10 +113,9 @@ fn checkpoint_starts_when_the_ring_passes_its_fill_level() {
     let area = field(&s0, "ring_area_bytes");
 
     // Below the level: logged, and no checkpoint however long we wait (the checkpointer
-    // looks at the fill at least every 500 ms).
+    // looks at the fill at least every 500 ms, so three looks by the daemon's own clock).
     write_through_ring(&v, "below", 64 << 10);
-    std::thread::sleep(Duration::from_millis(1500));
-    let s1 = status_of(v.mnt());
+    let s1 = wait_without_checkpoint(&v, 1500);
     assert!(field(&s1, "ring_used_bytes") >= 64 << 10, "{s1}");
     assert!(field(&s1, "ring_fill_percent") < 25, "{s1}");
     assert_eq!(field(&s1, "checkpoints_since_mount"), 0, "{s1}");
@@ -173,8 +172,7 @@ fn periodic_checkpoints_fire_while_something_changed_and_stop_when_idle() {
 
     // Idle: nothing changed, so seven intervals later there is still no new checkpoint (each
     // would write and fsync a superblock, and every 31st rewrite all the metadata).
-    std::thread::sleep(Duration::from_millis(1500));
-    let s3 = status_of(v.mnt());
+    let s3 = wait_without_checkpoint(&v, 1500);
     assert_eq!(
         field(&s3, "checkpoint_generation"),
         field(&s2, "checkpoint_generation"),
@@ -183,6 +181,16 @@ fn periodic_checkpoints_fire_while_something_changed_and_stop_when_idle() {
     v.umount();
     v.assert_fsck_clean();
     assert_eq!(read_file_after_mount(&mut v, "b"), b"second change");
+}
+
+/// Waits until status says `ms` more have passed since the last checkpoint than it says now
+/// (a checkpoint meanwhile resets that age, so the wait goes on): the daemon's own clock, not
+/// a sleep of the test's. Returns that status; the caller asserts what did not happen.
+fn wait_without_checkpoint(v: &Volume, ms: u64) -> Value {
+    let age = field(&status_of(v.mnt()), "checkpoint_age_ms");
+    wait_status(v, &format!("{ms} ms more without a checkpoint"), |s| {
+        field(s, "checkpoint_age_ms") >= age + ms
+    })
 }
 
 fn read_file_after_mount(v: &mut Volume, rel: &str) -> Vec<u8> {
