@@ -349,23 +349,30 @@ fn chmod_and_chown_as_root_and_as_user() {
     write_file(&mine, b"");
     assert_ok("chown", chown(&mine, 1000, 1000));
     let (cf, cm) = (cpath(&f), cpath(&mine));
-    let r = as_user_a(|| err_of(unsafe { libc::chmod(cf.as_ptr(), 0o777) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "chmod of another user's file"
-    );
-    let r = as_user_a(|| err_of(unsafe { libc::chmod(cm.as_ptr(), 0o600) } as i64));
-    assert_eq!(errno_name(r), "OK(0)", "chmod of own file");
+    let nobody = u32::MAX;
+    assert_errnos_as_user_a(&[
+        (
+            "chmod of another user's file",
+            &|| unsafe { libc::chmod(cf.as_ptr(), 0o777) } as i64,
+            libc::EPERM,
+        ),
+        (
+            "chmod of own file",
+            &|| unsafe { libc::chmod(cm.as_ptr(), 0o600) } as i64,
+            0,
+        ),
+        (
+            "giving a file away",
+            &|| unsafe { libc::chown(cm.as_ptr(), 1001, nobody) } as i64,
+            libc::EPERM,
+        ),
+        (
+            "chgrp to a group the user is not in",
+            &|| unsafe { libc::chown(cm.as_ptr(), nobody, 1001) } as i64,
+            libc::EPERM,
+        ),
+    ]);
     assert_eq!(perm(&st(&mine)), 0o600);
-    let r = as_user_a(|| err_of(unsafe { libc::chown(cm.as_ptr(), 1001, u32::MAX) } as i64));
-    assert_eq!(errno_name(r), errno_name(libc::EPERM), "giving a file away");
-    let r = as_user_a(|| err_of(unsafe { libc::chown(cm.as_ptr(), u32::MAX, 1001) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "chgrp to a group the user is not in"
-    );
     let r = as_user(1000, 1000, &[1000, 1001], || {
         err_of(unsafe { libc::chown(cm.as_ptr(), u32::MAX, 1001) } as i64)
     });
@@ -1967,36 +1974,52 @@ fn names_up_to_255_bytes() {
 #[test]
 fn permissions_enforced_for_ordinary_user() {
     let v = Volume::mounted();
-    // Root-owned 0755 root directory: no creates by a user.
-    let in_root = cpath(v.path("user-file"));
-    let r = as_user_a(|| {
-        err_of(
-            unsafe { libc::open(in_root.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) } as i64,
-        )
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "create in root-owned 0755 dir"
-    );
-    let mk = cpath(v.path("user-dir"));
-    let r = as_user_a(|| err_of(unsafe { libc::mkdir(mk.as_ptr(), 0o755) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "mkdir in root-owned 0755 dir"
-    );
-    // A root file 0600: no read, no write; 0644: read but no write.
+    // A root file 0600 (no read, no write), a root 0755 directory with a 0666 file in it (no
+    // unlink or rename: that needs write permission on the directory, not on the file), and
+    // a public directory to rename into.
     let secret = v.path("secret");
     write_file(&secret, b"secret");
     assert_ok("chmod", chmod(&secret, 0o600));
+    let d = public_dir(&v, "pub");
+    let ro = v.path("ro");
+    assert_ok("mkdir", mkdir(&ro, 0o755));
+    write_file(ro.join("victim"), b"");
+    assert_ok("chmod", chmod(&ro.join("victim"), 0o666));
+    // The child that runs as the user may only make syscalls: every path is made here.
+    let in_root = cpath(v.path("user-file"));
+    let mk = cpath(v.path("user-dir"));
     let cs = cpath(&secret);
-    let r = as_user_a(|| err_of(unsafe { libc::open(cs.as_ptr(), libc::O_RDONLY) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "read 0600 root file"
-    );
+    let cv = cpath(ro.join("victim"));
+    let cn = cpath(d.join("stolen"));
+    let (cr, wr) = (libc::O_CREAT, libc::O_WRONLY);
+    assert_errnos_as_user_a(&[
+        (
+            "create in root-owned 0755 dir",
+            &|| unsafe { libc::open(in_root.as_ptr(), cr | wr, 0o644) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "mkdir in root-owned 0755 dir",
+            &|| unsafe { libc::mkdir(mk.as_ptr(), 0o755) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "read 0600 root file",
+            &|| unsafe { libc::open(cs.as_ptr(), libc::O_RDONLY) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "unlink in a 0755 root dir",
+            &|| unsafe { libc::unlink(cv.as_ptr()) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "rename out of a 0755 root dir",
+            &|| unsafe { libc::rename(cv.as_ptr(), cn.as_ptr()) } as i64,
+            libc::EACCES,
+        ),
+    ]);
+    // 0644: read but no write.
     assert_ok("chmod", chmod(&secret, 0o644));
     let r = as_user_a(|| {
         let fd = unsafe { libc::open(cs.as_ptr(), libc::O_RDONLY) };
@@ -2018,27 +2041,6 @@ fn permissions_enforced_for_ordinary_user() {
         errno_name(r),
         errno_name(libc::EACCES),
         "write 0644 root file"
-    );
-    // Unlink needs write permission on the directory, not on the file.
-    let d = public_dir(&v, "pub");
-    let ro = v.path("ro");
-    assert_ok("mkdir", mkdir(&ro, 0o755));
-    write_file(ro.join("victim"), b"");
-    assert_ok("chmod", chmod(&ro.join("victim"), 0o666));
-    let cv = cpath(ro.join("victim"));
-    let r = as_user_a(|| err_of(unsafe { libc::unlink(cv.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "unlink in a 0755 root dir"
-    );
-    let cr = cpath(ro.join("victim"));
-    let cn = cpath(d.join("stolen"));
-    let r = as_user_a(|| err_of(unsafe { libc::rename(cr.as_ptr(), cn.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "rename out of a 0755 root dir"
     );
     // Own file 0444: no write even for the owner; the owner may chmod it back.
     let own = d.join("own");

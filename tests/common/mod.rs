@@ -474,6 +474,7 @@ pub fn errno_name(e: i32) -> String {
     let name = match e {
         0 => "OK",
         libc::EPERM => "EPERM",
+        libc::EBUSY => "EBUSY",
         libc::ENOENT => "ENOENT",
         libc::EIO => "EIO",
         libc::EBADF => "EBADF",
@@ -524,24 +525,43 @@ pub type ErrnoCase<'a> = (&'a str, &'a dyn Fn() -> i64, i32);
 /// errno (so one run shows every wrong case, not only the first).
 #[track_caller]
 pub fn assert_errnos(cases: &[ErrnoCase]) {
-    let wrong: Vec<String> = cases
+    let outcomes: Vec<_> = cases
         .iter()
-        .filter_map(|(what, call, want)| {
-            let got = err_of(call());
-            (got != *want).then(|| {
-                format!(
-                    "{what}: got {} expected {}",
-                    errno_name(got),
-                    errno_name(*want)
-                )
-            })
+        .map(|(what, call, want)| (*what, err_of(call()), *want))
+        .collect();
+    assert_outcomes(&outcomes);
+}
+
+/// `assert_errnos` with every call made as USER_A, each in a child of its own (see
+/// `as_user`: the calls may only make syscalls, so their paths are made before).
+#[track_caller]
+pub fn assert_errnos_as_user_a(cases: &[ErrnoCase]) {
+    let outcomes: Vec<_> = cases
+        .iter()
+        .map(|(what, call, want)| (*what, as_user_a(|| err_of(call())), *want))
+        .collect();
+    assert_outcomes(&outcomes);
+}
+
+/// (what, errno got, errno expected) rows: fails listing the rows where the two differ.
+#[track_caller]
+fn assert_outcomes(outcomes: &[(&str, i32, i32)]) {
+    let wrong: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| {
+            format!(
+                "{what}: got {} expected {}",
+                errno_name(*got),
+                errno_name(*want)
+            )
         })
         .collect();
     assert!(
         wrong.is_empty(),
         "{} of {} errno cases wrong:\n  {}",
         wrong.len(),
-        cases.len(),
+        outcomes.len(),
         wrong.join("\n  ")
     );
 }
