@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -152,6 +152,18 @@ fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 fn removexattr(p: &Path, name: &str) -> i64 {
     let (c, n) = (cpath(p), cstr(name));
     unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) as i64 }
+}
+
+/// setxattr(2) on prepared C strings: no allocation, so it may run in an `as_user` child.
+fn raw_setxattr(path: &CStr, name: &CStr, value: &[u8]) -> i64 {
+    let (p, n, v) = (path.as_ptr(), name.as_ptr(), value.as_ptr().cast());
+    unsafe { libc::setxattr(p, n, v, value.len(), 0) as i64 }
+}
+
+/// getxattr(2) of up to 64 bytes on prepared C strings (see `raw_setxattr`).
+fn raw_getxattr(path: &CStr, name: &CStr) -> i64 {
+    let mut b = [0u8; 64];
+    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), b.as_mut_ptr().cast(), b.len()) as i64 }
 }
 
 fn listxattr(p: &Path) -> Result<BTreeSet<String>, i32> {
@@ -1558,23 +1570,19 @@ fn xattr_user_namespace_create_replace_list_remove() {
     // An ordinary user needs write permission to set, read permission to get.
     assert_ok("chmod", chmod(&f, 0o644));
     let cf = cpath(&f);
-    let r = as_user_a(|| {
-        let n = cstr("user.u");
-        err_of(
-            unsafe { libc::setxattr(cf.as_ptr(), n.as_ptr(), b"u".as_ptr().cast(), 1, 0) } as i64,
-        )
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "user.* set without write permission"
-    );
-    let r = as_user_a(|| {
-        let n = cstr("user.via");
-        let mut b = [0u8; 16];
-        err_of(unsafe { libc::getxattr(cf.as_ptr(), n.as_ptr(), b.as_mut_ptr().cast(), 16) } as i64)
-    });
-    assert_eq!(errno_name(r), "OK(0)", "user.* get with read permission");
+    let (user_u, user_via) = (cstr("user.u"), cstr("user.via"));
+    assert_errnos_as_user_a(&[
+        (
+            "user.* set without write permission",
+            &|| raw_setxattr(&cf, &user_u, b"u"),
+            libc::EACCES,
+        ),
+        (
+            "user.* get with read permission",
+            &|| raw_getxattr(&cf, &user_via),
+            0,
+        ),
+    ]);
     // Attributes persist across a clean remount.
     let mut v = v;
     v.cycle();
@@ -1612,27 +1620,19 @@ fn xattr_trusted_namespace_root_only() {
     );
     assert_ok("set user", setxattr(&f, "user.u", b"u", 0));
     let cf = cpath(&f);
-    let r = as_user_a(|| {
-        let n = cstr("trusted.t");
-        let mut b = [0u8; 64];
-        err_of(unsafe { libc::getxattr(cf.as_ptr(), n.as_ptr(), b.as_mut_ptr().cast(), 64) } as i64)
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::ENODATA),
-        "trusted.* invisible to a user"
-    );
-    let r = as_user_a(|| {
-        let n = cstr("trusted.x");
-        err_of(
-            unsafe { libc::setxattr(cf.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) } as i64,
-        )
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "trusted.* set by a user"
-    );
+    let (trusted_t, trusted_x) = (cstr("trusted.t"), cstr("trusted.x"));
+    assert_errnos_as_user_a(&[
+        (
+            "trusted.* invisible to a user",
+            &|| raw_getxattr(&cf, &trusted_t),
+            libc::ENODATA,
+        ),
+        (
+            "trusted.* set by a user",
+            &|| raw_setxattr(&cf, &trusted_x, b"x"),
+            libc::EPERM,
+        ),
+    ]);
     // listxattr as a user hides trusted.* but shows user.*.
     let r = as_user_a(|| {
         let mut b = [0u8; 4096];
