@@ -144,8 +144,7 @@ fn checkpoint_starts_when_the_ring_passes_its_fill_level() {
     assert!(field(&s2, "ring_used_bytes") < total, "{s2}");
 
     assert_eq!(read_file(v.path("past")).len() as u64, total);
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -178,8 +177,7 @@ fn periodic_checkpoints_fire_while_something_changed_and_stop_when_idle() {
         field(&s2, "checkpoint_generation"),
         "an idle volume kept checkpointing: {s3}"
     );
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
     assert_eq!(read_file_after_mount(&mut v, "b"), b"second change");
 }
 
@@ -264,8 +262,7 @@ fn checkpoint_cost_grows_with_what_changed_not_with_the_file_system() {
          {populated} bytes): each must stay under 1 MiB"
     );
 
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
     v.remount();
     for i in 0..CHANGES {
         let d = i % DIRS;
@@ -328,8 +325,7 @@ fn fsck_reports_inconsistent_metadata_and_refuses_an_unreadable_volume() {
     write_file(v.path("f"), b"data");
     fs::create_dir(v.path("d")).unwrap();
     write_file(v.path("d/g"), b"more");
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 
     // 1. A checkpoint record that says "f" has 5 links while one entry names it.
     let mut rec = root_entry(v.voldir(), "f");
@@ -504,8 +500,7 @@ fn inspect_after_kill9_says_what_the_next_mount_replays() {
     assert_eq!(read_file(v.path("d/g")), b"after the checkpoint");
     assert_eq!(fs::read_link(v.path("link")).unwrap(), Path::new("d/g"));
     assert!(!v.path("d/f").exists());
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 // ----- foreground daemon -----

@@ -118,8 +118,7 @@ fn large_aligned_writes_bypass_the_ring_and_survive_kill9() {
     // Writes after recovery use blocks of their own (the allocator knows the replayed ones).
     let more = pattern(4, 4 * MIB);
     pwrite_in(&v.path("more"), &more, 0, MIB);
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
     v.remount();
     assert!(
         read_file(v.path("big")) == want,
@@ -148,8 +147,7 @@ fn unaligned_and_small_writes_still_go_through_the_ring() {
     want.extend_from_slice(&data);
     assert!(read_file(v.path("odd")) == want);
     assert!(read_file(v.path("small")) == data);
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -185,6 +183,5 @@ fn a_direct_write_whose_data_the_volume_lost_reads_as_zeroes() {
         log.contains("is not on the volume") && log.contains("reads as zeroes"),
         "recovery did not say the data was lost:\n{log}"
     );
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }

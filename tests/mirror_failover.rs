@@ -89,18 +89,22 @@ impl Setup {
         }
     }
 
-    /// Mounts the volume as node A mirrored to the agent over every route, with `extra`
-    /// options and checkpoints off (see NO_CHECKPOINTS), and runs `ops` ops of a fresh
-    /// workload.
+    /// `mount_a`, then `ops` ops of a fresh workload.
     fn mount_a_and_run(&mut self, extra: &[&str], ops: usize) -> Workload {
+        self.mount_a(extra);
+        let mut w = start_workload(self.vol.mnt());
+        w.run(self.vol.mnt(), ops);
+        w
+    }
+
+    /// Mounts the volume as node A mirrored to the agent over every route, with `extra`
+    /// options and checkpoints off (see NO_CHECKPOINTS).
+    fn mount_a(&mut self, extra: &[&str]) {
         let mirror = self.host.mirror_list();
         let mut args = mirror_args(&mirror, &["--node", "A"]);
         args.extend_from_slice(extra);
         args.extend_from_slice(&["-o", NO_CHECKPOINTS]);
         self.vol.mount(&args);
-        let mut w = start_workload(self.vol.mnt());
-        w.run(self.vol.mnt(), ops);
-        w
     }
 
     /// Waits until the agent holds every entry the daemon has written so far.
@@ -127,8 +131,7 @@ impl Setup {
     #[track_caller]
     fn check_and_unmount(&mut self, w: &mut Workload) {
         w.check(self.vol.mnt());
-        self.vol.umount();
-        self.vol.assert_fsck_clean();
+        self.vol.umount_clean();
     }
 
     /// A mount point for a takeover by node B; lazily unmounted when the Setup is dropped.
@@ -587,11 +590,7 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
 #[test]
 fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
+    s.mount_a(&[]);
     let mut data = vec![0u8; 8 << 20];
     let mut rng = StdRng::seed_from_u64(seed());
     rng.fill(&mut data[..]);
@@ -613,8 +612,7 @@ fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
         fs::read(s.vol.path("big.bin")).unwrap() == data,
         "big.bin differs after recovery from the agent"
     );
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
 }
 
 /// A still running when B takes over: A learns of the fence at its next heartbeat, refuses
@@ -932,8 +930,7 @@ fn damaged_ring_is_recovered_from_the_agent(damage: RingDamage, expect: &str) {
     remount_from_damaged_ring(&mut s, expect);
     w.check(s.vol.mnt());
     w.run(s.vol.mnt(), 20);
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
     s.vol.remount();
     s.check_and_unmount(&mut w);
 }
@@ -1050,8 +1047,7 @@ fn explicit_recover_from_the_agent_then_a_mount_without_the_mirror() {
     s.vol.mount(&["-o", NO_CHECKPOINTS]);
     w.check(s.vol.mnt());
     w.run(s.vol.mnt(), 20);
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
 }
 
 // ----- 8. an agent whose directory for our volume holds another volume -----
@@ -1226,6 +1222,5 @@ fn async_mode_answers_at_once_and_the_agent_catches_up() {
     s.lose_ring_and_remount();
     w.check(s.vol.mnt());
     assert_eq!(status_json(&s)["mirror"]["mode"], "async");
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
 }

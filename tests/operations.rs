@@ -215,8 +215,7 @@ fn live_status_under_load_moves_ops_through_states_and_counts_add_up() {
         "{text}"
     );
     assert!(text.contains("live"), "{text}");
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -369,8 +368,7 @@ fn status_during_a_raid_rebuild_shows_progress_that_increases() {
     assert_eq!(done["raid"]["degraded"], false, "{done}");
     assert!(done["raid"]["rebuild"].is_null(), "{done}");
     assert_eq!(read_file(v.path("kept")), pattern(7, 3 << 20));
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -722,8 +720,7 @@ fn a_second_mount_of_a_volume_held_by_a_live_daemon_is_refused_and_the_first_kee
         status_json(v.mnt())["daemon_pid"].as_i64(),
         Some(pid as i64)
     );
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]

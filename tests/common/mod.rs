@@ -251,6 +251,13 @@ impl Volume {
         self.mounted = false;
     }
 
+    /// `umount`, then `assert_fsck_clean`: what a test that changed the volume ends with.
+    #[track_caller]
+    pub fn umount_clean(&mut self) {
+        self.umount();
+        self.assert_fsck_clean();
+    }
+
     /// Clean unmount then mount again with the same arguments.
     pub fn cycle(&mut self) {
         self.umount();
@@ -564,6 +571,13 @@ fn assert_outcomes(outcomes: &[(&str, i32, i32)]) {
         outcomes.len(),
         wrong.join("\n  ")
     );
+}
+
+/// Asserts that an outcome already taken (an errno, 0 for success: what `as_user` returns)
+/// is `want`.
+#[track_caller]
+pub fn assert_errno_is(what: &str, got: i32, want: i32) {
+    assert_outcomes(&[(what, got, want)]);
 }
 
 /// Asserts that `ret` is a success, showing errno otherwise.
