@@ -531,19 +531,11 @@ fn foreground_mount_serves_until_fusermount_unmounts_it() {
     assert_eq!(read_file(v.path("fg")), b"served in the foreground");
 
     // fusermount3 -u, tried again while a sibling test's child briefly holds our files.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = run(Command::new("fusermount3").arg("-u").arg(v.mnt()));
-        if out.status.success() {
-            break;
-        }
-        let text = describe(&out);
-        assert!(
-            text.contains("busy") && std::time::Instant::now() < deadline,
-            "fusermount3 -u: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    run_while_busy("fusermount3 -u", || {
+        let mut c = Command::new("fusermount3");
+        c.arg("-u").arg(v.mnt());
+        c
+    });
     let mut status = None;
     wait_until(READY_TIMEOUT, || {
         status = child.try_wait().unwrap();

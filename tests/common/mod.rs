@@ -205,8 +205,11 @@ impl Volume {
         // SAFETY-free: kill(2) has no memory effects.
         let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
         assert_eq!(rc, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
-        wait_until(READY_TIMEOUT, || !pid_alive(pid))
-            .unwrap_or_else(|| panic!("daemon {pid} still alive after kill -9"));
+        wait_for(
+            READY_TIMEOUT,
+            &format!("daemon {pid} to die after kill -9"),
+            || !pid_alive(pid),
+        );
         self.mounted = false;
     }
 
@@ -224,29 +227,22 @@ impl Volume {
             return;
         }
         let pid = self.daemon_pid();
-        // EBUSY can be transient here: a sibling test thread that spawns a process at the
-        // moment this one holds a file of the mount open hands the child a copy of that
-        // descriptor, which it keeps until its exec closes it (O_CLOEXEC). So a busy mount is
-        // tried again for a while; any other failure, or a mount still busy after that, fails.
-        let deadline = Instant::now() + BUSY_UMOUNT_RETRY;
-        loop {
-            let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&self.mnt));
-            if out.status.success() {
-                break;
-            }
-            let text = describe(&out);
-            assert!(
-                text.contains("busy") && Instant::now() < deadline,
-                "smlogfs umount {} failed: {text}",
-                self.mnt.display(),
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        wait_until(READY_TIMEOUT, || !is_fuse_mount(&self.mnt))
-            .unwrap_or_else(|| panic!("{} still mounted after umount", self.mnt.display()));
+        run_while_busy(&format!("smlogfs umount {}", self.mnt.display()), || {
+            let mut c = Command::new(smlogfs_bin());
+            c.arg("umount").arg(&self.mnt);
+            c
+        });
+        wait_for(
+            READY_TIMEOUT,
+            &format!("{} to be unmounted after umount", self.mnt.display()),
+            || !is_fuse_mount(&self.mnt),
+        );
         if let Some(pid) = pid {
-            wait_until(READY_TIMEOUT, || !pid_alive(pid))
-                .unwrap_or_else(|| panic!("daemon {pid} did not exit after umount"));
+            wait_for(
+                READY_TIMEOUT,
+                &format!("daemon {pid} to exit after umount"),
+                || !pid_alive(pid),
+            );
         }
         self.mounted = false;
     }
@@ -312,6 +308,30 @@ impl Drop for Volume {
                 let _ = root.close();
             }
         }
+    }
+}
+
+/// Runs the command `make` builds until it succeeds, again while it fails saying the mount
+/// is busy; panics with its output (`what` it was) on any other failure, or when still busy
+/// after BUSY_UMOUNT_RETRY.
+///
+/// EBUSY can be transient for an unmount: a sibling test thread that spawns a process at the
+/// moment this one holds a file of the mount open hands the child a copy of that descriptor,
+/// which it keeps until its exec closes it (O_CLOEXEC).
+#[track_caller]
+pub fn run_while_busy(what: &str, mut make: impl FnMut() -> Command) -> Output {
+    let deadline = Instant::now() + BUSY_UMOUNT_RETRY;
+    loop {
+        let out = run(&mut make());
+        if out.status.success() {
+            return out;
+        }
+        let text = describe(&out);
+        assert!(
+            text.contains("busy") && Instant::now() < deadline,
+            "{what} failed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
