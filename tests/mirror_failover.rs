@@ -761,7 +761,7 @@ fn an_unreachable_agent_at_mount_is_a_clear_error() {
         ]);
         let took = started.elapsed();
         eprintln!("mount with agent {addr}: {took:?}: {}", text(&out).trim());
-        assert_fails_with(&out, 12, &format!("mount with agent {addr}"), &[&addr]);
+        assert_fails_with(&out, 12, &format!("mount with agent {addr}"), &[addr]);
         assert!(
             !is_fuse_mount(s.vol.mnt()),
             "a failed mount left {addr} mounted"
