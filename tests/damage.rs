@@ -76,8 +76,7 @@ fn torn_last_entry_recovers_the_prefix_with_a_warning() {
             format!("content of file {i}")
         );
     }
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -195,8 +194,7 @@ fn one_corrupt_superblock_slot_falls_back_to_the_other() {
     flip(&disk, 100);
     v.remount();
     assert!(v.path("f4").exists());
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]

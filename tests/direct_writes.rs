@@ -13,6 +13,13 @@ const MIB: usize = 1 << 20;
 /// No checkpoint before the kill: everything comes back from the ring's entries.
 const NO_CHECKPOINTS: &str = "checkpoint_ms=3600000";
 
+/// A default volume mounted with NO_CHECKPOINTS.
+fn mounted_without_checkpoints() -> Volume {
+    let mut v = Volume::new(DEFAULT_MKFS);
+    v.mount(&["-o", NO_CHECKPOINTS]);
+    v
+}
+
 /// `smlogfs inspect VOLDIR` as text.
 fn inspect(v: &Volume) -> String {
     let out = run(Command::new(smlogfs_bin()).arg("inspect").arg(v.voldir()));
@@ -74,8 +81,7 @@ fn pwrite_in(path: &std::path::Path, data: &[u8], at: u64, chunk: usize) {
 
 #[test]
 fn large_aligned_writes_bypass_the_ring_and_survive_kill9() {
-    let mut v = Volume::new(&["--size", "1G", "--ring", "16M", "--disks", "1"]);
-    v.mount(&["-o", NO_CHECKPOINTS]);
+    let mut v = mounted_without_checkpoints();
     let big = pattern(1, 40 * MIB);
     pwrite_in(&v.path("big"), &big, 0, MIB);
     // Overwrite the middle (the old blocks are replaced, not written over) and add a file
@@ -112,8 +118,7 @@ fn large_aligned_writes_bypass_the_ring_and_survive_kill9() {
     // Writes after recovery use blocks of their own (the allocator knows the replayed ones).
     let more = pattern(4, 4 * MIB);
     pwrite_in(&v.path("more"), &more, 0, MIB);
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
     v.remount();
     assert!(
         read_file(v.path("big")) == want,
@@ -126,8 +131,7 @@ fn large_aligned_writes_bypass_the_ring_and_survive_kill9() {
 
 #[test]
 fn unaligned_and_small_writes_still_go_through_the_ring() {
-    let mut v = Volume::new(&["--size", "1G", "--ring", "16M", "--disks", "1"]);
-    v.mount(&["-o", NO_CHECKPOINTS]);
+    let mut v = mounted_without_checkpoints();
     let data = pattern(5, 2 * MIB);
     // Offset 100: not block-aligned; 32 KiB: below the direct threshold.
     pwrite_in(&v.path("odd"), &data, 100, MIB);
@@ -143,14 +147,12 @@ fn unaligned_and_small_writes_still_go_through_the_ring() {
     want.extend_from_slice(&data);
     assert!(read_file(v.path("odd")) == want);
     assert!(read_file(v.path("small")) == data);
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
 fn a_direct_write_whose_data_the_volume_lost_reads_as_zeroes() {
-    let mut v = Volume::new(&["--size", "1G", "--ring", "16M", "--disks", "1"]);
-    v.mount(&["-o", NO_CHECKPOINTS]);
+    let mut v = mounted_without_checkpoints();
     let keep = pattern(7, MIB);
     let lost = pattern(8, MIB);
     pwrite_in(&v.path("f"), &keep, 0, MIB);
@@ -181,6 +183,5 @@ fn a_direct_write_whose_data_the_volume_lost_reads_as_zeroes() {
         log.contains("is not on the volume") && log.contains("reads as zeroes"),
         "recovery did not say the data was lost:\n{log}"
     );
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }

@@ -7,11 +7,11 @@
 //! that the test creates (one /24 per pair, checked to be unused). Every namespace, link,
 //! agent, daemon and mount is removed by a Drop guard, also when the test panics.
 //!
-//! A workload of creates, positional writes, appends, renames (also over an existing file),
-//! unlinks and `user.` xattrs runs in the mount and records each op in a model only once the
-//! syscall returned success. Appends make a replay twice visible (the file grows twice), so
-//! "every acknowledged op exactly once" is checked, not only "present". Where the daemon is
-//! killed in the middle of the workload, the one op in flight may have happened or not.
+//! The shared workload of `common::model` runs in the mount and records each op in its model
+//! only once the syscalls returned success. Appends make a replay twice visible (the file
+//! grows twice), so "every acknowledged op exactly once" is checked, not only "present".
+//! Where the daemon is killed in the middle of the workload, the one op in flight may have
+//! happened or not.
 //!
 //! The decisive check in most tests is the read-back from the agent: `kill -9` the daemon,
 //! delete VOLDIR/statelog, mount again with `--mirror`; the tree must equal the model and
@@ -24,6 +24,7 @@
 
 mod common;
 
+use common::model::{Workload, WORK_DIR};
 use common::netns::{Agent, Host, AGENT_PORT};
 use common::*;
 use rand::rngs::StdRng;
@@ -31,16 +32,17 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Command;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// mkfs arguments: small enough to be quick, a ring that does not wrap in these workloads.
 const MKFS: &[&str] = &["--size", "256M", "--ring", "16M", "--disks", "1"];
+/// Heartbeats every 200 ms and an agent declared lost after 1 s of silence: the loss
+/// policies act within about a second.
+const FAST_DETECT: &[&str] = &["--heartbeat-ms", "200", "--detect-ms", "1000"];
 /// Keeps every entry after mount in the ring (and so the agent's copy carries everything).
 const NO_CHECKPOINTS: &str = "checkpoint_ms=3600000";
 
@@ -58,26 +60,11 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// Lazily unmounts a second mountpoint (takeover) and removes nothing else.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if is_fuse_mount(&self.0) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// Everything one test needs: host B with its agent, and a volume in the root namespace.
 /// Field order is drop order: the volume (daemon, mount) first, then the agent, the host.
 struct Setup {
+    /// The mount point of a takeover by node B, unmounted first.
+    peer_mnt: Option<PathBuf>,
     vol: Volume,
     agent: Agent,
     host: Host,
@@ -94,11 +81,65 @@ impl Setup {
             .unwrap();
         let agent = Agent::start(&host, &dir.path().join("agent"), None);
         Setup {
+            peer_mnt: None,
             vol,
             agent,
             host,
             dir,
         }
+    }
+
+    /// `mount_a`, then `ops` ops of a fresh workload.
+    fn mount_a_and_run(&mut self, extra: &[&str], ops: usize) -> Workload {
+        self.mount_a(extra);
+        let mut w = start_workload(self.vol.mnt());
+        w.run(self.vol.mnt(), ops);
+        w
+    }
+
+    /// Mounts the volume as node A mirrored to the agent over every route, with `extra`
+    /// options and checkpoints off (see NO_CHECKPOINTS).
+    fn mount_a(&mut self, extra: &[&str]) {
+        let mirror = self.host.mirror_list();
+        let mut args = mirror_args(&mirror, &["--node", "A"]);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", NO_CHECKPOINTS]);
+        self.vol.mount(&args);
+    }
+
+    /// Waits until the agent holds every entry the daemon has written so far.
+    #[track_caller]
+    fn wait_for_the_agent_to_hold_every_entry(&self) {
+        let last = self.next_seq() - 1;
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the agent to hold every entry (through seq {last})"),
+            || self.agent.last_seq() >= Some(last),
+        );
+    }
+
+    /// The decisive check: kill -9, the local ring deleted, mount again from the agent; the
+    /// tree must hold every acknowledged op; then a clean unmount and fsck.
+    #[track_caller]
+    fn read_back(&mut self, w: &mut Workload) {
+        self.lose_ring_and_remount();
+        self.check_and_unmount(w);
+    }
+
+    /// Checks the mounted tree against the model, then unmounts the volume cleanly and runs
+    /// fsck.
+    #[track_caller]
+    fn check_and_unmount(&mut self, w: &mut Workload) {
+        w.check(self.vol.mnt());
+        self.vol.umount_clean();
+    }
+
+    /// A mount point for a takeover by node B; lazily unmounted when the Setup is dropped.
+    fn peer_mountpoint(&mut self) -> PathBuf {
+        let mnt = self.dir.path().join("mnt-b");
+        fs::create_dir(&mnt).unwrap();
+        self.peer_mnt = Some(mnt.clone());
+        mnt
     }
 
     fn daemon_log(&self) -> String {
@@ -152,6 +193,9 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        if let Some(mnt) = &self.peer_mnt {
+            lazy_umount(mnt);
+        }
         self.keep_on_failure();
     }
 }
@@ -173,414 +217,7 @@ fn mirror_args<'a>(mirror: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-// ----- the workload and its model -----
-
-#[derive(Clone, Debug)]
-enum Op {
-    Mkdir(String),
-    Create(String),
-    Pwrite(String, u64, Vec<u8>),
-    Append(String, Vec<u8>),
-    Rename(String, String),
-    Unlink(String),
-    SetXattr(String, String, Vec<u8>),
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-struct FileState {
-    data: Vec<u8>,
-    xattrs: BTreeMap<String, Vec<u8>>,
-}
-
-/// What the tree under the work directory must hold; paths relative, '/'-separated.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Tree {
-    dirs: BTreeSet<String>,
-    files: BTreeMap<String, FileState>,
-}
-
-impl Tree {
-    fn apply(&mut self, op: &Op) {
-        assert!(
-            self.try_apply(op),
-            "{} cannot apply to the model",
-            op_name(op)
-        );
-    }
-
-    /// Applies `op`; false (and nothing changed) when its file does not exist.
-    fn try_apply(&mut self, op: &Op) -> bool {
-        let exists = |p: &String| self.files.contains_key(p);
-        match op {
-            Op::Pwrite(p, ..)
-            | Op::Append(p, _)
-            | Op::Rename(p, _)
-            | Op::Unlink(p)
-            | Op::SetXattr(p, ..)
-                if !exists(p) =>
-            {
-                return false
-            }
-            _ => {}
-        }
-        match op {
-            Op::Mkdir(p) => {
-                self.dirs.insert(p.clone());
-            }
-            Op::Create(p) => {
-                self.files.insert(p.clone(), FileState::default());
-            }
-            Op::Pwrite(p, off, d) => {
-                let f = &mut self.files.get_mut(p).unwrap().data;
-                let end = *off as usize + d.len();
-                if f.len() < end {
-                    f.resize(end, 0);
-                }
-                f[*off as usize..end].copy_from_slice(d);
-            }
-            Op::Append(p, d) => self.files.get_mut(p).unwrap().data.extend_from_slice(d),
-            Op::Rename(from, to) => {
-                let f = self.files.remove(from).unwrap();
-                self.files.insert(to.clone(), f);
-            }
-            Op::Unlink(p) => {
-                self.files.remove(p);
-            }
-            Op::SetXattr(p, n, v) => {
-                self.files
-                    .get_mut(p)
-                    .unwrap()
-                    .xattrs
-                    .insert(n.clone(), v.clone());
-            }
-        }
-        true
-    }
-
-    /// A short description of how `self` (found) differs from `want`.
-    fn diff(&self, want: &Tree) -> String {
-        let mut out = String::new();
-        for d in want.dirs.symmetric_difference(&self.dirs) {
-            out += &format!(
-                "dir {d}: {}\n",
-                if self.dirs.contains(d) {
-                    "unexpected"
-                } else {
-                    "missing"
-                }
-            );
-        }
-        let names: BTreeSet<&String> = want.files.keys().chain(self.files.keys()).collect();
-        for n in names {
-            match (want.files.get(n), self.files.get(n)) {
-                (Some(_), None) => out += &format!("file {n}: missing\n"),
-                (None, Some(f)) => {
-                    out += &format!("file {n}: unexpected ({} bytes)\n", f.data.len())
-                }
-                (Some(w), Some(f)) if w != f => {
-                    let first = w.data.iter().zip(&f.data).position(|(a, b)| a != b);
-                    out += &format!(
-                        "file {n}: {} bytes, expected {}; first differing byte {:?}; xattrs {:?} expected {:?}\n",
-                        f.data.len(),
-                        w.data.len(),
-                        first,
-                        f.xattrs.keys().collect::<Vec<_>>(),
-                        w.xattrs.keys().collect::<Vec<_>>()
-                    )
-                }
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
-const WORK: &str = "w";
-const DIRS: &[&str] = &["", "D1", "D2"];
-const NAMES: &[&str] = &[
-    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
-];
-const XATTRS: &[&str] = &["user.one", "user.two", "user.three"];
-
-/// Random ops against a mount, each recorded in `model` once it returned success.
-struct Workload {
-    model: Tree,
-    rng: StdRng,
-    /// The op whose syscall failed or was cut short: it may have happened or not.
-    pending: Option<Op>,
-    done: usize,
-    /// Longest time one op took.
-    max_op: Duration,
-}
-
-impl Workload {
-    fn new(seed: u64) -> Workload {
-        eprintln!("workload seed {seed}");
-        Workload {
-            model: Tree::default(),
-            rng: StdRng::seed_from_u64(seed),
-            pending: None,
-            done: 0,
-            max_op: Duration::ZERO,
-        }
-    }
-
-    fn next_op(&mut self) -> Op {
-        let rng = &mut self.rng;
-        for d in &DIRS[1..] {
-            if !self.model.dirs.contains(*d) {
-                return Op::Mkdir(d.to_string());
-            }
-        }
-        let files: Vec<String> = self.model.files.keys().cloned().collect();
-        let fresh = |rng: &mut StdRng, model: &Tree| loop {
-            let dir = DIRS[rng.gen_range(0..DIRS.len())];
-            let name = NAMES[rng.gen_range(0..NAMES.len())];
-            let p = if dir.is_empty() {
-                name.to_string()
-            } else {
-                format!("{dir}/{name}")
-            };
-            if !model.files.contains_key(&p) {
-                return p;
-            }
-        };
-        let roll = rng.gen_range(0..100);
-        if files.len() < 4 || (roll < 12 && files.len() < 30) {
-            return Op::Create(fresh(rng, &self.model));
-        }
-        let pick = files[rng.gen_range(0..files.len())].clone();
-        let tag = self.done as u64 * 7919 + 1;
-        match roll {
-            0..=5 => {
-                // Block-aligned 64 KiB: a direct write, whose data the agent must still get.
-                let off = rng.gen_range(0..=32u64) * 4096;
-                Op::Pwrite(pick, off, pattern(tag, 64 * 1024))
-            }
-            // 6..=11 too: with 30 files or more those rolls are not creates.
-            6..=39 => {
-                let len = self.model.files[&pick].data.len() as u64;
-                let off = rng.gen_range(0..=len.min(48 * 1024));
-                let n = rng.gen_range(1..=16 * 1024);
-                Op::Pwrite(pick, off, pattern(tag, n))
-            }
-            40..=64 => {
-                let n = rng.gen_range(1..=2048);
-                Op::Append(pick, pattern(tag, n))
-            }
-            65..=76 => {
-                // Half of the renames replace an existing file.
-                let to = if rng.gen_bool(0.5) && files.len() > 1 {
-                    files[rng.gen_range(0..files.len())].clone()
-                } else {
-                    fresh(rng, &self.model)
-                };
-                if to == pick {
-                    return Op::Append(pick, pattern(tag, 17));
-                }
-                Op::Rename(pick, to)
-            }
-            77..=86 => Op::Unlink(pick),
-            _ => {
-                let name = XATTRS[rng.gen_range(0..XATTRS.len())];
-                let n = rng.gen_range(1..=64);
-                Op::SetXattr(pick, name.to_string(), pattern(tag, n))
-            }
-        }
-    }
-
-    /// Runs one op in `root/w`; on success records it, on failure keeps it as `pending`.
-    fn step(&mut self, root: &Path) -> io::Result<()> {
-        let op = self.next_op();
-        let started = Instant::now();
-        match exec(&root.join(WORK), &op) {
-            Ok(()) => {
-                self.max_op = self.max_op.max(started.elapsed());
-                self.model.apply(&op);
-                self.done += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.pending = Some(op);
-                Err(e)
-            }
-        }
-    }
-
-    /// Runs `n` ops; every one must succeed.
-    fn run(&mut self, root: &Path, n: usize) {
-        for _ in 0..n {
-            if let Err(e) = self.step(root) {
-                panic!("op {:?} failed: {e}", self.pending);
-            }
-        }
-    }
-
-    /// The tree must be the model, or the model with the pending op applied (in full, or for
-    /// a split write a page-aligned prefix of it). What was found becomes the model: an op that
-    /// never returned but took effect is then part of it, and later ops are checked against it.
-    #[track_caller]
-    fn check(&mut self, root: &Path) {
-        let found = read_tree(&root.join(WORK));
-        if found == self.model {
-            return;
-        }
-        if let Some(op) = &self.pending {
-            let mut candidates = Vec::new();
-            let mut with = self.model.clone();
-            if with.try_apply(op) {
-                candidates.push(with);
-            }
-            // A write(2) that never returned may reach the daemon as several FUSE writes
-            // (split at page boundaries) of which the first were acknowledged before the
-            // kill: the file then holds a page-aligned prefix of it.
-            let split = match op {
-                Op::Pwrite(p, off, d) => Some((p, *off as usize, d)),
-                Op::Append(p, d) => self.model.files.get(p).map(|f| (p, f.data.len(), d)),
-                _ => None,
-            };
-            if let Some((p, off, d)) = split {
-                for k in (1..d.len()).filter(|k| (off + k) % 4096 == 0) {
-                    let mut with = self.model.clone();
-                    if with.try_apply(&Op::Pwrite(p.clone(), off as u64, d[..k].to_vec())) {
-                        candidates.push(with);
-                    }
-                }
-            }
-            if let Some(with) = candidates.into_iter().find(|c| *c == found) {
-                self.model = with;
-                self.pending = None;
-                return;
-            }
-        }
-        panic!(
-            "{} does not hold the {} acknowledged ops (pending {:?}):\n{}",
-            root.display(),
-            self.done,
-            self.pending.as_ref().map(op_name),
-            found.diff(&self.model)
-        );
-    }
-}
-
-fn op_name(op: &Op) -> String {
-    match op {
-        Op::Pwrite(p, off, d) => format!("Pwrite({p}, {off}, {} bytes)", d.len()),
-        Op::Append(p, d) => format!("Append({p}, {} bytes)", d.len()),
-        other => format!("{other:?}"),
-    }
-}
-
-fn exec(w: &Path, op: &Op) -> io::Result<()> {
-    match op {
-        Op::Mkdir(p) => fs::create_dir_all(w.join(p)),
-        Op::Create(p) => fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(w.join(p))
-            .map(drop),
-        Op::Pwrite(p, off, d) => {
-            // Below max_write, so one FUSE write: all or nothing.
-            let f = fs::OpenOptions::new().write(true).open(w.join(p))?;
-            let n = f.write_at(d, *off)?;
-            if n != d.len() {
-                return Err(io::Error::other(format!("short write {n} of {}", d.len())));
-            }
-            Ok(())
-        }
-        Op::Append(p, d) => {
-            let mut f = fs::OpenOptions::new().append(true).open(w.join(p))?;
-            let n = f.write(d)?;
-            if n != d.len() {
-                return Err(io::Error::other(format!("short append {n} of {}", d.len())));
-            }
-            Ok(())
-        }
-        Op::Rename(a, b) => fs::rename(w.join(a), w.join(b)),
-        Op::Unlink(p) => fs::remove_file(w.join(p)),
-        Op::SetXattr(p, n, v) => {
-            let c = cpath(w.join(p));
-            let cn = cstr(n);
-            let rc =
-                unsafe { libc::lsetxattr(c.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        }
-    }
-}
-
-fn read_tree(w: &Path) -> Tree {
-    let mut t = Tree::default();
-    if !w.exists() {
-        return t;
-    }
-    fn walk(base: &Path, rel: &str, t: &mut Tree) {
-        let dir = if rel.is_empty() {
-            base.to_path_buf()
-        } else {
-            base.join(rel)
-        };
-        let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
-        for e in rd {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let p = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                t.dirs.insert(p.clone());
-                walk(base, &p, t);
-            } else {
-                let full = base.join(&p);
-                t.files.insert(
-                    p,
-                    FileState {
-                        data: read_file(&full),
-                        xattrs: user_xattrs(&full),
-                    },
-                );
-            }
-        }
-    }
-    walk(w, "", &mut t);
-    t
-}
-
-fn user_xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
-    let c = cpath(p);
-    let mut buf = vec![0u8; 4096];
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr {}: {}", p.display(), errno_name(errno()));
-    let mut out = BTreeMap::new();
-    for name in buf[..n as usize]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-    {
-        let name = String::from_utf8_lossy(name).into_owned();
-        if !name.starts_with("user.") {
-            continue;
-        }
-        let mut val = vec![0u8; 4096];
-        let cn = cstr(&name);
-        let len =
-            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
-        assert!(
-            len >= 0,
-            "getxattr {} {name}: {}",
-            p.display(),
-            errno_name(errno())
-        );
-        val.truncate(len as usize);
-        out.insert(name, val);
-    }
-    out
-}
+// ----- the workload (common::model) -----
 
 fn seed() -> u64 {
     std::env::var("FAILOVER_SEED")
@@ -589,31 +226,32 @@ fn seed() -> u64 {
         .unwrap_or_else(|| rand::thread_rng().gen())
 }
 
-/// Runs the workload in a thread until `stop` is set or an op fails (then it stops at once).
-fn spawn_workload(
-    mut w: Workload,
-    root: PathBuf,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Workload, Option<String>)> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            if let Err(e) = w.step(&root) {
-                return (w, Some(e.to_string()));
-            }
-        }
-        (w, None)
-    })
+/// Runs `w` in a thread, kills the daemon once it has done a few more ops (so the kill
+/// lands in the middle of one) and returns the workload, which stopped at its first failing
+/// op: the one in flight.
+#[track_caller]
+fn kill_in_the_middle(vol: &mut Volume, w: Workload) -> Workload {
+    let running = w.spawn(vol.mnt().to_path_buf());
+    running.wait_for_ops(30, Duration::from_secs(30));
+    running.mark_killed();
+    vol.kill9();
+    let (w, failed) = running.join();
+    let failed = failed.expect("the workload stops only at a failing op");
+    assert!(
+        failed.after_kill,
+        "{failed} while the daemon was alive (after {} ops)",
+        w.acked
+    );
+    eprintln!("killed the daemon during {failed} after {} ops", w.acked);
+    w
 }
 
-fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A workload on `mount` (which must be mounted), its work directory made; prints its seed.
+fn start_workload(mount: &Path) -> Workload {
+    let seed = seed();
+    eprintln!("workload seed {seed} (FAILOVER_SEED)");
+    Workload::prepare(mount);
+    Workload::new(seed)
 }
 
 // ----- 1. the local ring lost: everything comes back from the agent on host B -----
@@ -628,32 +266,19 @@ fn lost_ring_is_recovered_from_the_agent_on_another_host() {
         &mirror,
         &["--node", "A", "-o", "checkpoint_ms=300"],
     ));
-    let mut w = Workload::new(seed());
+    let mut w = start_workload(s.vol.mnt());
     w.run(s.vol.mnt(), 300);
     // And a stretch that the daemon is killed in the middle of.
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = spawn_workload(w, s.vol.mnt().to_path_buf(), stop.clone());
-    std::thread::sleep(Duration::from_millis(700));
-    s.vol.kill9();
-    stop.store(true, Ordering::Relaxed);
-    let (mut w, err) = t.join().unwrap();
+    let mut w = kill_in_the_middle(&mut s.vol, w);
     let took = s.remount_without_ring();
-    assert!(
-        err.is_some(),
-        "the workload did not notice the daemon's death"
-    );
     eprintln!(
         "{} acknowledged ops; remount with recovery from the agent took {took:?}",
-        w.done
+        w.acked
     );
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
     // A clean cycle keeps it all too.
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 // ----- 2. --on-mirror-loss wait -----
@@ -661,47 +286,34 @@ fn lost_ring_is_recovered_from_the_agent_on_another_host() {
 #[test]
 fn wait_policy_blocks_writes_until_the_agent_returns() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &[
-            "--node",
-            "A",
-            "--on-mirror-loss",
-            "wait",
-            "--heartbeat-ms",
-            "200",
-            "--detect-ms",
-            "1000",
-            "-o",
-            NO_CHECKPOINTS,
-        ],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 150);
+    let mut w = s.mount_a_and_run(&[&["--on-mirror-loss", "wait"], FAST_DETECT].concat(), 150);
     s.agent.kill();
-    // One write in a thread: it must block while the agent is away.
+    // One change in a thread: it must block while the agent is away.
     let (tx, rx) = mpsc::channel();
     let root = s.vol.mnt().to_path_buf();
     let blocked = std::thread::spawn(move || {
         let started = Instant::now();
-        let r = w.step(&root).map_err(|e| e.to_string());
+        let r = w.step_change(&root).map_err(errno_name);
         tx.send((r, started.elapsed())).unwrap();
         w
     });
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(
-        matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)),
-        "a write returned while the mirror agent was down under --on-mirror-loss wait"
-    );
     // The blocked op is logged and applied in memory but not answered: status counts it
     // Accepted (not Mirrored: the agent never acknowledged it), and its entry unacknowledged.
-    let waiting = status_json(&s);
+    let mut waiting = serde_json::Value::Null;
+    wait_for(
+        Duration::from_secs(20),
+        "status to show the op accepted and waiting for the dead agent",
+        || {
+            waiting = status_json(&s);
+            waiting["ops_accepted"].as_u64() >= Some(1)
+                && waiting["ops_mirrored"].as_u64() == Some(0)
+                && waiting["mirror"]["unacked_entries"].as_u64() >= Some(1)
+        },
+    );
     assert!(
-        waiting["ops_accepted"].as_u64() >= Some(1)
-            && waiting["ops_mirrored"].as_u64() == Some(0)
-            && waiting["mirror"]["unacked_entries"].as_u64() >= Some(1),
-        "status while a write waits for the dead agent: {waiting}"
+        matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)),
+        "the op returned while the mirror agent was down under --on-mirror-loss wait: \
+         {waiting}"
     );
     s.agent.restart();
     let (r, took) = rx
@@ -712,7 +324,7 @@ fn wait_policy_blocks_writes_until_the_agent_returns() {
         r.is_ok(),
         "the blocked write failed after the agent returned: {r:?}"
     );
-    eprintln!("the write blocked for {took:?} (agent down ~1.2 s)");
+    eprintln!("the op blocked for {took:?} while the agent was down");
     let answered = status_json(&s);
     assert!(
         answered["ops_accepted"].as_u64() == Some(0)
@@ -722,41 +334,21 @@ fn wait_policy_blocks_writes_until_the_agent_returns() {
     );
     // Writes go on as before.
     w.run(s.vol.mnt(), 100);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.wait_for_the_agent_to_hold_every_entry();
+    s.read_back(&mut w);
 }
 
 #[test]
 fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
+    let mut w = s.mount_a_and_run(
         &[
-            "--node",
-            "A",
-            "--on-mirror-loss",
-            "wait",
-            "--mirror-wait-ms",
-            "1500",
-            "--heartbeat-ms",
-            "200",
-            "--detect-ms",
-            "1000",
-            "-o",
-            NO_CHECKPOINTS,
-        ],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 80);
+            &["--on-mirror-loss", "wait", "--mirror-wait-ms", "1500"],
+            FAST_DETECT,
+        ]
+        .concat(),
+        80,
+    );
     s.agent.kill();
     let victim = s.vol.path("w/eio-victim");
     let started = Instant::now();
@@ -776,12 +368,7 @@ fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
     s.agent.restart();
     // Writes work again once the agent is back, and nothing acknowledged is lost.
     w.run(s.vol.mnt(), 50);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     s.lose_ring_and_remount();
     // The EIO'd create was never acknowledged: it may be there or not (POSIX leaves a failed
     // write's effect undefined); the model ignores it.
@@ -789,9 +376,7 @@ fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
         eprintln!("note: the create answered EIO is present after recovery");
         fs::remove_file(&victim).unwrap();
     }
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 // ----- 3. --on-mirror-loss degrade -----
@@ -799,24 +384,10 @@ fn wait_policy_fails_a_write_with_eio_after_mirror_wait_ms() {
 #[test]
 fn degrade_policy_goes_on_unprotected_and_resyncs_the_agent() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &[
-            "--node",
-            "A",
-            "--on-mirror-loss",
-            "degrade",
-            "--heartbeat-ms",
-            "200",
-            "--detect-ms",
-            "1000",
-            "-o",
-            NO_CHECKPOINTS,
-        ],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 100);
+    let mut w = s.mount_a_and_run(
+        &[&["--on-mirror-loss", "degrade"], FAST_DETECT].concat(),
+        100,
+    );
     assert_eq!(s.mirror_status("protected"), "true");
     s.agent.kill();
     let started = Instant::now();
@@ -873,17 +444,9 @@ fn degrade_policy_goes_on_unprotected_and_resyncs_the_agent() {
         serde_json::Value::Null,
         "status still shows a resync after the agent caught up"
     );
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     // The read-back: only the agent's copy can bring the degraded stretch back.
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.read_back(&mut w);
 }
 
 // ----- 4. route failover -----
@@ -906,22 +469,27 @@ fn writes_continue_through_the_second_route_when_the_first_goes_down() {
         ],
     ));
     assert_eq!(s.mirror_status("route_in_use"), s.host.addr(0));
-    let mut w = Workload::new(seed());
+    let mut w = start_workload(s.vol.mnt());
     w.run(s.vol.mnt(), 50);
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = spawn_workload(w, s.vol.mnt().to_path_buf(), stop.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    let running = w.spawn(s.vol.mnt().to_path_buf());
+    running.wait_for_ops(20, Duration::from_secs(30));
     s.host.route_down(0);
     let down_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(3000));
-    stop.store(true, Ordering::Relaxed);
-    let (w, err) = t.join().unwrap();
-    assert_eq!(err, None, "an op failed during route failover");
+    wait_for(
+        Duration::from_secs(20),
+        "status to show the second route in use",
+        || s.mirror_status("route_in_use") == s.host.addr(1),
+    );
+    let switched = down_at.elapsed();
+    // The workload goes on through the second route while it runs.
+    running.wait_for_ops(30, Duration::from_secs(30));
+    let (w, failed) = running.stop();
+    if let Some(e) = failed {
+        panic!("{e} during route failover");
+    }
     eprintln!(
-        "{} ops, longest {:?} (route 1 down {:?} before the end)",
-        w.done,
-        w.max_op,
-        down_at.elapsed()
+        "{} ops, longest {:?}; the second route in use {switched:?} after the first went down",
+        w.acked, w.max_op,
     );
     assert!(
         w.max_op < Duration::from_millis(3000),
@@ -936,20 +504,12 @@ fn writes_continue_through_the_second_route_when_the_first_goes_down() {
     assert_eq!(s.mirror_status("protected"), "true");
     // Progress after the failover: more ops go through the second route.
     let mut w = w;
-    let before = w.done;
+    let before = w.acked;
     w.run(s.vol.mnt(), 50);
-    assert_eq!(w.done, before + 50);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    assert_eq!(w.acked, before + 50);
+    s.wait_for_the_agent_to_hold_every_entry();
     eprintln!("agent: {}", s.agent.inspect());
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.read_back(&mut w);
 }
 
 // ----- 5. takeover and giveback -----
@@ -970,22 +530,10 @@ fn takeover(voldir: &Path, mnt: &Path, mirror: &str, node: &str) -> std::process
 fn peer_takes_over_a_killed_node_and_gives_back() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    let mnt2 = s.dir.path().join("mnt-b");
-    fs::create_dir(&mnt2).unwrap();
-    let _guard = MountGuard(mnt2.clone());
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 100);
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = spawn_workload(w, s.vol.mnt().to_path_buf(), stop.clone());
-    std::thread::sleep(Duration::from_millis(600));
-    s.vol.kill9();
+    let mnt2 = s.peer_mountpoint();
+    let w = s.mount_a_and_run(&[], 100);
+    let mut w = kill_in_the_middle(&mut s.vol, w);
     let killed_at = Instant::now();
-    let (mut w, err) = t.join().unwrap();
-    assert!(err.is_some(), "the workload did not notice A's death");
     // B takes over from the agent's copy (the local ring of A is not used).
     let out = takeover(s.vol.voldir(), &mnt2, &mirror, "B");
     assert!(
@@ -996,15 +544,12 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
     eprintln!(
         "takeover ready {:?} after A's death; {} ops acknowledged by A",
         killed_at.elapsed(),
-        w.done
+        w.acked
     );
     assert!(is_fuse_mount(&mnt2));
     w.check(&mnt2);
     // A is fenced while B owns the volume.
-    let _ = Command::new("fusermount3")
-        .arg("-uz")
-        .arg(s.vol.mnt())
-        .status();
+    lazy_umount(s.vol.mnt());
     let out = smlogfs(&[
         "mount",
         &s.vol.voldir().display().to_string(),
@@ -1014,23 +559,17 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
         "--node",
         "A",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(11),
-        "A's mount while B owns the volume: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("taken over"),
-        "the refusal does not say why: {}",
-        text(&out)
+    assert_fails_with(
+        &out,
+        11,
+        "A's mount while B owns the volume",
+        &["taken over"],
     );
     assert!(
         !is_fuse_mount(s.vol.mnt()),
         "a fenced mount left something mounted"
     );
     // B writes; gives back; A mounts again and sees B's writes too.
-    w.pending = None;
     w.run(&mnt2, 100);
     let out = smlogfs(&["giveback", &mnt2.display().to_string()]);
     assert!(out.status.success(), "giveback: {}", describe(&out));
@@ -1043,10 +582,7 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
     w.check(s.vol.mnt());
     w.run(s.vol.mnt(), 30);
     // And A's own writes after giveback are mirrored again: the read-back check.
-    s.lose_ring_and_remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.read_back(&mut w);
 }
 
 /// The largest writes the daemon takes (1 MiB, FUSE's max_write here) go to the agent like
@@ -1054,11 +590,7 @@ fn peer_takes_over_a_killed_node_and_gives_back() {
 #[test]
 fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
+    s.mount_a(&[]);
     let mut data = vec![0u8; 8 << 20];
     let mut rng = StdRng::seed_from_u64(seed());
     rng.fill(&mut data[..]);
@@ -1074,19 +606,13 @@ fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
         !log.contains("ERROR"),
         "the daemon logged an error for 1 MiB writes:\n{log}"
     );
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(10),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     s.lose_ring_and_remount();
     assert!(
         fs::read(s.vol.path("big.bin")).unwrap() == data,
         "big.bin differs after recovery from the agent"
     );
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
 }
 
 /// A still running when B takes over: A learns of the fence at its next heartbeat, refuses
@@ -1096,15 +622,8 @@ fn one_mib_writes_are_mirrored_and_recovered_from_the_agent() {
 fn a_live_old_owner_is_fenced_by_the_takeover() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    let mnt2 = s.dir.path().join("mnt-b");
-    fs::create_dir(&mnt2).unwrap();
-    let _guard = MountGuard(mnt2.clone());
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 100);
+    let mnt2 = s.peer_mountpoint();
+    let mut w = s.mount_a_and_run(&[], 100);
     let out = takeover(s.vol.voldir(), &mnt2, &mirror, "B");
     eprintln!("takeover with A alive: {}", describe(&out));
     assert!(
@@ -1119,7 +638,7 @@ fn a_live_old_owner_is_fenced_by_the_takeover() {
         let e = r.expect_err("the old owner could still write after the takeover");
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "write {i} of A: {e}");
     }
-    let e = fs::write(s.vol.path("w/D1/another"), b"x").unwrap_err();
+    let e = fs::write(s.vol.path("w/another"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     assert!(
         s.daemon_log().contains("FENCED"),
@@ -1134,38 +653,55 @@ fn a_live_old_owner_is_fenced_by_the_takeover() {
     w.run(&mnt2, 50);
     let out = smlogfs(&["giveback", &mnt2.display().to_string()]);
     assert!(out.status.success(), "giveback: {}", describe(&out));
-    let _ = Command::new("fusermount3")
-        .arg("-uz")
-        .arg(s.vol.mnt())
-        .status();
+    lazy_umount(s.vol.mnt());
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
-/// A takeover that fails (here: A's daemon still holds the volume on this machine) must
-/// leave nothing half done: either B serves the volume, or A still owns it and writes.
+/// A takeover that fails because A's daemon still holds the volume on this machine (here:
+/// stopped, so it cannot learn of the fence and let go) must say so and what to do (exit 6,
+/// "stop that daemon and run the takeover again"), and leave the volume with a server: A's
+/// mount still serves every acknowledged op, and once A is killed as told, the takeover run
+/// again serves them from B.
 #[test]
 fn a_failed_takeover_leaves_the_volume_with_a_server() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    let mnt2 = s.dir.path().join("mnt-b");
-    fs::create_dir(&mnt2).unwrap();
-    let _guard = MountGuard(mnt2.clone());
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 20);
+    let mnt2 = s.peer_mountpoint();
+    let mut w = s.mount_a_and_run(&[], 20);
+    let pid = s.vol.daemon_pid().expect("A's daemon pid");
+    signal(pid, libc::SIGSTOP);
     let out = takeover(s.vol.voldir(), &mnt2, &mirror, "B");
-    if out.status.success() {
-        assert!(is_fuse_mount(&mnt2));
-        w.check(&mnt2);
-    } else {
-        w.run(s.vol.mnt(), 5);
-    }
+    signal(pid, libc::SIGCONT);
+    eprintln!("takeover while A holds the volume: {}", text(&out).trim());
+    assert_fails_with(
+        &out,
+        6,
+        "takeover while A's daemon holds the volume",
+        &["did not let go", "run the takeover again"],
+    );
+    assert!(!is_fuse_mount(&mnt2), "the failed takeover mounted B");
+    // A still serves the volume (fenced: reads only).
+    assert!(is_fuse_mount(s.vol.mnt()), "A's mount is gone");
+    w.check(s.vol.mnt());
+    // What the message says to do: stop A, take over again.
+    s.vol.kill9();
+    let out = takeover(s.vol.voldir(), &mnt2, &mirror, "B");
+    assert!(
+        out.status.success(),
+        "the takeover run again after A was stopped: {}",
+        describe(&out)
+    );
+    w.check(&mnt2);
+    w.run(&mnt2, 10);
+    let out = smlogfs(&["giveback", &mnt2.display().to_string()]);
+    assert!(out.status.success(), "giveback: {}", describe(&out));
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY-free: kill(2) has no memory effects.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill -{sig} {pid}: {}", io::Error::last_os_error());
 }
 
 /// A takeover whose command is wrong (here: its mountpoint does not exist) is refused
@@ -1174,31 +710,26 @@ fn a_failed_takeover_leaves_the_volume_with_a_server() {
 fn a_mistyped_takeover_fences_nobody() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 10);
+    let mut w = s.mount_a_and_run(&[], 10);
+    let epoch = s.agent.epoch().expect("the agent holds the volume");
     let missing = s.dir.path().join("no-such-mountpoint");
     let out = takeover(s.vol.voldir(), &missing, &mirror, "B");
-    assert!(
-        !out.status.success(),
-        "takeover onto a missing mountpoint succeeded"
+    assert_fails_with(
+        &out,
+        5,
+        "takeover onto a missing mountpoint",
+        &["no-such-mountpoint"],
     );
-    assert!(
-        text(&out).contains("no-such-mountpoint"),
-        "the error does not name the mountpoint: {}",
-        describe(&out)
+    // The fence is the epoch at the agent: not raised, so A is not fenced, and writes on.
+    assert_eq!(
+        s.agent.epoch(),
+        Some(epoch),
+        "the refused takeover raised the epoch at the agent"
     );
-    // Well past A's heartbeat: had the epoch been raised, A would be fenced by now.
-    std::thread::sleep(Duration::from_millis(2500));
     w.run(s.vol.mnt(), 10);
     s.vol.umount();
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 // ----- 6. bad configuration -----
@@ -1230,17 +761,7 @@ fn an_unreachable_agent_at_mount_is_a_clear_error() {
         ]);
         let took = started.elapsed();
         eprintln!("mount with agent {addr}: {took:?}: {}", text(&out).trim());
-        assert_eq!(
-            out.status.code(),
-            Some(12),
-            "mount with agent {addr}: {}",
-            describe(&out)
-        );
-        assert!(
-            text(&out).contains(addr.as_str()),
-            "the error does not name {addr}: {}",
-            text(&out)
-        );
+        assert_fails_with(&out, 12, &format!("mount with agent {addr}"), &[addr]);
         assert!(
             !is_fuse_mount(s.vol.mnt()),
             "a failed mount left {addr} mounted"
@@ -1297,7 +818,7 @@ fn a_secret_mismatch_is_a_clear_error() {
     // The right secret mounts, and mirrors.
     let p = secret_agent.display().to_string();
     s.vol.mount(&["--mirror", &mirror, "--secret-file", &p]);
-    let mut w = Workload::new(seed());
+    let mut w = start_workload(s.vol.mnt());
     w.run(s.vol.mnt(), 30);
     s.vol.umount();
     agent.kill();
@@ -1320,19 +841,11 @@ enum RingDamage {
 /// Mounts with the mirror and no periodic checkpoint, runs ops, cycles the mount once (a
 /// checkpoint the agent learns of: recovery must join it with the agent's entries after it),
 /// runs more ops and kills the daemon in the middle of a workload.
-fn run_then_kill_after_a_checkpoint(s: &mut Setup, mirror: &str) -> Workload {
-    s.vol
-        .mount(&mirror_args(mirror, &["--node", "A", "-o", NO_CHECKPOINTS]));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 80);
+fn run_then_kill_after_a_checkpoint(s: &mut Setup) -> Workload {
+    let mut w = s.mount_a_and_run(&[], 80);
     s.vol.cycle();
     w.run(s.vol.mnt(), 150);
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = spawn_workload(w, s.vol.mnt().to_path_buf(), stop.clone());
-    std::thread::sleep(Duration::from_millis(200));
-    s.vol.kill9();
-    stop.store(true, Ordering::Relaxed);
-    t.join().unwrap().0
+    kill_in_the_middle(&mut s.vol, w)
 }
 
 /// Damages VOLDIR/statelog at an entry in the middle of those after the volume's last
@@ -1412,18 +925,14 @@ fn remount_from_damaged_ring(s: &mut Setup, expect: &str) {
 /// writes, and a clean unmount and mount after.
 fn damaged_ring_is_recovered_from_the_agent(damage: RingDamage, expect: &str) {
     let mut s = Setup::new(1);
-    let mirror = s.host.addr(0);
-    let mut w = run_then_kill_after_a_checkpoint(&mut s, &mirror);
+    let mut w = run_then_kill_after_a_checkpoint(&mut s);
     damage_ring(s.vol.voldir(), damage);
     remount_from_damaged_ring(&mut s, expect);
     w.check(s.vol.mnt());
     w.run(s.vol.mnt(), 20);
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
 }
 
 #[test]
@@ -1497,26 +1006,21 @@ fn assert_voldir_unchanged(
 fn explicit_recover_from_the_agent_then_a_mount_without_the_mirror() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    let mut w = run_then_kill_after_a_checkpoint(&mut s, &mirror);
+    let mut w = run_then_kill_after_a_checkpoint(&mut s);
     damage_ring(s.vol.voldir(), RingDamage::Overwrite);
     let voldir = s.vol.voldir().display().to_string();
     let mnt = s.vol.mnt().display().to_string();
     let before = voldir_digest(s.vol.voldir());
     let log_before = s.daemon_log();
     let out = smlogfs(&["mount", &voldir, &mnt]);
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "a mount without the mirror over a ring damaged in the middle: {}",
-        describe(&out)
+    assert_fails_with(
+        &out,
+        7,
+        "a mount without the mirror over a ring damaged in the middle",
+        &["recover"],
     );
     assert!(
-        text(&out).contains("recover"),
-        "the refusal does not point at `smlogfs recover`: {}",
-        text(&out)
-    );
-    assert!(
-        !s.vol.path(WORK).exists(),
+        !s.vol.path(WORK_DIR).exists(),
         "the refused mount serves the volume"
     );
     assert_voldir_unchanged(s.vol.voldir(), &before, &log_before, "the refused mount");
@@ -1543,8 +1047,7 @@ fn explicit_recover_from_the_agent_then_a_mount_without_the_mirror() {
     s.vol.mount(&["-o", NO_CHECKPOINTS]);
     w.check(s.vol.mnt());
     w.run(s.vol.mnt(), 20);
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
 }
 
 // ----- 8. an agent whose directory for our volume holds another volume -----
@@ -1578,12 +1081,7 @@ fn copy_flat_dir(from: &Path, to: &Path) {
 fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
     let mut s = Setup::new(1);
     let mirror = s.host.addr(0);
-    s.vol.mount(&mirror_args(
-        &mirror,
-        &["--node", "A", "-o", NO_CHECKPOINTS],
-    ));
-    let mut w = Workload::new(seed());
-    w.run(s.vol.mnt(), 60);
+    let mut w = s.mount_a_and_run(&[], 60);
     let ours: Vec<PathBuf> = agent_volume_dirs(&s.agent.dir).into_iter().collect();
     assert_eq!(ours.len(), 1, "the agent holds {ours:?}");
     let ours = ours[0].clone();
@@ -1627,16 +1125,11 @@ fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
         "2000",
     ]);
     eprintln!("mount against the foreign directory: {}", text(&out).trim());
-    assert_eq!(
-        out.status.code(),
-        Some(12),
-        "mount with the agent's copy of another volume: {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out).contains("belongs to volume") && text(&out).contains(&mirror),
-        "the error does not name the conflict and the route: {}",
-        text(&out)
+    assert_fails_with(
+        &out,
+        12,
+        "mount with the agent's copy of another volume",
+        &["belongs to volume", &mirror],
     );
     assert!(
         text(&out).contains("reachable but refused") && !text(&out).contains("unreachable"),
@@ -1644,7 +1137,7 @@ fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
         text(&out)
     );
     assert!(
-        !s.vol.path(WORK).exists(),
+        !s.vol.path(WORK_DIR).exists(),
         "the refused mount serves the volume"
     );
     assert_voldir_unchanged(s.vol.voldir(), &before, &log_before, "the refused mount");
@@ -1655,9 +1148,7 @@ fn an_agent_dir_holding_another_volume_under_ours_is_a_clear_error() {
     fs::rename(&saved, &ours).unwrap();
     s.agent.restart();
     s.vol.remount();
-    w.check(s.vol.mnt());
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.check_and_unmount(&mut w);
     // The other volume was never touched.
     other.remount();
     assert_eq!(read_file(other.path("from-b")), b"volume b");
@@ -1707,14 +1198,9 @@ fn async_mode_answers_at_once_and_the_agent_catches_up() {
         "status does not show the mode: {}",
         text(&human)
     );
-    let mut w = Workload::new(seed());
+    let mut w = start_workload(s.vol.mnt());
     w.run(s.vol.mnt(), 200);
-    let last = s.next_seq() - 1;
-    wait_for(
-        Duration::from_secs(20),
-        "the agent to hold every entry",
-        || s.agent.last_seq() >= Some(last),
-    );
+    s.wait_for_the_agent_to_hold_every_entry();
     // The agent away: async writes do not wait for it.
     s.agent.kill();
     w.run(s.vol.mnt(), 150);
@@ -1736,6 +1222,5 @@ fn async_mode_answers_at_once_and_the_agent_catches_up() {
     s.lose_ring_and_remount();
     w.check(s.vol.mnt());
     assert_eq!(status_json(&s)["mirror"]["mode"], "async");
-    s.vol.umount();
-    s.vol.assert_fsck_clean();
+    s.vol.umount_clean();
 }

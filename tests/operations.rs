@@ -215,8 +215,7 @@ fn live_status_under_load_moves_ops_through_states_and_counts_add_up() {
         "{text}"
     );
     assert!(text.contains("live"), "{text}");
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -369,8 +368,7 @@ fn status_during_a_raid_rebuild_shows_progress_that_increases() {
     assert_eq!(done["raid"]["degraded"], false, "{done}");
     assert!(done["raid"]["rebuild"].is_null(), "{done}");
     assert_eq!(read_file(v.path("kept")), pattern(7, 3 << 20));
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -722,8 +720,7 @@ fn a_second_mount_of_a_volume_held_by_a_live_daemon_is_refused_and_the_first_kee
         status_json(v.mnt())["daemon_pid"].as_i64(),
         Some(pid as i64)
     );
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -966,24 +963,24 @@ fn readahead_is_set_on_the_mount_as_the_option_says() {
             libc::major(dev),
             libc::minor(dev)
         );
-        // Set by a daemon thread once the mount answers: give it a moment.
-        let mut last = 0;
-        for _ in 0..100 {
-            last = fs::read_to_string(&path).unwrap().trim().parse().unwrap();
-            if last != 128 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        last
+        fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+    };
+    // A daemon thread sets it once the mount answers: wait for that.
+    let wait_for_read_ahead = |mnt: &Path, kb: u64| {
+        wait_for(
+            Duration::from_secs(5),
+            &format!("the mount's readahead to be {kb} KiB"),
+            || read_ahead_kb(mnt) == kb,
+        );
     };
     let mut v = Volume::new(DEFAULT_MKFS);
     v.mount(&[]);
-    assert_eq!(read_ahead_kb(v.mnt()), 4096, "default readahead");
+    wait_for_read_ahead(v.mnt(), 4096);
     v.umount();
     v.mount(&["-o", "read_ahead_kb=1024"]);
-    assert_eq!(read_ahead_kb(v.mnt()), 1024, "-o read_ahead_kb=1024");
+    wait_for_read_ahead(v.mnt(), 1024);
     v.umount();
+    // With 0 the daemon starts no thread to set it: there is no later change to wait for.
     v.mount(&["-o", "read_ahead_kb=0"]);
     assert_eq!(
         read_ahead_kb(v.mnt()),

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -113,22 +113,26 @@ fn access(p: &Path, mode: i32) -> i64 {
 }
 
 fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> i64 {
-    let (c, n) = (cpath(p), cstr(name));
-    unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        ) as i64
-    }
+    setxattr_by(libc::setxattr, p, name, value, flags)
 }
 
+/// Like `setxattr` on the symlink itself.
 fn lsetxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> i64 {
+    setxattr_by(libc::lsetxattr, p, name, value, flags)
+}
+
+type SetxattrFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const libc::c_char,
+    *const libc::c_void,
+    libc::size_t,
+    libc::c_int,
+) -> libc::c_int;
+
+fn setxattr_by(call: SetxattrFn, p: &Path, name: &str, value: &[u8], flags: i32) -> i64 {
     let (c, n) = (cpath(p), cstr(name));
     unsafe {
-        libc::lsetxattr(
+        call(
             c.as_ptr(),
             n.as_ptr(),
             value.as_ptr().cast(),
@@ -152,6 +156,18 @@ fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 fn removexattr(p: &Path, name: &str) -> i64 {
     let (c, n) = (cpath(p), cstr(name));
     unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) as i64 }
+}
+
+/// setxattr(2) on prepared C strings: no allocation, so it may run in an `as_user` child.
+fn raw_setxattr(path: &CStr, name: &CStr, value: &[u8]) -> i64 {
+    let (p, n, v) = (path.as_ptr(), name.as_ptr(), value.as_ptr().cast());
+    unsafe { libc::setxattr(p, n, v, value.len(), 0) as i64 }
+}
+
+/// getxattr(2) of up to 64 bytes on prepared C strings (see `raw_setxattr`).
+fn raw_getxattr(path: &CStr, name: &CStr) -> i64 {
+    let mut b = [0u8; 64];
+    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), b.as_mut_ptr().cast(), b.len()) as i64 }
 }
 
 fn listxattr(p: &Path) -> Result<BTreeSet<String>, i32> {
@@ -219,6 +235,17 @@ fn pread_exact(fd: i32, len: usize, off: u64) -> Vec<u8> {
     }
     buf.truncate(done);
     buf
+}
+
+/// Creates (or empties) `p` and opens it for reading and writing.
+fn create_rw(p: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("create {}: {e}", p.display()))
 }
 
 fn fstat(fd: i32) -> libc::stat {
@@ -349,32 +376,39 @@ fn chmod_and_chown_as_root_and_as_user() {
     write_file(&mine, b"");
     assert_ok("chown", chown(&mine, 1000, 1000));
     let (cf, cm) = (cpath(&f), cpath(&mine));
-    let r = as_user_a(|| err_of(unsafe { libc::chmod(cf.as_ptr(), 0o777) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "chmod of another user's file"
-    );
-    let r = as_user_a(|| err_of(unsafe { libc::chmod(cm.as_ptr(), 0o600) } as i64));
-    assert_eq!(errno_name(r), "OK(0)", "chmod of own file");
+    let nobody = u32::MAX;
+    assert_errnos_as_user_a(&[
+        (
+            "chmod of another user's file",
+            &|| unsafe { libc::chmod(cf.as_ptr(), 0o777) } as i64,
+            libc::EPERM,
+        ),
+        (
+            "chmod of own file",
+            &|| unsafe { libc::chmod(cm.as_ptr(), 0o600) } as i64,
+            0,
+        ),
+        (
+            "giving a file away",
+            &|| unsafe { libc::chown(cm.as_ptr(), 1001, nobody) } as i64,
+            libc::EPERM,
+        ),
+        (
+            "chgrp to a group the user is not in",
+            &|| unsafe { libc::chown(cm.as_ptr(), nobody, 1001) } as i64,
+            libc::EPERM,
+        ),
+    ]);
     assert_eq!(perm(&st(&mine)), 0o600);
-    let r = as_user_a(|| err_of(unsafe { libc::chown(cm.as_ptr(), 1001, u32::MAX) } as i64));
-    assert_eq!(errno_name(r), errno_name(libc::EPERM), "giving a file away");
-    let r = as_user_a(|| err_of(unsafe { libc::chown(cm.as_ptr(), u32::MAX, 1001) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "chgrp to a group the user is not in"
-    );
     let r = as_user(1000, 1000, &[1000, 1001], || {
         err_of(unsafe { libc::chown(cm.as_ptr(), u32::MAX, 1001) } as i64)
     });
-    assert_eq!(errno_name(r), "OK(0)", "chgrp to a supplementary group");
+    assert_errno_is("chgrp to a supplementary group", r, 0);
     assert_eq!(st(&mine).st_gid, 1001);
     // A non-member setting S_ISGID on its own file: the bit is silently cleared.
     assert_ok("chown", chown(&mine, 1000, 1001));
     let r = as_user_a(|| err_of(unsafe { libc::chmod(cm.as_ptr(), 0o2755) } as i64));
-    assert_eq!(errno_name(r), "OK(0)");
+    assert_errno_is("user chmod g+s of own file (non-member)", r, 0);
     assert_eq!(perm(&st(&mine)), 0o755, "S_ISGID dropped for a non-member");
 }
 
@@ -435,7 +469,11 @@ fn truncate_up_and_down_zero_fills() {
     assert_ok("chmod", chmod(&f, 0o644));
     let cf = cpath(&f);
     let r = as_user_a(|| err_of(unsafe { libc::truncate(cf.as_ptr(), 0) } as i64));
-    assert_eq!(errno_name(r), errno_name(libc::EACCES));
+    assert_errno_is(
+        "truncate by a user without write permission",
+        r,
+        libc::EACCES,
+    );
     assert_eq!(st(&f).st_size, 8001);
 }
 
@@ -544,24 +582,16 @@ fn utimensat_keeps_nanoseconds() {
         ];
         err_of(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) } as i64)
     });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "explicit times by a non-owner"
-    );
+    assert_errno_is("explicit times by a non-owner", r, libc::EPERM);
     let r = as_user_a(|| {
         err_of(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) } as i64)
     });
-    assert_eq!(errno_name(r), "OK(0)", "touch with write permission");
+    assert_errno_is("touch with write permission", r, 0);
     assert_ok("chmod", chmod(&f, 0o644));
     let r = as_user_a(|| {
         err_of(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) } as i64)
     });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "touch without write permission"
-    );
+    assert_errno_is("touch without write permission", r, libc::EACCES);
 }
 
 #[test]
@@ -572,42 +602,36 @@ fn create_and_open_flags_and_errors() {
     assert_eq!(perm(&fstat(fd)), 0o640 & !0o022 & 0o640);
     pwrite_all(fd, b"0123456789", 0);
     close(fd);
-    assert_errno(
-        "O_EXCL on existing",
-        open(&f, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644) as i64,
-        libc::EEXIST,
-    );
-    assert_errno(
-        "open missing",
-        open(&v.path("missing"), libc::O_RDONLY, 0) as i64,
-        libc::ENOENT,
-    );
-    assert_errno(
-        "create in missing dir",
-        open(&v.path("nodir/x"), libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::ENOENT,
-    );
-    assert_errno(
-        "create under a file",
-        open(&v.path("f/x"), libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::ENOTDIR,
-    );
     assert_ok("mkdir", mkdir(&v.path("d"), 0o755));
-    assert_errno(
-        "open dir for writing",
-        open(&v.path("d"), libc::O_WRONLY, 0) as i64,
-        libc::EISDIR,
-    );
-    assert_errno(
-        "O_DIRECTORY on a file",
-        open(&f, libc::O_RDONLY | libc::O_DIRECTORY, 0) as i64,
-        libc::ENOTDIR,
-    );
-    assert_errno(
-        "O_CREAT on a directory",
-        open(&v.path("d"), libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::EISDIR,
-    );
+    assert_ok("symlink", symlink("f", &v.path("l")));
+    let (cr, wr, rd) = (libc::O_CREAT, libc::O_WRONLY, libc::O_RDONLY);
+    let op = |rel: &str, flags: i32| open(&v.path(rel), flags, 0o644) as i64;
+    assert_errnos(&[
+        (
+            "O_EXCL on existing",
+            &|| op("f", cr | libc::O_EXCL | wr),
+            libc::EEXIST,
+        ),
+        ("open missing", &|| op("missing", rd), libc::ENOENT),
+        (
+            "create in missing dir",
+            &|| op("nodir/x", cr | wr),
+            libc::ENOENT,
+        ),
+        ("create under a file", &|| op("f/x", cr | wr), libc::ENOTDIR),
+        ("open dir for writing", &|| op("d", wr), libc::EISDIR),
+        (
+            "O_DIRECTORY on a file",
+            &|| op("f", rd | libc::O_DIRECTORY),
+            libc::ENOTDIR,
+        ),
+        ("O_CREAT on a directory", &|| op("d", cr | wr), libc::EISDIR),
+        (
+            "O_NOFOLLOW on a symlink",
+            &|| op("l", rd | libc::O_NOFOLLOW),
+            libc::ELOOP,
+        ),
+    ]);
     // O_APPEND always writes at the end.
     let fd = open_ok(&f, libc::O_WRONLY | libc::O_APPEND, 0);
     let n = unsafe { libc::write(fd, b"AB".as_ptr().cast(), 2) };
@@ -624,13 +648,6 @@ fn create_and_open_flags_and_errors() {
     let fd = open_ok(&f, libc::O_CREAT | libc::O_WRONLY, 0o777);
     close(fd);
     assert_eq!(perm(&st(&f)), 0o600);
-    // O_NOFOLLOW on a symlink.
-    assert_ok("symlink", symlink("f", &v.path("l")));
-    assert_errno(
-        "O_NOFOLLOW",
-        open(&v.path("l"), libc::O_RDONLY | libc::O_NOFOLLOW, 0) as i64,
-        libc::ELOOP,
-    );
     // Creating through a dangling symlink creates the target.
     assert_ok("symlink", symlink("target", &v.path("dangling")));
     let fd = open_ok(&v.path("dangling"), libc::O_CREAT | libc::O_WRONLY, 0o644);
@@ -691,17 +708,13 @@ fn mknod_fifo_socket_and_device_nodes() {
     let (cf, cd) = (cpath(d.join("ufifo")), cpath(d.join("udev")));
     let r =
         as_user_a(|| err_of(unsafe { libc::mknod(cf.as_ptr(), libc::S_IFIFO | 0o644, 0) } as i64));
-    assert_eq!(errno_name(r), "OK(0)");
+    assert_errno_is("fifo by a user", r, 0);
     let s = st(d.join("ufifo"));
     assert_eq!((s.st_uid, s.st_gid), USER_A);
     let r = as_user_a(|| {
         err_of(unsafe { libc::mknod(cd.as_ptr(), libc::S_IFCHR | 0o644, chr) } as i64)
     });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "device node by a user"
-    );
+    assert_errno_is("device node by a user", r, libc::EPERM);
 }
 
 #[test]
@@ -711,19 +724,7 @@ fn mkdir_and_rmdir_with_errors() {
     assert_ok("mkdir", mkdir(&d, 0o750));
     let s = st(&d);
     assert_eq!((ftype(&s), perm(&s)), (libc::S_IFDIR, 0o750 & !0o022));
-    assert_errno("mkdir existing", mkdir(&d, 0o755), libc::EEXIST);
     write_file(v.path("f"), b"");
-    assert_errno("mkdir over file", mkdir(&v.path("f"), 0o755), libc::EEXIST);
-    assert_errno(
-        "mkdir under missing",
-        mkdir(&v.path("x/y"), 0o755),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "mkdir under file",
-        mkdir(&v.path("f/y"), 0o755),
-        libc::ENOTDIR,
-    );
     let root_links = st(v.mnt()).st_nlink;
     assert_ok("mkdir sub", mkdir(&d.join("sub"), 0o755));
     assert_eq!(
@@ -731,16 +732,31 @@ fn mkdir_and_rmdir_with_errors() {
         3,
         "a subdirectory adds a link to its parent"
     );
-    assert_errno("rmdir non-empty", rmdir(&d), libc::ENOTEMPTY);
     write_file(d.join("sub/file"), b"");
-    assert_errno(
-        "rmdir non-empty sub",
-        rmdir(&d.join("sub")),
-        libc::ENOTEMPTY,
-    );
-    assert_errno("rmdir file", rmdir(&d.join("sub/file")), libc::ENOTDIR);
-    assert_errno("rmdir missing", rmdir(&v.path("missing")), libc::ENOENT);
-    assert_errno("rmdir dot", rmdir(&d.join(".")), libc::EINVAL);
+    let p = |rel: &str| v.path(rel);
+    assert_errnos(&[
+        ("mkdir existing", &|| mkdir(&d, 0o755), libc::EEXIST),
+        ("mkdir over file", &|| mkdir(&p("f"), 0o755), libc::EEXIST),
+        (
+            "mkdir under missing",
+            &|| mkdir(&p("x/y"), 0o755),
+            libc::ENOENT,
+        ),
+        (
+            "mkdir under file",
+            &|| mkdir(&p("f/y"), 0o755),
+            libc::ENOTDIR,
+        ),
+        ("rmdir non-empty", &|| rmdir(&d), libc::ENOTEMPTY),
+        (
+            "rmdir non-empty sub",
+            &|| rmdir(&p("d/sub")),
+            libc::ENOTEMPTY,
+        ),
+        ("rmdir file", &|| rmdir(&p("d/sub/file")), libc::ENOTDIR),
+        ("rmdir missing", &|| rmdir(&p("missing")), libc::ENOENT),
+        ("rmdir dot", &|| rmdir(&p("d/.")), libc::EINVAL),
+    ]);
     assert_ok("unlink", unlink(&d.join("sub/file")));
     assert_ok("rmdir sub", rmdir(&d.join("sub")));
     assert_eq!(st(&d).st_nlink, 2);
@@ -763,9 +779,19 @@ fn unlink_with_errors_and_open_file_survives() {
     let f = v.path("f");
     write_file(&f, b"still here");
     assert_ok("mkdir", mkdir(&v.path("d"), 0o755));
-    assert_errno("unlink dir", unlink(&v.path("d")), libc::EISDIR);
-    assert_errno("unlink missing", unlink(&v.path("missing")), libc::ENOENT);
-    assert_errno("unlink under file", unlink(&v.path("f/x")), libc::ENOTDIR);
+    assert_errnos(&[
+        ("unlink dir", &|| unlink(&v.path("d")), libc::EISDIR),
+        (
+            "unlink missing",
+            &|| unlink(&v.path("missing")),
+            libc::ENOENT,
+        ),
+        (
+            "unlink under file",
+            &|| unlink(&v.path("f/x")),
+            libc::ENOTDIR,
+        ),
+    ]);
     // An unlinked file stays usable through an open descriptor.
     let fd = open_ok(&f, libc::O_RDWR, 0);
     assert_ok("unlink", unlink(&f));
@@ -840,46 +866,22 @@ fn rename_replaces_and_reports_errors() {
     );
     assert_eq!(read_file(v.path("empty/inner")), b"inner");
     assert_ok("mkdir", mkdir(&v.path("e2"), 0o755));
-    assert_errno(
-        "rename over non-empty",
-        rename(&v.path("e2"), &v.path("empty")),
-        libc::ENOTEMPTY,
-    );
-    // Type mismatches.
-    write_file(v.path("file"), b"");
-    assert_errno(
-        "dir over file",
-        rename(&v.path("e2"), &v.path("file")),
-        libc::ENOTDIR,
-    );
-    assert_errno(
-        "file over dir",
-        rename(&v.path("file"), &v.path("e2")),
-        libc::EISDIR,
-    );
-    // Into its own subtree.
     assert_ok("mkdir", mkdir(&v.path("e2/child"), 0o755));
-    assert_errno(
-        "into own subtree",
-        rename(&v.path("e2"), &v.path("e2/child/x")),
-        libc::EINVAL,
-    );
-    // Missing source or target directory.
-    assert_errno(
-        "missing source",
-        rename(&v.path("nope"), &v.path("x")),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "missing target dir",
-        rename(&v.path("file"), &v.path("nodir/x")),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "target under a file",
-        rename(&v.path("e2"), &v.path("file/x")),
-        libc::ENOTDIR,
-    );
+    write_file(v.path("file"), b"");
+    let mv = |a: &str, b: &str| rename(&v.path(a), &v.path(b));
+    assert_errnos(&[
+        ("over non-empty", &|| mv("e2", "empty"), libc::ENOTEMPTY),
+        ("dir over file", &|| mv("e2", "file"), libc::ENOTDIR),
+        ("file over dir", &|| mv("file", "e2"), libc::EISDIR),
+        ("into own subtree", &|| mv("e2", "e2/child/x"), libc::EINVAL),
+        ("missing source", &|| mv("nope", "x"), libc::ENOENT),
+        (
+            "missing target dir",
+            &|| mv("file", "nodir/x"),
+            libc::ENOENT,
+        ),
+        ("target under a file", &|| mv("e2", "file/x"), libc::ENOTDIR),
+    ]);
     // Nothing was lost along the way.
     let names: BTreeSet<String> = fs::read_dir(v.mnt())
         .unwrap()
@@ -985,29 +987,20 @@ fn symlink_and_readlink() {
     }
     write_file(v.path("f"), b"via link");
     assert_eq!(read_file(v.path("rel")), b"via link");
-    assert_errno(
-        "symlink existing",
-        symlink("x", &v.path("rel")),
-        libc::EEXIST,
-    );
-    assert_errno(
-        "readlink of a file",
-        {
-            let c = cpath(v.path("f"));
-            let mut buf = [0u8; 64];
-            unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as i64 }
-        },
-        libc::EINVAL,
-    );
-    assert_errno(
-        "readlink missing",
-        {
-            let c = cpath(v.path("missing"));
-            let mut buf = [0u8; 64];
-            unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as i64 }
-        },
-        libc::ENOENT,
-    );
+    let readlink = |rel: &str| {
+        let c = cpath(v.path(rel));
+        let mut buf = [0u8; 64];
+        unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) as i64 }
+    };
+    assert_errnos(&[
+        (
+            "symlink existing",
+            &|| symlink("x", &v.path("rel")),
+            libc::EEXIST,
+        ),
+        ("readlink of a file", &|| readlink("f"), libc::EINVAL),
+        ("readlink missing", &|| readlink("missing"), libc::ENOENT),
+    ]);
     // A loop.
     assert_ok("symlink", symlink("loop2", &v.path("loop1")));
     assert_ok("symlink", symlink("loop1", &v.path("loop2")));
@@ -1047,26 +1040,13 @@ fn hard_link_counts() {
     assert_ok("unlink", unlink(&v.path("g")));
     assert_eq!(st(v.path("d/h")).st_nlink, 1);
     assert_eq!(read_file(v.path("d/h")), b"SHared");
-    assert_errno(
-        "link to dir",
-        link(&v.path("d"), &v.path("dl")),
-        libc::EPERM,
-    );
-    assert_errno(
-        "link onto existing",
-        link(&v.path("d/h"), &v.path("d")),
-        libc::EEXIST,
-    );
-    assert_errno(
-        "link of missing",
-        link(&v.path("missing"), &v.path("x")),
-        libc::ENOENT,
-    );
-    assert_errno(
-        "link into missing dir",
-        link(&v.path("d/h"), &v.path("no/x")),
-        libc::ENOENT,
-    );
+    let ln = |a: &str, b: &str| link(&v.path(a), &v.path(b));
+    assert_errnos(&[
+        ("link to dir", &|| ln("d", "dl"), libc::EPERM),
+        ("link onto existing", &|| ln("d/h", "d"), libc::EEXIST),
+        ("link of missing", &|| ln("missing", "x"), libc::ENOENT),
+        ("link into missing dir", &|| ln("d/h", "no/x"), libc::ENOENT),
+    ]);
     // Hard links to a symlink (linkat without AT_SYMLINK_FOLLOW) and to a fifo.
     assert_ok("symlink", symlink("d/h", &v.path("sl")));
     assert_ok("link symlink", link(&v.path("sl"), &v.path("sl2")));
@@ -1087,13 +1067,7 @@ fn hard_link_counts() {
 fn read_write_at_offsets() {
     let v = Volume::mounted();
     let f = v.path("f");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&f)
-        .unwrap();
+    let file = create_rw(&f);
     let big = pattern(7, 4 * MIB + 123);
     file.write_all_at(&big, 0).unwrap();
     // Unaligned overwrites in the middle and across block edges.
@@ -1597,23 +1571,19 @@ fn xattr_user_namespace_create_replace_list_remove() {
     // An ordinary user needs write permission to set, read permission to get.
     assert_ok("chmod", chmod(&f, 0o644));
     let cf = cpath(&f);
-    let r = as_user_a(|| {
-        let n = cstr("user.u");
-        err_of(
-            unsafe { libc::setxattr(cf.as_ptr(), n.as_ptr(), b"u".as_ptr().cast(), 1, 0) } as i64,
-        )
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "user.* set without write permission"
-    );
-    let r = as_user_a(|| {
-        let n = cstr("user.via");
-        let mut b = [0u8; 16];
-        err_of(unsafe { libc::getxattr(cf.as_ptr(), n.as_ptr(), b.as_mut_ptr().cast(), 16) } as i64)
-    });
-    assert_eq!(errno_name(r), "OK(0)", "user.* get with read permission");
+    let (user_u, user_via) = (cstr("user.u"), cstr("user.via"));
+    assert_errnos_as_user_a(&[
+        (
+            "user.* set without write permission",
+            &|| raw_setxattr(&cf, &user_u, b"u"),
+            libc::EACCES,
+        ),
+        (
+            "user.* get with read permission",
+            &|| raw_getxattr(&cf, &user_via),
+            0,
+        ),
+    ]);
     // Attributes persist across a clean remount.
     let mut v = v;
     v.cycle();
@@ -1651,27 +1621,19 @@ fn xattr_trusted_namespace_root_only() {
     );
     assert_ok("set user", setxattr(&f, "user.u", b"u", 0));
     let cf = cpath(&f);
-    let r = as_user_a(|| {
-        let n = cstr("trusted.t");
-        let mut b = [0u8; 64];
-        err_of(unsafe { libc::getxattr(cf.as_ptr(), n.as_ptr(), b.as_mut_ptr().cast(), 64) } as i64)
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::ENODATA),
-        "trusted.* invisible to a user"
-    );
-    let r = as_user_a(|| {
-        let n = cstr("trusted.x");
-        err_of(
-            unsafe { libc::setxattr(cf.as_ptr(), n.as_ptr(), b"x".as_ptr().cast(), 1, 0) } as i64,
-        )
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "trusted.* set by a user"
-    );
+    let (trusted_t, trusted_x) = (cstr("trusted.t"), cstr("trusted.x"));
+    assert_errnos_as_user_a(&[
+        (
+            "trusted.* invisible to a user",
+            &|| raw_getxattr(&cf, &trusted_t),
+            libc::ENODATA,
+        ),
+        (
+            "trusted.* set by a user",
+            &|| raw_setxattr(&cf, &trusted_x, b"x"),
+            libc::EPERM,
+        ),
+    ]);
     // listxattr as a user hides trusted.* but shows user.*.
     let r = as_user_a(|| {
         let mut b = [0u8; 4096];
@@ -1720,22 +1682,24 @@ fn access_checks_for_root_and_user() {
     let cf = &cf;
     let acc = |m: i32| move || err_of(unsafe { libc::access(cf.as_ptr(), m) } as i64);
     assert_eq!(as_user_a(acc(libc::R_OK)), 0, "other may read 0644");
-    assert_eq!(
-        errno_name(as_user_a(acc(libc::W_OK))),
-        errno_name(libc::EACCES)
+    assert_errno_is(
+        "other may not write 0644",
+        as_user_a(acc(libc::W_OK)),
+        libc::EACCES,
     );
-    assert_eq!(
-        errno_name(as_user_a(acc(libc::X_OK))),
-        errno_name(libc::EACCES)
+    assert_errno_is(
+        "other may not execute 0644",
+        as_user_a(acc(libc::X_OK)),
+        libc::EACCES,
     );
     assert_ok("chown", chown(&f, 1000, 1000));
     assert_ok("chmod", chmod(&f, 0o604));
     assert_eq!(as_user_a(acc(libc::R_OK | libc::W_OK)), 0, "owner bits");
     assert_ok("chmod", chmod(&f, 0o064));
-    assert_eq!(
-        errno_name(as_user_a(acc(libc::R_OK))),
-        errno_name(libc::EACCES),
-        "owner bits apply even when group/other allow"
+    assert_errno_is(
+        "owner bits apply even when group/other allow",
+        as_user_a(acc(libc::R_OK)),
+        libc::EACCES,
     );
     // Group bits through a supplementary group.
     assert_ok("chown", chown(&f, 0, 1001));
@@ -1750,11 +1714,7 @@ fn access_checks_for_root_and_user() {
     write_file(v.path("closed/inner"), b"");
     let ci = cpath(v.path("closed/inner"));
     let r = as_user_a(move || err_of(unsafe { libc::access(ci.as_ptr(), libc::F_OK) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "no search permission on the parent"
-    );
+    assert_errno_is("no search permission on the parent", r, libc::EACCES);
 }
 
 #[test]
@@ -1852,13 +1812,7 @@ fn fallocate_modes() {
 fn sparse_files_read_zeros_and_use_little_space() {
     let v = Volume::mounted();
     let f = v.path("sparse");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&f)
-        .unwrap();
+    let file = create_rw(&f);
     file.write_all_at(b"start", 0).unwrap();
     file.write_all_at(b"middle", 100 * MIB as u64).unwrap();
     file.write_all_at(b"end", 200 * MIB as u64).unwrap();
@@ -1903,13 +1857,7 @@ fn sparse_files_read_zeros_and_use_little_space() {
 fn file_larger_than_4gib() {
     let v = Volume::mounted();
     let f = v.path("big");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&f)
-        .unwrap();
+    let file = create_rw(&f);
     let four_g = 1u64 << 32;
     // Straddling the 4 GiB boundary catches 32-bit offsets.
     let across = pattern(11, 8192);
@@ -1966,25 +1914,28 @@ fn names_up_to_255_bytes() {
     assert!(fs::read_dir(v.mnt())
         .unwrap()
         .any(|e| e.unwrap().file_name().len() == 255));
-    assert_errno(
-        "create 256",
-        open(&p256, libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
-        libc::ENAMETOOLONG,
-    );
-    assert_errno("mkdir 256", mkdir(&p256, 0o755), libc::ENAMETOOLONG);
-    assert_errno("symlink 256", symlink("x", &p256), libc::ENAMETOOLONG);
-    assert_errno(
-        "mknod 256",
-        mknod(&p256, libc::S_IFIFO | 0o644, 0),
-        libc::ENAMETOOLONG,
-    );
-    assert_errno("link 256", link(&p255, &p256), libc::ENAMETOOLONG);
-    assert_errno("rename to 256", rename(&p255, &p256), libc::ENAMETOOLONG);
-    assert_errno(
-        "lookup 256",
-        lstat(&p256).err().map_or(0, |_| -1),
-        libc::ENAMETOOLONG,
-    );
+    let too_long = libc::ENAMETOOLONG;
+    assert_errnos(&[
+        (
+            "create 256",
+            &|| open(&p256, libc::O_CREAT | libc::O_WRONLY, 0o644) as i64,
+            too_long,
+        ),
+        ("mkdir 256", &|| mkdir(&p256, 0o755), too_long),
+        ("symlink 256", &|| symlink("x", &p256), too_long),
+        (
+            "mknod 256",
+            &|| mknod(&p256, libc::S_IFIFO | 0o644, 0),
+            too_long,
+        ),
+        ("link 256", &|| link(&p255, &p256), too_long),
+        ("rename to 256", &|| rename(&p255, &p256), too_long),
+        (
+            "lookup 256",
+            &|| lstat(&p256).err().map_or(0, |_| -1),
+            too_long,
+        ),
+    ]);
     assert_eq!(
         read_file(&p255),
         b"long name",
@@ -2010,36 +1961,52 @@ fn names_up_to_255_bytes() {
 #[test]
 fn permissions_enforced_for_ordinary_user() {
     let v = Volume::mounted();
-    // Root-owned 0755 root directory: no creates by a user.
-    let in_root = cpath(v.path("user-file"));
-    let r = as_user_a(|| {
-        err_of(
-            unsafe { libc::open(in_root.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) } as i64,
-        )
-    });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "create in root-owned 0755 dir"
-    );
-    let mk = cpath(v.path("user-dir"));
-    let r = as_user_a(|| err_of(unsafe { libc::mkdir(mk.as_ptr(), 0o755) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "mkdir in root-owned 0755 dir"
-    );
-    // A root file 0600: no read, no write; 0644: read but no write.
+    // A root file 0600 (no read, no write), a root 0755 directory with a 0666 file in it (no
+    // unlink or rename: that needs write permission on the directory, not on the file), and
+    // a public directory to rename into.
     let secret = v.path("secret");
     write_file(&secret, b"secret");
     assert_ok("chmod", chmod(&secret, 0o600));
+    let d = public_dir(&v, "pub");
+    let ro = v.path("ro");
+    assert_ok("mkdir", mkdir(&ro, 0o755));
+    write_file(ro.join("victim"), b"");
+    assert_ok("chmod", chmod(&ro.join("victim"), 0o666));
+    // The child that runs as the user may only make syscalls: every path is made here.
+    let in_root = cpath(v.path("user-file"));
+    let mk = cpath(v.path("user-dir"));
     let cs = cpath(&secret);
-    let r = as_user_a(|| err_of(unsafe { libc::open(cs.as_ptr(), libc::O_RDONLY) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "read 0600 root file"
-    );
+    let cv = cpath(ro.join("victim"));
+    let cn = cpath(d.join("stolen"));
+    let (cr, wr) = (libc::O_CREAT, libc::O_WRONLY);
+    assert_errnos_as_user_a(&[
+        (
+            "create in root-owned 0755 dir",
+            &|| unsafe { libc::open(in_root.as_ptr(), cr | wr, 0o644) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "mkdir in root-owned 0755 dir",
+            &|| unsafe { libc::mkdir(mk.as_ptr(), 0o755) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "read 0600 root file",
+            &|| unsafe { libc::open(cs.as_ptr(), libc::O_RDONLY) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "unlink in a 0755 root dir",
+            &|| unsafe { libc::unlink(cv.as_ptr()) } as i64,
+            libc::EACCES,
+        ),
+        (
+            "rename out of a 0755 root dir",
+            &|| unsafe { libc::rename(cv.as_ptr(), cn.as_ptr()) } as i64,
+            libc::EACCES,
+        ),
+    ]);
+    // 0644: read but no write.
     assert_ok("chmod", chmod(&secret, 0o644));
     let r = as_user_a(|| {
         let fd = unsafe { libc::open(cs.as_ptr(), libc::O_RDONLY) };
@@ -2057,32 +2024,7 @@ fn permissions_enforced_for_ordinary_user() {
     });
     assert_eq!(r, 0, "read 0644 root file");
     let r = as_user_a(|| err_of(unsafe { libc::open(cs.as_ptr(), libc::O_WRONLY) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "write 0644 root file"
-    );
-    // Unlink needs write permission on the directory, not on the file.
-    let d = public_dir(&v, "pub");
-    let ro = v.path("ro");
-    assert_ok("mkdir", mkdir(&ro, 0o755));
-    write_file(ro.join("victim"), b"");
-    assert_ok("chmod", chmod(&ro.join("victim"), 0o666));
-    let cv = cpath(ro.join("victim"));
-    let r = as_user_a(|| err_of(unsafe { libc::unlink(cv.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "unlink in a 0755 root dir"
-    );
-    let cr = cpath(ro.join("victim"));
-    let cn = cpath(d.join("stolen"));
-    let r = as_user_a(|| err_of(unsafe { libc::rename(cr.as_ptr(), cn.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "rename out of a 0755 root dir"
-    );
+    assert_errno_is("write 0644 root file", r, libc::EACCES);
     // Own file 0444: no write even for the owner; the owner may chmod it back.
     let own = d.join("own");
     let co = cpath(&own);
@@ -2114,11 +2056,7 @@ fn permissions_enforced_for_ordinary_user() {
         let mut s: libc::stat = unsafe { std::mem::zeroed() };
         err_of(unsafe { libc::stat(cc.as_ptr(), &mut s) } as i64)
     });
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EACCES),
-        "stat under 0700 root dir"
-    );
+    assert_errno_is("stat under 0700 root dir", r, libc::EACCES);
     // Read permission on a directory is needed to list it (x alone allows lookups).
     assert_ok("chmod", chmod(&closed, 0o711));
     let cd = cpath(&closed);
@@ -2126,7 +2064,7 @@ fn permissions_enforced_for_ordinary_user() {
         let fd = unsafe { libc::open(cd.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
         err_of(fd as i64)
     });
-    assert_eq!(errno_name(r), errno_name(libc::EACCES), "list a 0711 dir");
+    assert_errno_is("list a 0711 dir", r, libc::EACCES);
     let r = as_user_a(|| {
         let mut s: libc::stat = unsafe { std::mem::zeroed() };
         err_of(unsafe { libc::stat(cc.as_ptr(), &mut s) } as i64)
@@ -2263,17 +2201,9 @@ fn sticky_directory_protects_other_users_files() {
     assert_eq!(r, 0);
     assert_ok("chmod", chmod(&d.join("a"), 0o666));
     let r = as_user_b(|| err_of(unsafe { libc::unlink(fa.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "unlink another user's file in a sticky dir"
-    );
+    assert_errno_is("unlink another user's file in a sticky dir", r, libc::EPERM);
     let r = as_user_b(|| err_of(unsafe { libc::rename(fa.as_ptr(), fb.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "rename another user's file in a sticky dir"
-    );
+    assert_errno_is("rename another user's file in a sticky dir", r, libc::EPERM);
     // But B may write it (mode 0666) and create its own file.
     let r = as_user_b(|| unsafe {
         let fd = libc::open(fa.as_ptr(), libc::O_WRONLY);
@@ -2291,11 +2221,7 @@ fn sticky_directory_protects_other_users_files() {
     assert_eq!(r, 0);
     // A cannot replace B's file by renaming onto it.
     let r = as_user_a(|| err_of(unsafe { libc::rename(fa.as_ptr(), fb.as_ptr()) } as i64));
-    assert_eq!(
-        errno_name(r),
-        errno_name(libc::EPERM),
-        "rename onto another user's file"
-    );
+    assert_errno_is("rename onto another user's file", r, libc::EPERM);
     // The owner may rename and unlink its own file.
     let r = as_user_a(|| err_of(unsafe { libc::rename(fa.as_ptr(), fa2.as_ptr()) } as i64));
     assert_eq!(r, 0);
@@ -2447,8 +2373,7 @@ fn data_and_metadata_survive_umount_and_mount() {
     write_file(v.path("dir/file1"), b"changed");
     v.cycle();
     assert_eq!(read_file(v.path("dir/file1")), b"changed");
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -2474,11 +2399,7 @@ fn acknowledged_writes_survive_kill9() {
     if !v.is_native() {
         // A lookup of a name never seen must reach the (dead) daemon.
         let e = lstat(v.path("never-looked-up")).unwrap_err();
-        assert_eq!(
-            errno_name(e),
-            errno_name(libc::ENOTCONN),
-            "the mount is dead"
-        );
+        assert_errno_is("the mount is dead", e, libc::ENOTCONN);
     }
     v.remount();
     let mut want = data.clone();
@@ -2488,8 +2409,7 @@ fn acknowledged_writes_survive_kill9() {
     assert_eq!(getxattr(&v.path("d/synced"), "user.x").unwrap(), b"1");
     assert_eq!(perm(&st(v.path("d"))), 0o700);
     assert_eq!(lstat(&g).unwrap_err(), libc::ENOENT);
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }
 
 #[test]
@@ -2583,6 +2503,5 @@ fn replaced_file_stays_readable_through_an_open_descriptor() {
     let mut v = v;
     v.cycle();
     assert_eq!(read_file(&b), b"new content");
-    v.umount();
-    v.assert_fsck_clean();
+    v.umount_clean();
 }

@@ -15,6 +15,7 @@
 //! allow, which covers the submodules too.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod netns;
 
 use std::ffi::{CString, OsStr};
@@ -219,8 +220,11 @@ impl Volume {
             // SAFETY-free: kill(2) has no memory effects.
             let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
             assert_eq!(rc, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
-            wait_until(READY_TIMEOUT, || !pid_alive(pid))
-                .unwrap_or_else(|| panic!("pid {pid} still alive after kill -9"));
+            wait_for(
+                READY_TIMEOUT,
+                &format!("pid {pid} to die after kill -9"),
+                || !pid_alive(pid),
+            );
         }
         self.mounted = false;
     }
@@ -239,31 +243,31 @@ impl Volume {
             return;
         }
         let pid = self.daemon_pid();
-        // EBUSY can be transient here: a sibling test thread that spawns a process at the
-        // moment this one holds a file of the mount open hands the child a copy of that
-        // descriptor, which it keeps until its exec closes it (O_CLOEXEC). So a busy mount is
-        // tried again for a while; any other failure, or a mount still busy after that, fails.
-        let deadline = Instant::now() + BUSY_UMOUNT_RETRY;
-        loop {
-            let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&self.mnt));
-            if out.status.success() {
-                break;
-            }
-            let text = describe(&out);
-            assert!(
-                text.contains("busy") && Instant::now() < deadline,
-                "smlogfs umount {} failed: {text}",
-                self.mnt.display(),
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        wait_until(READY_TIMEOUT, || !is_fuse_mount(&self.mnt))
-            .unwrap_or_else(|| panic!("{} still mounted after umount", self.mnt.display()));
+        run_while_busy(&format!("smlogfs umount {}", self.mnt.display()), || {
+            let mut c = Command::new(smlogfs_bin());
+            c.arg("umount").arg(&self.mnt);
+            c
+        });
+        wait_for(
+            READY_TIMEOUT,
+            &format!("{} to be unmounted after umount", self.mnt.display()),
+            || !is_fuse_mount(&self.mnt),
+        );
         if let Some(pid) = pid {
-            wait_until(READY_TIMEOUT, || !pid_alive(pid))
-                .unwrap_or_else(|| panic!("daemon {pid} did not exit after umount"));
+            wait_for(
+                READY_TIMEOUT,
+                &format!("daemon {pid} to exit after umount"),
+                || !pid_alive(pid),
+            );
         }
         self.mounted = false;
+    }
+
+    /// `umount`, then `assert_fsck_clean`: what a test that changed the volume ends with.
+    #[track_caller]
+    pub fn umount_clean(&mut self) {
+        self.umount();
+        self.assert_fsck_clean();
     }
 
     /// Clean unmount then mount again with the same arguments.
@@ -296,15 +300,7 @@ impl Volume {
         if self.native {
             return;
         }
-        if is_fuse_mount(&self.mnt) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mnt)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        lazy_umount(&self.mnt);
         for pid in self.crash_pids() {
             if pid_alive(pid) && is_smlogfs(pid) {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -331,6 +327,30 @@ impl Drop for Volume {
     }
 }
 
+/// Runs the command `make` builds until it succeeds, again while it fails saying the mount
+/// is busy; panics with its output (`what` it was) on any other failure, or when still busy
+/// after BUSY_UMOUNT_RETRY.
+///
+/// EBUSY can be transient for an unmount: a sibling test thread that spawns a process at the
+/// moment this one holds a file of the mount open hands the child a copy of that descriptor,
+/// which it keeps until its exec closes it (O_CLOEXEC).
+#[track_caller]
+pub fn run_while_busy(what: &str, mut make: impl FnMut() -> Command) -> Output {
+    let deadline = Instant::now() + BUSY_UMOUNT_RETRY;
+    loop {
+        let out = run(&mut make());
+        if out.status.success() {
+            return out;
+        }
+        let text = describe(&out);
+        assert!(
+            text.contains("busy") && Instant::now() < deadline,
+            "{what} failed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a command to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
@@ -347,8 +367,41 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// Asserts that a command (`what` it was) exited with `code` and that its output (stdout and
+/// stderr) contains each of `needles`: the failure it was run for, said in words.
+#[track_caller]
+pub fn assert_fails_with(out: &Output, code: i32, what: &str, needles: &[&str]) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", describe(out));
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "{what}: the output does not say {n:?}: {text}"
+        );
+    }
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<()> {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> Option<()> {
+    poll(timeout, Duration::from_millis(5), cond)
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` (the event waited for) once
+/// `timeout` passes. Tests wait for the event itself (a status field, a log line, a process
+/// state) instead of sleeping and hoping it happened.
+#[track_caller]
+pub fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    if poll(timeout, Duration::from_millis(20), cond).is_none() {
+        panic!("timed out after {:?} waiting for {what}", started.elapsed());
+    }
+}
+
+fn poll(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> Option<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -357,7 +410,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<(
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(every);
     }
 }
 
@@ -406,6 +459,20 @@ pub fn is_fuse_mount(path: &Path) -> bool {
     })
 }
 
+/// `fusermount3 -u -z PATH` when a FUSE file system is mounted there (cleanup: failures are
+/// ignored, the lazy unmount detaches even a busy or dead mount).
+pub fn lazy_umount(path: &Path) {
+    if is_fuse_mount(path) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -450,6 +517,7 @@ pub fn errno_name(e: i32) -> String {
     let name = match e {
         0 => "OK",
         libc::EPERM => "EPERM",
+        libc::EBUSY => "EBUSY",
         libc::ENOENT => "ENOENT",
         libc::EIO => "EIO",
         libc::EBADF => "EBADF",
@@ -490,6 +558,62 @@ pub fn assert_errno(what: &str, ret: i64, want: i32) {
         errno_name(got),
         errno_name(want)
     );
+}
+
+/// One row of an errno table: what is tried, the call (its libc-style return value, errno
+/// set on failure), and the errno it must fail with.
+pub type ErrnoCase<'a> = (&'a str, &'a dyn Fn() -> i64, i32);
+
+/// Runs every row in order and then fails once, listing each row that did not fail with its
+/// errno (so one run shows every wrong case, not only the first).
+#[track_caller]
+pub fn assert_errnos(cases: &[ErrnoCase]) {
+    let outcomes: Vec<_> = cases
+        .iter()
+        .map(|(what, call, want)| (*what, err_of(call()), *want))
+        .collect();
+    assert_outcomes(&outcomes);
+}
+
+/// `assert_errnos` with every call made as USER_A, each in a child of its own (see
+/// `as_user`: the calls may only make syscalls, so their paths are made before).
+#[track_caller]
+pub fn assert_errnos_as_user_a(cases: &[ErrnoCase]) {
+    let outcomes: Vec<_> = cases
+        .iter()
+        .map(|(what, call, want)| (*what, as_user_a(|| err_of(call())), *want))
+        .collect();
+    assert_outcomes(&outcomes);
+}
+
+/// (what, errno got, errno expected) rows: fails listing the rows where the two differ.
+#[track_caller]
+fn assert_outcomes(outcomes: &[(&str, i32, i32)]) {
+    let wrong: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| {
+            format!(
+                "{what}: got {} expected {}",
+                errno_name(*got),
+                errno_name(*want)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} errno cases wrong:\n  {}",
+        wrong.len(),
+        outcomes.len(),
+        wrong.join("\n  ")
+    );
+}
+
+/// Asserts that an outcome already taken (an errno, 0 for success: what `as_user` returns)
+/// is `want`.
+#[track_caller]
+pub fn assert_errno_is(what: &str, got: i32, want: i32) {
+    assert_outcomes(&[(what, got, want)]);
 }
 
 /// Asserts that `ret` is a success, showing errno otherwise.
@@ -564,20 +688,19 @@ pub fn sh(script: &str) -> Output {
 // ----- small syscall wrappers used by several tests -----
 
 pub fn lstat(p: impl AsRef<Path>) -> Result<libc::stat, i32> {
-    let c = cpath(p);
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::lstat(c.as_ptr(), &mut st) };
-    if rc == 0 {
-        Ok(st)
-    } else {
-        Err(errno())
-    }
+    stat_by(p.as_ref(), libc::lstat)
 }
 
 pub fn stat(p: impl AsRef<Path>) -> Result<libc::stat, i32> {
+    stat_by(p.as_ref(), libc::stat)
+}
+
+type StatFn = unsafe extern "C" fn(*const libc::c_char, *mut libc::stat) -> libc::c_int;
+
+fn stat_by(p: &Path, call: StatFn) -> Result<libc::stat, i32> {
     let c = cpath(p);
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::stat(c.as_ptr(), &mut st) };
+    let rc = unsafe { call(c.as_ptr(), &mut st) };
     if rc == 0 {
         Ok(st)
     } else {

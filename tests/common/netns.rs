@@ -250,11 +250,22 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The last seq the agent holds for the (only) volume in DIR, from `--inspect`.
+    /// The epoch of the (first) volume the agent holds, from `--inspect`: a takeover raises
+    /// it, fencing the old owner.
+    pub fn epoch(&self) -> Option<u64> {
+        self.volume_number_after(": epoch ")
+    }
+
+    /// The last seq the agent holds of its (first) volume, from `--inspect`.
     pub fn last_seq(&self) -> Option<u64> {
+        self.volume_number_after("..=")
+    }
+
+    /// The number that follows `key` on the first `volume ` line of `--inspect`.
+    fn volume_number_after(&self, key: &str) -> Option<u64> {
         let out = self.inspect();
         let line = out.lines().find(|l| l.starts_with("volume "))?;
-        let (_, rest) = line.split_once("..=")?;
+        let (_, rest) = line.split_once(key)?;
         rest.split(|c: char| !c.is_ascii_digit())
             .next()?
             .parse()
