@@ -37,11 +37,22 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const EROFS: Errno = Errno(libc::EROFS);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
-    /// Internal, never returned to a caller: retry after a checkpoint frees blocks.
-    pub const NEED_CHECKPOINT: Errno = Errno(-1000);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
+
+pub use crate::statelog::Seq;
+
+/// An ownership epoch of the volume: a takeover raises it, and a node whose epoch is older
+/// than the volume's (or the agent's) is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A point in time with nanoseconds, as stored in inodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

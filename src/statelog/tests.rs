@@ -32,22 +32,22 @@ proptest! {
         let mut appended: Vec<Appended> = Vec::new();
         for (len, reclaim) in ops {
             let data = payload(live.len() as u64, len);
-            let a = match log.try_append(EntryKind::Op, None, 1, &[&data], 0).unwrap() {
+            let a = match log.try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0).unwrap() {
                 Some(a) => a,
                 None => {
                     // Full: reclaim everything but the newest entry, then it must fit.
                     let keep = *appended.last().unwrap();
                     log.reclaim(keep).unwrap();
-                    live.retain(|(s, _)| *s >= keep.seq);
-                    log.try_append(EntryKind::Op, None, 1, &[&data], 0).unwrap().expect("fits after reclaim")
+                    live.retain(|(s, _)| *s >= keep.seq.0);
+                    log.try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0).unwrap().expect("fits after reclaim")
                 }
             };
-            live.push((a.seq, data));
+            live.push((a.seq.0, data));
             appended.push(a);
             if reclaim && appended.len() > 2 {
                 let to = appended[appended.len() - 2];
                 log.reclaim(to).unwrap();
-                live.retain(|(s, _)| *s >= to.seq);
+                live.retain(|(s, _)| *s >= to.seq.0);
             }
         }
         let scanned = StateLog::scan_file(&path).unwrap();
@@ -70,7 +70,7 @@ proptest! {
         let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
         let mut last = None;
         for i in 0..n {
-            last = log.try_append(EntryKind::Op, None, 1, &[&payload(i as u64, 300)], 0).unwrap();
+            last = log.try_append(EntryState::Op(OpState::Accepted), None, &[&payload(i as u64, 300)], 0).unwrap();
         }
         drop(log);
         let last = last.unwrap();
@@ -91,9 +91,14 @@ fn damage_in_the_middle_is_corruption_with_its_offset() {
     let mut all = Vec::new();
     for i in 0..20 {
         all.push(
-            log.try_append(EntryKind::Op, None, 1, &[&payload(i, 500)], 0)
-                .unwrap()
-                .unwrap(),
+            log.try_append(
+                EntryState::Op(OpState::Accepted),
+                None,
+                &[&payload(i, 500)],
+                0,
+            )
+            .unwrap()
+            .unwrap(),
         );
     }
     drop(log);
@@ -110,7 +115,7 @@ fn damage_in_the_middle_is_corruption_with_its_offset() {
             ..
         } => {
             assert_eq!(file_offset, HEADER_AREA_BYTES + victim.offset);
-            assert_eq!(later_seq, all[8].seq);
+            assert_eq!(later_seq, all[8].seq.0);
         }
         other => panic!("expected corruption, got {other:?}"),
     }
@@ -123,9 +128,14 @@ fn truncated_file_keeps_the_prefix() {
     let mut all = Vec::new();
     for i in 0..10 {
         all.push(
-            log.try_append(EntryKind::Op, None, 1, &[&payload(i, 1000)], 0)
-                .unwrap()
-                .unwrap(),
+            log.try_append(
+                EntryState::Op(OpState::Accepted),
+                None,
+                &[&payload(i, 1000)],
+                0,
+            )
+            .unwrap()
+            .unwrap(),
         );
     }
     drop(log);
@@ -144,7 +154,10 @@ fn full_ring_refuses_until_reclaimed_and_never_overwrites() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let data = payload(1, 64 * 1024);
     let mut all = Vec::new();
-    while let Some(a) = log.try_append(EntryKind::Op, None, 1, &[&data], 0).unwrap() {
+    while let Some(a) = log
+        .try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0)
+        .unwrap()
+    {
         all.push(a);
     }
     assert!(all.len() > 10);
@@ -153,7 +166,7 @@ fn full_ring_refuses_until_reclaimed_and_never_overwrites() {
     assert_eq!(scanned.entries.len(), all.len());
     log.reclaim(all[all.len() / 2]).unwrap();
     assert!(log
-        .try_append(EntryKind::Op, None, 1, &[&data], 0)
+        .try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0)
         .unwrap()
         .is_some());
 }
