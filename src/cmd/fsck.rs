@@ -44,8 +44,8 @@ pub fn fsck(voldir: &Path) -> i32 {
     }
     // Every volume block is referenced at most once and lies inside the volume: the load
     // checked that while rebuilding the allocator; count what it found.
-    let files = r.state.inode_count();
-    let blocks: usize = r.state.inodes().map(|n| n.blocks.len()).sum();
+    let files = r.state.inodes.len();
+    let blocks: usize = r.state.inodes.values().map(|n| n.blocks.len()).sum();
     println!(
         "{}: {} inodes, {} data blocks, checkpoint generation {} covers seq {}, {} ring entries ({} to replay{})",
         voldir.display(),

@@ -166,7 +166,7 @@ pub fn inspect(voldir: &Path) -> Result<(), CliError> {
     );
     if plan.iter().any(|o| o.action == Action::Replay) {
         if let Ok(r) = recover(voldir, &Progress::hidden, None) {
-            println!("after replay: {} inodes", r.state.inode_count());
+            println!("after replay: {} inodes", r.state.inodes.len());
         }
     }
     Ok(())

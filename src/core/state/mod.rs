@@ -34,10 +34,11 @@ impl Dirty {
     }
 }
 
-/// The file system in memory. Its fields are open to the core's loader and checker
-/// (`meta`, `check`); everything else goes through methods.
+/// The file system in memory. The inode map is readable by anyone (fsck, inspect and the
+/// checkpoint tests walk it); the core's loader and checker (`meta`, `check`) also reach
+/// `next_ino` and `used_blocks`; everything else goes through methods.
 pub struct FsState {
-    pub(in crate::core) inodes: FastMap<u64, Inode>,
+    pub inodes: FastMap<u64, Inode>,
     pub(in crate::core) next_ino: u64,
     write_gen: u64,
     dirty: Dirty,
@@ -97,10 +98,6 @@ impl FsState {
             FsOp::RemoveXattr(op) => Ok(self.apply_removexattr(op)?),
             FsOp::WriteDirect(op) => self.apply_write_direct(op),
         }
-    }
-
-    pub fn inodes(&self) -> impl Iterator<Item = &Inode> {
-        self.inodes.values()
     }
 
     pub fn inode_count(&self) -> usize {
