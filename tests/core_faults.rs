@@ -13,10 +13,12 @@ use std::sync::Arc;
 
 use raid_sim::{BlockVolume, VolumeError};
 use smlogfs::core::superblock::Superblock;
-use smlogfs::core::{Caller, Errno, Fs, FsConfig, Poison, Replica, ReplicaError, ReplicaInfo, Seq};
+use smlogfs::core::{
+    Caller, Errno, Fs, FsConfig, Ino, Poison, Replica, ReplicaError, ReplicaInfo, Seq,
+};
 use smlogfs::progress::Progress;
 
-const ROOT: u64 = 1;
+const ROOT: Ino = Ino(1);
 const BLOCK: usize = 4096;
 const ROOT_CALLER: Caller = Caller { uid: 0, gid: 0 };
 
@@ -153,8 +155,9 @@ impl Setup {
         }
     }
 
-    fn create(&self, name: &str) -> u64 {
-        self.fs
+    fn create(&self, name: &str) -> Ino {
+        let attr = self
+            .fs
             .mknod(
                 ROOT_CALLER,
                 ROOT,
@@ -163,13 +166,12 @@ impl Setup {
                 0,
                 None,
             )
-            .unwrap_or_else(|e| panic!("create {name}: errno {}", e.0))
-            .rec
-            .ino
+            .unwrap_or_else(|e| panic!("create {name}: errno {}", e.0));
+        Ino(attr.rec.ino)
     }
 
     /// Writes `blocks` blocks of `byte` to `ino` from offset 0, in 256 KiB writes.
-    fn fill(&self, ino: u64, blocks: usize, byte: u8) -> Result<(), Errno> {
+    fn fill(&self, ino: Ino, blocks: usize, byte: u8) -> Result<(), Errno> {
         let chunk = vec![byte; 64 * BLOCK];
         let mut done = 0;
         while done < blocks {

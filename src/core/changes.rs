@@ -13,12 +13,13 @@ impl Fs {
     pub fn mknod(
         &self,
         caller: Caller,
-        parent: u64,
+        parent: Ino,
         name: &[u8],
         mode: u32,
         rdev: u32,
         target: Option<Vec<u8>>,
     ) -> FsResult<Attr> {
+        let parent = parent.0;
         let kind = if target.is_some() {
             Kind::Symlink
         } else {
@@ -68,7 +69,8 @@ impl Fs {
         )
     }
 
-    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let (ino, parent) = (ino.0, parent.0);
         let now = Ts::now();
         self.execute(
             |_| {
@@ -83,7 +85,8 @@ impl Fs {
         )
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+    pub fn unlink(&self, parent: Ino, name: &[u8], dir: bool) -> FsResult<()> {
+        let parent = parent.0;
         let now = Ts::now();
         self.execute(
             |_| {
@@ -100,12 +103,13 @@ impl Fs {
 
     pub fn rename(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &[u8],
-        new_parent: u64,
+        new_parent: Ino,
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        let (parent, new_parent) = (parent.0, new_parent.0);
         let now = Ts::now();
         self.execute(
             |_| {
@@ -125,7 +129,7 @@ impl Fs {
     #[allow(clippy::too_many_arguments)]
     pub fn setattr(
         &self,
-        ino: u64,
+        ino: Ino,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
@@ -133,6 +137,7 @@ impl Fs {
         atime: Option<Ts>,
         mtime: Option<Ts>,
     ) -> FsResult<Attr> {
+        let ino = ino.0;
         let now = Ts::now();
         self.execute(
             |_| {
@@ -151,7 +156,8 @@ impl Fs {
         )
     }
 
-    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let ino = ino.0;
         let now = Ts::now();
         let len = data.len() as u32;
         let inline = || {
@@ -187,7 +193,8 @@ impl Fs {
         )
     }
 
-    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let ino = ino.0;
         let now = Ts::now();
         self.execute(
             |_| {
@@ -203,7 +210,8 @@ impl Fs {
         )
     }
 
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        let ino = ino.0;
         let now = Ts::now();
         self.execute(
             |s| {
@@ -221,7 +229,8 @@ impl Fs {
         )
     }
 
-    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        let ino = ino.0;
         let now = Ts::now();
         self.execute(
             |_| {
@@ -235,11 +244,13 @@ impl Fs {
         )
     }
 
-    pub fn open(&self, ino: u64) -> FsResult<()> {
+    pub fn open(&self, ino: Ino) -> FsResult<()> {
+        let ino = ino.0;
         self.sh.lock().state.open(ino)
     }
 
-    pub fn release(&self, ino: u64) {
+    pub fn release(&self, ino: Ino) {
+        let ino = ino.0;
         self.sh.lock().state.release(ino);
     }
 }

@@ -341,7 +341,7 @@ fn write(sh: &Shared, plan: &Plan) -> Result<(), FsError> {
         buf.clear();
         let mut n = 0;
         while i + n < jobs.len()
-            && jobs[i + n].phys == first + n as u64
+            && jobs[i + n].phys.0 == first.0 + n as u64
             && jobs[i + n].fresh == fresh
             && n < 256
         {
@@ -356,9 +356,9 @@ fn write(sh: &Shared, plan: &Plan) -> Result<(), FsError> {
         // whole stripes without a journal record (a crash leaves them unreferenced, and
         // assembly resyncs a stripe cut short).
         if fresh {
-            sh.vol.write_fresh_at(first * BLOCK_BYTES, &buf)?;
+            sh.vol.write_fresh_at(first.offset(), &buf)?;
         } else {
-            sh.vol.write_at(first * BLOCK_BYTES, &buf)?;
+            sh.vol.write_at(first.offset(), &buf)?;
         }
         i += n;
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use raid_sim::BlockVolume;
 
 use super::ops::{encode_write_into, FsOp, WriteDirect};
-use super::types::BLOCK_BYTES;
+use super::types::{VolBlock, BLOCK_BYTES};
 use crate::statelog::{EntryHeader, ENTRY_HEADER_BYTES};
 
 /// Writes at least this large (and block-aligned) go direct.
@@ -65,16 +65,16 @@ pub enum ReadBack {
     Lost,
 }
 
-/// Reads the `len` bytes a direct write placed at volume block `phys` and checks them
+/// Reads the `len` bytes a direct write placed from volume block `first` on and checks them
 /// against the write's checksum.
 pub fn read_back(
     vol: &Arc<dyn BlockVolume>,
-    phys: u64,
+    first: VolBlock,
     len: u64,
     crc: u32,
 ) -> Result<ReadBack, raid_sim::VolumeError> {
     let mut data = vec![0u8; len as usize];
-    vol.read_at(phys * BLOCK_BYTES, &mut data)?;
+    vol.read_at(first.offset(), &mut data)?;
     Ok(if crc32c::crc32c(&data) == crc {
         ReadBack::Intact(data)
     } else {

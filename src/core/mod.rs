@@ -33,4 +33,4 @@ pub use read::{Caller, DirEntry, StatFs};
 pub use recovery::{recover, recover_on, ring_path_of, Recovered, RecoveryReport};
 pub use replica::{Replica, ReplicaError, ReplicaInfo, ReplicaLink};
 pub use status::FsStatus;
-pub use types::{Attr, Epoch, Errno, FsResult, Kind, Seq, Ts};
+pub use types::{Attr, Epoch, Errno, FsResult, Ino, Kind, Seq, Ts, VolBlock};

@@ -20,7 +20,7 @@ pub struct Caller {
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     pub offset: u64,
-    pub ino: u64,
+    pub ino: Ino,
     pub kind: Kind,
     pub name: Vec<u8>,
 }
@@ -36,17 +36,20 @@ pub struct StatFs {
 }
 
 impl Fs {
-    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let ino = ino.0;
         Ok(self.sh.lock().state.get(ino)?.attr())
     }
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let parent = parent.0;
         let core = self.sh.lock();
         let ino = core.state.lookup(parent, name)?;
         Ok(core.state.get(ino)?.attr())
     }
 
-    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let ino = ino.0;
         let core = self.sh.lock();
         core.state.get(ino)?.rec.target.clone().ok_or(Errno::EINVAL)
     }
@@ -57,11 +60,12 @@ impl Fs {
     /// work per call is what the caller takes, not the whole directory.
     pub fn readdir(
         &self,
-        ino: u64,
+        ino: Ino,
         offset: u64,
         with_attr: bool,
         mut emit: impl FnMut(DirEntry, Option<Attr>) -> bool,
     ) -> FsResult<()> {
+        let ino = ino.0;
         let core = self.sh.lock();
         let node = core.state.get(ino)?;
         let dir = node.dir.as_ref().ok_or(Errno::ENOTDIR)?;
@@ -77,7 +81,7 @@ impl Fs {
             if offset < cookie {
                 let entry = DirEntry {
                     offset: cookie,
-                    ino: child,
+                    ino: Ino(child),
                     kind: Kind::Dir,
                     name: name.to_vec(),
                 };
@@ -91,7 +95,7 @@ impl Fs {
             let kind = core.state.get(child).map_or(Kind::File, |n| n.rec.kind);
             let entry = DirEntry {
                 offset: *cookie,
-                ino: child,
+                ino: Ino(child),
                 kind,
                 name: name.clone(),
             };
@@ -102,7 +106,8 @@ impl Fs {
         Ok(())
     }
 
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let ino = ino.0;
         enum Piece {
             Mem(Arc<Vec<u8>>, usize, usize),
             Vol(u64, usize, usize),
@@ -173,14 +178,16 @@ impl Fs {
         Ok(out)
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        let ino = ino.0;
         let core = self.sh.lock();
         let node = core.state.get(ino)?;
         node.rec.xattrs.get(name).cloned().ok_or(Errno::ENODATA)
     }
 
     /// Names of the xattrs, NUL-terminated; `trusted.` names only for root, as on ext4.
-    pub fn listxattr(&self, caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
+    pub fn listxattr(&self, caller: Caller, ino: Ino) -> FsResult<Vec<u8>> {
+        let ino = ino.0;
         let core = self.sh.lock();
         let node = core.state.get(ino)?;
         let mut out = Vec::new();
@@ -194,7 +201,8 @@ impl Fs {
         Ok(out)
     }
 
-    pub fn access(&self, caller: Caller, ino: u64, mask: i32) -> FsResult<()> {
+    pub fn access(&self, caller: Caller, ino: Ino, mask: i32) -> FsResult<()> {
+        let ino = ino.0;
         let core = self.sh.lock();
         let rec = &core.state.get(ino)?.rec;
         if mask == libc::F_OK {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::direct;
 use super::ops::FsOp;
-use super::types::{Epoch, Seq};
+use super::types::{Epoch, Seq, VolBlock};
 use crate::statelog::{EntryHeader, EntryKind, HookedEntry, OpState, ScannedEntry};
 
 /// A live replica of the state log.
@@ -104,7 +104,7 @@ pub(super) fn self_contained(
     let Some(FsOp::WriteDirect(op)) = op else {
         return Ok(e.to_bytes());
     };
-    let data = match direct::read_back(vol, op.phys, op.len, op.crc)? {
+    let data = match direct::read_back(vol, VolBlock(op.phys), op.len, op.crc)? {
         direct::ReadBack::Intact(data) => data,
         // Recovery replaced it by zeroes and the checkpoint after it covers it; a live entry
         // whose data is gone cannot happen (it landed before `Applied`).

@@ -10,7 +10,7 @@ use crate::core::alloc::Allocator;
 use crate::core::direct;
 use crate::core::ops::{FsOp, Write, WriteDirect};
 use crate::core::state::FsState;
-use crate::core::types::BLOCK_BYTES;
+use crate::core::types::{VolBlock, BLOCK_BYTES};
 use crate::core::FsError;
 use crate::progress::Progress;
 
@@ -36,7 +36,7 @@ pub(super) fn replayable_direct(
     else {
         return Ok(op);
     };
-    let intact = match direct::read_back(vol, phys, len, crc)? {
+    let intact = match direct::read_back(vol, VolBlock(phys), len, crc)? {
         direct::ReadBack::Intact(_) => true,
         direct::ReadBack::Lost => false,
     };

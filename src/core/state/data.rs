@@ -380,7 +380,7 @@ impl FsState {
             };
             prev_phys = Some(phys);
             jobs.push(BlockJob {
-                phys,
+                phys: VolBlock(phys),
                 data: slot.data.clone(),
                 ino,
                 blk,
@@ -417,7 +417,7 @@ impl FsState {
 /// allocated by this checkpoint (nothing on the volume references it yet).
 #[derive(Clone)]
 pub struct BlockJob {
-    pub phys: u64,
+    pub phys: VolBlock,
     pub data: Option<Arc<Vec<u8>>>,
     pub ino: u64,
     pub blk: u64,
