@@ -3,13 +3,20 @@
 //! checkpoint, a fenced node's fsync, and a failed read in the middle of a hole punch.
 //!
 //! Fault injection goes through test doubles of the core's outside effects: a `BlockVolume`
-//! whose reads can be made to fail, and a `Replica` that can be told it was fenced.
+//! whose reads can be made to fail, and a `Replica` that can be told it was fenced. The
+//! fenced fsync is also checked end to end: a real mount with a mirror agent on a second
+//! host (a network namespace, as in tests/mirror_failover.rs) and a real takeover.
 
 mod common;
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use common::netns::{Agent, Host};
 
 use raid_sim::{BlockVolume, VolumeError};
 use smlogfs::core::superblock::Superblock;
@@ -277,4 +284,68 @@ fn a_failed_hole_punch_leaves_the_file_unchanged() {
         3 * 8,
         "blocks held"
     );
+}
+
+/// Unmounts a mount point made by a takeover (the peer's daemon then exits).
+struct PeerMount(PathBuf);
+
+impl Drop for PeerMount {
+    fn drop(&mut self) {
+        if common::is_fuse_mount(&self.0) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+        }
+    }
+}
+
+/// Node A mounted with a mirror agent; node B takes the volume over while A runs. Once A
+/// knows (its changes get EROFS), an fsync on a file A holds open must fail too: before the
+/// fix it flushed A's own ring and reported success.
+#[test]
+fn a_mount_fenced_by_a_takeover_fails_fsync() {
+    // Declared before the volume: dropped after it (A's daemon goes first).
+    let host = Host::new(1);
+    let dir = tempfile::Builder::new()
+        .prefix("smlogfs-agent-")
+        .tempdir()
+        .unwrap();
+    let _agent = Agent::start(&host, &dir.path().join("agent"), None);
+    let mirror = host.addr(0);
+    let mut vol = common::Volume::new(&["--size", "64M", "--ring", "8M", "--disks", "1"]);
+    vol.mount(&["--mirror", &mirror, "--node", "A", "--heartbeat-ms", "200"]);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(vol.path("f"))
+        .expect("create f on A");
+    f.write_all(b"written by A").expect("write on A");
+    f.sync_all().expect("fsync on A before the takeover");
+
+    let mnt_b = dir.path().join("mnt-b");
+    std::fs::create_dir(&mnt_b).unwrap();
+    let _peer = PeerMount(mnt_b.clone());
+    let out = common::run(
+        Command::new(common::smlogfs_bin())
+            .arg("takeover")
+            .arg(vol.voldir())
+            .arg(&mnt_b)
+            .args(["--mirror", &mirror, "--node", "B"]),
+    );
+    assert!(
+        out.status.success(),
+        "takeover by B: {}",
+        common::describe(&out)
+    );
+    let fenced = common::wait_until(Duration::from_secs(20), || {
+        let r = std::fs::write(vol.path("probe"), b"p");
+        r.err().and_then(|e| e.raw_os_error()) == Some(libc::EROFS)
+    });
+    assert!(
+        fenced.is_some(),
+        "A never learned of the takeover (no EROFS)"
+    );
+    let e = f
+        .sync_all()
+        .expect_err("fsync on the fenced node A reported success");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "fsync on A: {e}");
 }

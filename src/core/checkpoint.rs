@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{FsError, Poison};
 use super::meta::{self, MetaRecord, BLOB_DELTA, BLOB_SNAPSHOT};
+use super::replica::ReplicaError;
 use super::shared::{lock_ignoring_poison, Shared};
 use super::state::BlockJob;
 use super::superblock::{BlobRef, Superblock, MAX_BLOBS};
@@ -411,7 +412,7 @@ impl Fs {
             }
             // The replica tells a fenced node at its next heartbeat, even when it is idle.
             if let Some(why) = self.sh.replica.get().and_then(|r| r.fenced()) {
-                self.fence(&why);
+                self.replica_failed(ReplicaError::Fenced(why));
             }
             if asked
                 || last.elapsed() >= interval

@@ -73,7 +73,14 @@ impl Fs {
                 );
                 return Err(Errno::EIO);
             }
-            let side: Vec<&[u8]> = side_data.into_iter().collect();
+            let side_parts;
+            let side: &[&[u8]] = match side_data {
+                Some(data) => {
+                    side_parts = [data];
+                    &side_parts
+                }
+                None => &[],
+            };
             let accepted = sh
                 .log
                 .try_append_noting(
@@ -81,7 +88,7 @@ impl Fs {
                     None,
                     &[&payload],
                     APPLIED_RESERVE_BYTES + CHECKPOINT_RESERVE_BYTES,
-                    &side,
+                    side,
                 )
                 .map_err(|e| {
                     release_direct_blocks(&mut core, &op);

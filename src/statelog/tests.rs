@@ -121,6 +121,67 @@ fn damage_in_the_middle_is_corruption_with_its_offset() {
     }
 }
 
+/// The append hook sees every entry in seq order (wrap fillers included) exactly as the ring
+/// holds it, and the side bytes only with the entry they were appended with.
+#[test]
+fn the_append_hook_sees_every_entry_and_its_side_bytes() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (_path, log) = new_ring(dir.path(), MIN_RING_BYTES);
+    /// (seq, entry bytes, side bytes) of each entry the hook saw.
+    type Seen = Vec<(u64, Vec<u8>, Vec<Vec<u8>>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    log.set_append_hook(Box::new(move |e: HookedEntry<'_>| {
+        let side = e.side.iter().map(|s| s.to_vec()).collect();
+        sink.lock().unwrap().push((e.seq.0, e.bytes.to_vec(), side));
+    }));
+    let state = EntryState::Op(OpState::Accepted);
+    let mut noted = Vec::new();
+    // Enough 300 KiB entries, with reclaims, to wrap the area at least once.
+    for i in 0..40u64 {
+        let data = payload(i, 300_000);
+        let a = if i % 3 == 0 {
+            let a = log
+                .try_append_noting(state, None, &[&data], 0, &[b"side", &i.to_le_bytes()])
+                .unwrap()
+                .expect("fits");
+            noted.push(a.seq.0);
+            a
+        } else {
+            log.try_append(state, None, &[&data], 0)
+                .unwrap()
+                .expect("fits")
+        };
+        log.reclaim(a).unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "in seq order, none missing"
+    );
+    assert!(
+        seen.len() > 40,
+        "no wrap filler was seen: {} entries",
+        seen.len()
+    );
+    for (seq, bytes, side) in seen.iter() {
+        let e = ScannedEntry::from_bytes(bytes).expect("a valid entry as the ring holds it");
+        assert_eq!(e.header.seq, *seq);
+        if noted.contains(seq) {
+            assert_eq!(side.len(), 2, "seq {seq}");
+            assert_eq!(side[0], b"side");
+        } else {
+            assert!(
+                side.is_empty(),
+                "seq {seq} got side bytes it was not appended with"
+            );
+        }
+    }
+}
+
 #[test]
 fn truncated_file_keeps_the_prefix() {
     let dir = tempfile::tempdir().unwrap();
