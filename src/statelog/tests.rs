@@ -13,6 +13,12 @@ fn new_ring(dir: &std::path::Path, ring_bytes: u64) -> (std::path::PathBuf, Stat
     (path, log)
 }
 
+/// Appends one `Accepted` op entry of `data` with no reserve.
+fn append(log: &StateLog, data: &[u8]) -> Option<Appended> {
+    log.try_append(EntryState::Op(OpState::Accepted), None, &[data], 0)
+        .unwrap()
+}
+
 fn payload(seq_hint: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64 ^ seq_hint) as u8).collect()
 }
@@ -32,14 +38,14 @@ proptest! {
         let mut appended: Vec<Appended> = Vec::new();
         for (len, reclaim) in ops {
             let data = payload(live.len() as u64, len);
-            let a = match log.try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0).unwrap() {
+            let a = match append(&log, &data) {
                 Some(a) => a,
                 None => {
                     // Full: reclaim everything but the newest entry, then it must fit.
                     let keep = *appended.last().unwrap();
                     log.reclaim(keep).unwrap();
                     live.retain(|(s, _)| *s >= keep.seq.0);
-                    log.try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0).unwrap().expect("fits after reclaim")
+                    append(&log, &data).expect("fits after reclaim")
                 }
             };
             live.push((a.seq.0, data));
@@ -70,7 +76,7 @@ proptest! {
         let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
         let mut last = None;
         for i in 0..n {
-            last = log.try_append(EntryState::Op(OpState::Accepted), None, &[&payload(i as u64, 300)], 0).unwrap();
+            last = append(&log, &payload(i as u64, 300));
         }
         drop(log);
         let last = last.unwrap();
@@ -90,16 +96,7 @@ fn damage_in_the_middle_is_corruption_with_its_offset() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let mut all = Vec::new();
     for i in 0..20 {
-        all.push(
-            log.try_append(
-                EntryState::Op(OpState::Accepted),
-                None,
-                &[&payload(i, 500)],
-                0,
-            )
-            .unwrap()
-            .unwrap(),
-        );
+        all.push(append(&log, &payload(i, 500)).unwrap());
     }
     drop(log);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -149,9 +146,7 @@ fn the_append_hook_sees_every_entry_and_its_side_bytes() {
             noted.push(a.seq.0);
             a
         } else {
-            log.try_append(state, None, &[&data], 0)
-                .unwrap()
-                .expect("fits")
+            append(&log, &data).expect("fits")
         };
         log.reclaim(a).unwrap();
     }
@@ -188,16 +183,7 @@ fn truncated_file_keeps_the_prefix() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let mut all = Vec::new();
     for i in 0..10 {
-        all.push(
-            log.try_append(
-                EntryState::Op(OpState::Accepted),
-                None,
-                &[&payload(i, 1000)],
-                0,
-            )
-            .unwrap()
-            .unwrap(),
-        );
+        all.push(append(&log, &payload(i, 1000)).unwrap());
     }
     drop(log);
     let cut = HEADER_AREA_BYTES + all[9].offset + 100;
@@ -215,10 +201,7 @@ fn full_ring_refuses_until_reclaimed_and_never_overwrites() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let data = payload(1, 64 * 1024);
     let mut all = Vec::new();
-    while let Some(a) = log
-        .try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0)
-        .unwrap()
-    {
+    while let Some(a) = append(&log, &data) {
         all.push(a);
     }
     assert!(all.len() > 10);
@@ -226,8 +209,5 @@ fn full_ring_refuses_until_reclaimed_and_never_overwrites() {
     let scanned = StateLog::scan_file(&path).unwrap();
     assert_eq!(scanned.entries.len(), all.len());
     log.reclaim(all[all.len() / 2]).unwrap();
-    assert!(log
-        .try_append(EntryState::Op(OpState::Accepted), None, &[&data], 0)
-        .unwrap()
-        .is_some());
+    assert!(append(&log, &data).is_some());
 }

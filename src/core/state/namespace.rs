@@ -398,18 +398,9 @@ impl FsState {
     }
 
     pub(super) fn apply_setattr(&mut self, op: &SetAttr) -> Result<(), ApplyError> {
-        let SetAttr {
-            ino,
-            perm,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            now,
-        } = *op;
+        let (ino, now) = (op.ino, op.now);
         let node = self.get(ino)?;
-        if let Some(size) = size {
+        if let Some(size) = op.size {
             match node.rec.kind {
                 Kind::File => {}
                 Kind::Dir => return Err(Errno::EISDIR.into()),
@@ -424,23 +415,15 @@ impl FsState {
                 n.rec.mtime = now;
             }
         }
-        let n = self.get_mut(ino)?;
-        if let Some(p) = perm {
-            n.rec.perm = p & 0o7777;
+        let rec = &mut self.get_mut(ino)?.rec;
+        if let Some(p) = op.perm {
+            rec.perm = p & 0o7777;
         }
-        if let Some(u) = uid {
-            n.rec.uid = u;
-        }
-        if let Some(g) = gid {
-            n.rec.gid = g;
-        }
-        if let Some(a) = atime {
-            n.rec.atime = a;
-        }
-        if let Some(m) = mtime {
-            n.rec.mtime = m;
-        }
-        n.rec.ctime = now;
+        rec.uid = op.uid.unwrap_or(rec.uid);
+        rec.gid = op.gid.unwrap_or(rec.gid);
+        rec.atime = op.atime.unwrap_or(rec.atime);
+        rec.mtime = op.mtime.unwrap_or(rec.mtime);
+        rec.ctime = now;
         self.dirty.inodes.insert(ino);
         Ok(())
     }
