@@ -14,7 +14,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{Attr, Caller, Errno, Fs, Kind, Ts};
+use crate::core::{Attr, Caller, Errno, Fs, Ino, Kind, Ts};
 
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request (also bounds one ring entry).
@@ -132,11 +132,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+        entry(reply, self.fs.lookup(Ino(parent.0), name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.fs.getattr(Ino(ino.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -161,7 +161,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let r = self.fs.setattr(
-            ino.0,
+            Ino(ino.0),
             mode,
             uid,
             gid,
@@ -176,7 +176,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.fs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -194,8 +194,14 @@ impl Filesystem for FuseAdapter {
     ) {
         entry(
             reply,
-            self.fs
-                .mknod(caller(req), parent.0, name.as_bytes(), mode, rdev, None),
+            self.fs.mknod(
+                caller(req),
+                Ino(parent.0),
+                name.as_bytes(),
+                mode,
+                rdev,
+                None,
+            ),
         );
     }
 
@@ -212,16 +218,16 @@ impl Filesystem for FuseAdapter {
         entry(
             reply,
             self.fs
-                .mknod(caller(req), parent.0, name.as_bytes(), mode, 0, None),
+                .mknod(caller(req), Ino(parent.0), name.as_bytes(), mode, 0, None),
         );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.unlink(parent.0, name.as_bytes(), false));
+        empty(reply, self.fs.unlink(Ino(parent.0), name.as_bytes(), false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.unlink(parent.0, name.as_bytes(), true));
+        empty(reply, self.fs.unlink(Ino(parent.0), name.as_bytes(), true));
     }
 
     fn symlink(
@@ -237,7 +243,7 @@ impl Filesystem for FuseAdapter {
             reply,
             self.fs.mknod(
                 caller(req),
-                parent.0,
+                Ino(parent.0),
                 link_name.as_bytes(),
                 libc::S_IFLNK | 0o777,
                 0,
@@ -259,9 +265,9 @@ impl Filesystem for FuseAdapter {
         empty(
             reply,
             self.fs.rename(
-                parent.0,
+                Ino(parent.0),
                 name.as_bytes(),
-                newparent.0,
+                Ino(newparent.0),
                 newname.as_bytes(),
                 flags.bits(),
             ),
@@ -276,11 +282,15 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
+        entry(
+            reply,
+            self.fs
+                .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0) {
+        match self.fs.open(Ino(ino.0)) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
         }
@@ -297,7 +307,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
+        match self.fs.read(Ino(ino.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
         }
@@ -315,7 +325,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, offset, data) {
+        match self.fs.write(Ino(ino.0), offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -342,7 +352,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(ino.0);
+        self.fs.release(Ino(ino.0));
         reply.ok();
     }
 
@@ -358,7 +368,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(ino.0) {
+        match self.fs.getattr(Ino(ino.0)) {
             // The kernel may keep what readdir returned and reuse it across opens: every
             // change to a directory goes through this mount, which invalidates the cache.
             Ok(a) if a.rec.kind == Kind::Dir => reply.opened(
@@ -378,9 +388,9 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listed = self.fs.readdir(ino.0, offset, false, |e, _| {
+        let listed = self.fs.readdir(Ino(ino.0), offset, false, |e, _| {
             reply.add(
-                INodeNo(e.ino),
+                INodeNo(e.ino.0),
                 e.offset,
                 file_type(e.kind),
                 OsStr::from_bytes(&e.name),
@@ -400,11 +410,11 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listed = self.fs.readdir(ino.0, offset, true, |e, attr| {
+        let listed = self.fs.readdir(Ino(ino.0), offset, true, |e, attr| {
             // An entry whose inode vanished meanwhile is left out.
             let Some(attr) = attr else { return false };
             reply.add(
-                INodeNo(e.ino),
+                INodeNo(e.ino.0),
                 e.offset,
                 OsStr::from_bytes(&e.name),
                 &TTL,
@@ -448,24 +458,24 @@ impl Filesystem for FuseAdapter {
     ) {
         empty(
             reply,
-            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+            self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags),
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.fs.getxattr(ino.0, name.as_bytes()));
+        xattr_reply(reply, size, self.fs.getxattr(Ino(ino.0), name.as_bytes()));
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.fs.listxattr(caller(req), ino.0));
+        xattr_reply(reply, size, self.fs.listxattr(caller(req), Ino(ino.0)));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
+        empty(reply, self.fs.removexattr(Ino(ino.0), name.as_bytes()));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        empty(reply, self.fs.access(caller(req), ino.0, mask.bits()));
+        empty(reply, self.fs.access(caller(req), Ino(ino.0), mask.bits()));
     }
 
     fn create(
@@ -485,8 +495,8 @@ impl Filesystem for FuseAdapter {
         };
         let r = self
             .fs
-            .mknod(caller(req), parent.0, name.as_bytes(), mode, 0, None)
-            .and_then(|a| self.fs.open(a.rec.ino).map(|()| a));
+            .mknod(caller(req), Ino(parent.0), name.as_bytes(), mode, 0, None)
+            .and_then(|a| self.fs.open(Ino(a.rec.ino)).map(|()| a));
         match r {
             Ok(a) => reply.created(
                 &TTL,
@@ -509,6 +519,6 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.fallocate(ino.0, offset, length, mode));
+        empty(reply, self.fs.fallocate(Ino(ino.0), offset, length, mode));
     }
 }

@@ -1,13 +1,18 @@
-//! The daemon's side of mirroring: every ring entry goes to the mirror agent; in `sync`
-//! mode an op is answered only once the agent acknowledged its entries. What happens when
-//! the agent is unreachable is the user's policy (`wait` or `degrade`).
+//! The daemon's side of mirroring: the fs core's `Replica` and `ReplicaLink`, implemented
+//! over the mirror agent's wire protocol (`smlog_wire`). Every ring entry goes to the agent;
+//! in `sync` mode an op is answered only once the agent acknowledged its entries. How long
+//! to wait for an unreachable agent is the user's policy (`wait` or `degrade`), applied in
+//! `Mirror::wait`; what a failure means for the caller is the core's (`ReplicaError`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smlog_wire::{MirrorClient, MirrorConfig, MirrorError};
+
+use crate::core::{Epoch, Replica, ReplicaError, ReplicaInfo, ReplicaLink, Seq};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MirrorMode {
@@ -92,15 +97,6 @@ pub struct Mirror {
     warned_unprotected: AtomicBool,
 }
 
-/// Why an op could not be protected.
-#[derive(Debug)]
-pub enum MirrorWaitError {
-    /// The volume was taken over by a newer epoch: this node must stop writing.
-    Fenced(String),
-    /// Policy `wait` timed out, or the link failed for good.
-    Failed(String),
-}
-
 impl Mirror {
     pub fn connect(
         options: MirrorOptions,
@@ -124,7 +120,7 @@ impl Mirror {
     }
 
     /// Queues one entry (called under the ring lock, in seq order).
-    pub fn submit(&self, seq: u64, entry: Vec<u8>) {
+    fn submit_entry(&self, seq: u64, entry: Vec<u8>) {
         if let Err(e) = self.client.submit(seq, entry) {
             if !self.fatal.swap(true, Ordering::AcqRel) {
                 log::error!("mirror: cannot queue seq {seq}: {e}");
@@ -133,19 +129,19 @@ impl Mirror {
     }
 
     /// Waits as the policy says until `seq` is acknowledged by the agent.
-    pub fn wait(&self, seq: u64) -> Result<(), MirrorWaitError> {
+    fn wait_acked(&self, seq: u64) -> Result<(), ReplicaError> {
         if self.options.mode == MirrorMode::Async {
             return Ok(());
         }
-        if let Some(why) = self.fenced() {
-            return Err(MirrorWaitError::Fenced(why));
+        if let Some(why) = self.fenced_why() {
+            return Err(ReplicaError::Fenced(why));
         }
         if self.fatal.load(Ordering::Acquire) {
             // An entry could not be queued: the agent's copy has a hole from here on, and no
             // later entry can be acknowledged. Say so at once instead of timing out every op.
             return match self.options.on_loss {
                 OnLoss::Degrade => Ok(()),
-                OnLoss::Wait => Err(MirrorWaitError::Failed(
+                OnLoss::Wait => Err(ReplicaError::Failed(
                     "the mirror link failed for good (see the error above); remount to resynchronise the agent"
                         .into(),
                 )),
@@ -177,15 +173,15 @@ impl Mirror {
                     return Ok(());
                 }
                 Err(MirrorError::Fenced { ours, current }) => {
-                    return Err(MirrorWaitError::Fenced(format!(
+                    return Err(ReplicaError::Fenced(format!(
                         "the volume was taken over (our epoch {ours}, current {current})"
                     )))
                 }
-                Err(e) if e.is_fatal() => return Err(MirrorWaitError::Failed(e.to_string())),
+                Err(e) if e.is_fatal() => return Err(ReplicaError::Failed(e.to_string())),
                 Err(e) => match self.options.on_loss {
                     OnLoss::Wait => {
                         if Instant::now() >= deadline {
-                            return Err(MirrorWaitError::Failed(format!(
+                            return Err(ReplicaError::Failed(format!(
                                 "no acknowledgement from the mirror agent within {} ms: {e}",
                                 self.options.loss_timeout_ms
                             )));
@@ -205,13 +201,8 @@ impl Mirror {
         }
     }
 
-    /// True when the agent holds everything submitted (fsync may skip the local flush).
-    pub fn protected(&self) -> bool {
-        self.options.mode == MirrorMode::Sync && self.client.status().protected
-    }
-
     /// Why the agent fenced this node, once it did (the volume was taken over).
-    pub fn fenced(&self) -> Option<String> {
+    fn fenced_why(&self) -> Option<String> {
         self.client.fenced().map(|(ours, current)| {
             format!("the volume was taken over (our epoch {ours}, current {current})")
         })
@@ -257,13 +248,72 @@ impl Mirror {
             log::warn!("mirror: cannot start the resync progress thread: {e}");
         }
     }
+}
 
-    /// The highest seq the agent acknowledged (every entry up to it is stored there).
-    pub fn acked_through(&self) -> Option<u64> {
-        self.client.acked_through()
+impl Replica for Mirror {
+    fn submit(&self, seq: Seq, entry: Vec<u8>) {
+        self.submit_entry(seq.0, entry);
     }
 
-    pub fn checkpoint(&self, through_seq: u64) {
-        self.client.checkpoint(through_seq);
+    fn wait(&self, seq: Seq) -> Result<(), ReplicaError> {
+        self.wait_acked(seq.0)
+    }
+
+    fn protected(&self) -> bool {
+        self.options.mode == MirrorMode::Sync && self.client.status().protected
+    }
+
+    fn fenced(&self) -> Option<String> {
+        self.fenced_why()
+    }
+
+    fn acked_through(&self) -> Option<Seq> {
+        self.client.acked_through().map(Seq)
+    }
+
+    fn checkpoint(&self, covers: Seq) {
+        self.client.checkpoint(covers.0);
+    }
+
+    fn info(&self) -> ReplicaInfo {
+        let st = self.client.status();
+        ReplicaInfo {
+            routes: self.options.routes_text(),
+            route_in_use: st.route_in_use.map(|r| r.to_string()),
+            connected: st.connected,
+            protected: st.protected,
+            mode: format!("{:?}", self.options.mode).to_lowercase(),
+            on_loss: format!("{:?}", self.options.on_loss).to_lowercase(),
+            unacked_entries: st.unacked_entries as u64,
+            acked_through: st.acked_through,
+            resync_through: st.resync_through,
+            rtt_us: st.rtt_us,
+            reconnects: st.reconnects,
+            last_error: st.last_error,
+        }
+    }
+}
+
+impl ReplicaLink for MirrorOptions {
+    fn describe(&self) -> String {
+        self.routes_text()
+    }
+
+    fn read_back(
+        &self,
+        volume_id: [u8; 16],
+        epoch: Epoch,
+        after: Seq,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, String> {
+        let cfg = self.client_config(volume_id, epoch.0);
+        let entries = MirrorClient::read_back(&cfg, after.0).map_err(|e| e.to_string())?;
+        Ok(entries.into_iter().map(|(s, b)| (Seq(s), b)).collect())
+    }
+
+    fn connect(&self, volume_id: [u8; 16], epoch: Epoch) -> Result<Arc<dyn Replica>, String> {
+        let mirror =
+            Arc::new(Mirror::connect(self.clone(), volume_id, epoch.0).map_err(|e| e.to_string())?);
+        Mirror::watch_resync(&mirror);
+        Ok(mirror)
     }
 }

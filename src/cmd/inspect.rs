@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{exit, open_error, CliError};
-use crate::core::ops::FsOp;
+use crate::core::ops::{self, FsOp};
 use crate::core::recovery::{checkpoint_covers, Action, CheckpointState, LastState, OpState};
 use crate::core::superblock::Superblock;
 use crate::core::{recover, ring_path_of};
@@ -13,64 +13,66 @@ use crate::statelog::{EntryKind, ScanEnd, StateLog};
 fn describe_op(op: &FsOp) -> String {
     let n = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match op {
-        FsOp::Mknod {
+        FsOp::Mknod(ops::Mknod {
             parent, name, ino, ..
-        } => format!(
+        }) => format!(
             "{} {:?} in dir {parent} -> inode {ino}",
             op.kind_name(),
             n(name)
         ),
-        FsOp::Link {
+        FsOp::Link(ops::Link {
             ino, parent, name, ..
-        } => format!("link inode {ino} as {:?} in dir {parent}", n(name)),
-        FsOp::Unlink { parent, name, .. } => {
+        }) => format!("link inode {ino} as {:?} in dir {parent}", n(name)),
+        FsOp::Unlink(ops::Unlink { parent, name, .. }) => {
             format!("{} {:?} in dir {parent}", op.kind_name(), n(name))
         }
-        FsOp::Rename {
+        FsOp::Rename(ops::Rename {
             parent,
             name,
             new_parent,
             new_name,
             flags,
             ..
-        } => {
+        }) => {
             format!(
                 "rename {:?} in dir {parent} to {:?} in dir {new_parent} (flags {flags})",
                 n(name),
                 n(new_name)
             )
         }
-        FsOp::SetAttr {
+        FsOp::SetAttr(ops::SetAttr {
             ino,
             perm,
             uid,
             gid,
             size,
             ..
-        } => {
+        }) => {
             format!("setattr inode {ino} mode {perm:?} uid {uid:?} gid {gid:?} size {size:?}")
         }
-        FsOp::Write {
+        FsOp::Write(ops::Write {
             ino, offset, data, ..
-        } => format!("write inode {ino} offset {offset} len {}", data.len()),
-        FsOp::Fallocate {
+        }) => format!("write inode {ino} offset {offset} len {}", data.len()),
+        FsOp::Fallocate(ops::Fallocate {
             ino,
             offset,
             len,
             mode,
             ..
-        } => format!("fallocate inode {ino} offset {offset} len {len} mode {mode}"),
-        FsOp::SetXattr {
+        }) => format!("fallocate inode {ino} offset {offset} len {len} mode {mode}"),
+        FsOp::SetXattr(ops::SetXattr {
             ino, name, value, ..
-        } => format!("setxattr inode {ino} {:?} ({} bytes)", n(name), value.len()),
-        FsOp::RemoveXattr { ino, name, .. } => format!("removexattr inode {ino} {:?}", n(name)),
-        FsOp::WriteDirect {
+        }) => format!("setxattr inode {ino} {:?} ({} bytes)", n(name), value.len()),
+        FsOp::RemoveXattr(ops::RemoveXattr { ino, name, .. }) => {
+            format!("removexattr inode {ino} {:?}", n(name))
+        }
+        FsOp::WriteDirect(ops::WriteDirect {
             ino,
             offset,
             len,
             phys,
             ..
-        } => format!(
+        }) => format!(
             "write inode {ino} offset {offset} len {len} (data on the volume at block {phys})"
         ),
     }

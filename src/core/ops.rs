@@ -8,117 +8,151 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{Kind, Ts};
 
+/// One logged op. Each variant wraps a struct of the same name; the on-disk (bincode)
+/// encoding of a newtype variant is the variant index followed by the struct's fields, byte
+/// for byte what the struct variants of earlier versions wrote (the tests below hold it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
     /// create, mknod, mkdir, symlink.
-    Mknod {
-        parent: u64,
-        name: Vec<u8>,
-        ino: u64,
-        kind: Kind,
-        perm: u32,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        target: Option<Vec<u8>>,
-        now: Ts,
-    },
-    Link {
-        ino: u64,
-        parent: u64,
-        name: Vec<u8>,
-        now: Ts,
-    },
+    Mknod(Mknod),
+    Link(Link),
     /// unlink (dir = false) and rmdir (dir = true).
-    Unlink {
-        parent: u64,
-        name: Vec<u8>,
-        dir: bool,
-        now: Ts,
-    },
-    Rename {
-        parent: u64,
-        name: Vec<u8>,
-        new_parent: u64,
-        new_name: Vec<u8>,
-        /// RENAME_NOREPLACE / RENAME_EXCHANGE bits.
-        flags: u32,
-        now: Ts,
-    },
-    SetAttr {
-        ino: u64,
-        perm: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<Ts>,
-        mtime: Option<Ts>,
-        now: Ts,
-    },
-    Write {
-        ino: u64,
-        offset: u64,
-        #[serde(with = "serde_bytes_vec")]
-        data: Vec<u8>,
-        now: Ts,
-    },
-    Fallocate {
-        ino: u64,
-        offset: u64,
-        len: u64,
-        mode: i32,
-        now: Ts,
-    },
-    SetXattr {
-        ino: u64,
-        name: Vec<u8>,
-        value: Vec<u8>,
-        flags: i32,
-        now: Ts,
-    },
-    RemoveXattr {
-        ino: u64,
-        name: Vec<u8>,
-        now: Ts,
-    },
-    /// A block-aligned write whose data went straight to fresh volume blocks
-    /// `phys .. phys + len / BLOCK_BYTES` instead of into the ring. `crc` (crc32c of the data)
-    /// lets recovery tell whether the data reached the volume.
-    WriteDirect {
-        ino: u64,
-        offset: u64,
-        len: u64,
-        phys: u64,
-        crc: u32,
-        now: Ts,
-    },
+    Unlink(Unlink),
+    Rename(Rename),
+    SetAttr(SetAttr),
+    Write(Write),
+    Fallocate(Fallocate),
+    SetXattr(SetXattr),
+    RemoveXattr(RemoveXattr),
+    /// A block-aligned write whose data went straight to fresh volume blocks.
+    WriteDirect(WriteDirect),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mknod {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: Option<Vec<u8>>,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlink {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub dir: bool,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub new_parent: u64,
+    pub new_name: Vec<u8>,
+    /// RENAME_NOREPLACE / RENAME_EXCHANGE bits.
+    pub flags: u32,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub ino: u64,
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Ts>,
+    pub mtime: Option<Ts>,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Write {
+    pub ino: u64,
+    pub offset: u64,
+    #[serde(with = "serde_bytes_vec")]
+    pub data: Vec<u8>,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fallocate {
+    pub ino: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub mode: i32,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetXattr {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+    pub flags: i32,
+    pub now: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveXattr {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub now: Ts,
+}
+
+/// A block-aligned write whose data went straight to fresh volume blocks
+/// `phys .. phys + len / BLOCK_BYTES` instead of into the ring. `crc` (crc32c of the data)
+/// lets recovery tell whether the data reached the volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteDirect {
+    pub ino: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub phys: u64,
+    pub crc: u32,
+    pub now: Ts,
 }
 
 impl FsOp {
     /// A short name for `inspect` and logs.
     pub fn kind_name(&self) -> &'static str {
         match self {
-            FsOp::Mknod {
+            FsOp::Mknod(Mknod {
                 kind: Kind::Dir, ..
-            } => "mkdir",
-            FsOp::Mknod {
+            }) => "mkdir",
+            FsOp::Mknod(Mknod {
                 kind: Kind::Symlink,
                 ..
-            } => "symlink",
-            FsOp::Mknod {
+            }) => "symlink",
+            FsOp::Mknod(Mknod {
                 kind: Kind::File, ..
-            } => "create",
-            FsOp::Mknod { .. } => "mknod",
-            FsOp::Link { .. } => "link",
-            FsOp::Unlink { dir: true, .. } => "rmdir",
-            FsOp::Unlink { .. } => "unlink",
-            FsOp::Rename { .. } => "rename",
-            FsOp::SetAttr { .. } => "setattr",
-            FsOp::Write { .. } => "write",
-            FsOp::Fallocate { .. } => "fallocate",
-            FsOp::SetXattr { .. } => "setxattr",
-            FsOp::RemoveXattr { .. } => "removexattr",
-            FsOp::WriteDirect { .. } => "write (direct)",
+            }) => "create",
+            FsOp::Mknod(_) => "mknod",
+            FsOp::Link(_) => "link",
+            FsOp::Unlink(Unlink { dir: true, .. }) => "rmdir",
+            FsOp::Unlink(_) => "unlink",
+            FsOp::Rename(_) => "rename",
+            FsOp::SetAttr(_) => "setattr",
+            FsOp::Write(_) => "write",
+            FsOp::Fallocate(_) => "fallocate",
+            FsOp::SetXattr(_) => "setxattr",
+            FsOp::RemoveXattr(_) => "removexattr",
+            FsOp::WriteDirect(_) => "write (direct)",
         }
     }
 
@@ -131,9 +165,10 @@ impl FsOp {
     }
 }
 
-/// `FsOp::Write { ino, offset, data, now }` encoded (exactly as `FsOp::encode` would) and
-/// appended to `out`, without first copying `data` into an `FsOp`: the mirror form of a
-/// direct write is built this way, straight into the entry that goes to the agent.
+/// `FsOp::Write(Write { ino, offset, data, now })` encoded (exactly as `FsOp::encode` would)
+/// and appended to `out`, without first copying `data` into an `FsOp`: the self-contained
+/// form of a direct write is built this way (`direct::inline_entry`), straight into the
+/// entry that goes to the replica.
 pub fn encode_write_into(out: &mut Vec<u8>, ino: u64, offset: u64, data: &[u8], now: Ts) {
     struct WriteRef<'a> {
         ino: u64,
@@ -183,17 +218,55 @@ mod tests {
             sec: -3,
             nsec: 999_999_999,
         };
-        let op = FsOp::Write {
+        let op = FsOp::Write(Write {
             ino: 42,
             offset: 1 << 33,
             data: data.clone(),
             now,
-        };
+        });
         let mut out = vec![7u8; 5];
         encode_write_into(&mut out, 42, 1 << 33, &data, now);
         assert_eq!(&out[..5], &[7u8; 5]);
         assert_eq!(out[5..], op.encode()[..]);
         assert_eq!(FsOp::decode(&out[5..]).unwrap(), op);
+    }
+
+    /// The bytes earlier versions (struct variants) wrote for these ops, taken from their
+    /// encoder: rings and mirror copies written by them must still decode the same.
+    #[test]
+    fn encoding_is_unchanged_from_struct_variants() {
+        let now = Ts { sec: 5, nsec: 6 };
+        let link = FsOp::Link(Link {
+            ino: 7,
+            parent: 1,
+            name: b"ab".to_vec(),
+            now,
+        });
+        let mut want = vec![1, 0, 0, 0]; // variant index 1, u32 LE
+        want.extend(7u64.to_le_bytes());
+        want.extend(1u64.to_le_bytes());
+        want.extend(2u64.to_le_bytes()); // name length, then its bytes
+        want.extend(b"ab");
+        want.extend(5i64.to_le_bytes());
+        want.extend(6u32.to_le_bytes());
+        assert_eq!(link.encode(), want);
+        let direct = FsOp::WriteDirect(WriteDirect {
+            ino: 2,
+            offset: 4096,
+            len: 8192,
+            phys: 99,
+            crc: 0xdead_beef,
+            now,
+        });
+        let mut want = vec![9, 0, 0, 0];
+        for v in [2u64, 4096, 8192, 99] {
+            want.extend(v.to_le_bytes());
+        }
+        want.extend(0xdead_beefu32.to_le_bytes());
+        want.extend(5i64.to_le_bytes());
+        want.extend(6u32.to_le_bytes());
+        assert_eq!(direct.encode(), want);
+        assert_eq!(FsOp::decode(&want).unwrap(), direct);
     }
 }
 

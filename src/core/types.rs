@@ -37,11 +37,45 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const EROFS: Errno = Errno(libc::EROFS);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
-    /// Internal, never returned to a caller: retry after a checkpoint frees blocks.
-    pub const NEED_CHECKPOINT: Errno = Errno(-1000);
 }
 
 pub type FsResult<T> = Result<T, Errno>;
+
+pub use crate::statelog::Seq;
+
+/// An inode number, as the core's API takes it (the FUSE adapter converts; the on-disk
+/// records keep plain integers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ino(pub u64);
+
+impl std::fmt::Display for Ino {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A block number on the block volume (units of `BLOCK_BYTES`), as opposed to a block
+/// index inside a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolBlock(pub u64);
+
+impl VolBlock {
+    /// The byte offset on the volume where this block starts.
+    pub fn offset(self) -> u64 {
+        self.0 * BLOCK_BYTES
+    }
+}
+
+/// An ownership epoch of the volume: a takeover raises it, and a node whose epoch is older
+/// than the volume's (or the agent's) is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A point in time with nanoseconds, as stored in inodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -109,6 +109,91 @@ impl EntryKind {
     }
 }
 
+/// A sequence number: every entry gets the next one, in append order, across wraps and
+/// restarts. An op's entries share the seq of its first entry as their op id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for Seq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// States of a file-system op, as logged (`state` byte of an `Op` entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OpState {
+    /// Logged locally with its full arguments; not yet applied, caller not answered.
+    Accepted = 1,
+    /// The mirror agent acknowledged the Accepted entry (mirror configured).
+    Mirrored = 2,
+    /// Applied in memory; the caller is answered after this entry.
+    Applied = 3,
+    /// On the volume (implied by a checkpoint covering the op; never logged per op).
+    Committed = 4,
+}
+
+impl OpState {
+    pub const ALL: [OpState; 4] = [
+        OpState::Accepted,
+        OpState::Mirrored,
+        OpState::Applied,
+        OpState::Committed,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<OpState> {
+        OpState::ALL.into_iter().find(|s| *s as u8 == v)
+    }
+}
+
+/// States of a checkpoint (`state` byte of a `Checkpoint` entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckpointState {
+    /// Snapshot taken; data and metadata are being written to the volume.
+    Begun = 1,
+    /// The superblock naming it is on the volume; the ring behind it may be reclaimed.
+    Done = 2,
+}
+
+impl CheckpointState {
+    pub const ALL: [CheckpointState; 2] = [CheckpointState::Begun, CheckpointState::Done];
+
+    pub fn from_u8(v: u8) -> Option<CheckpointState> {
+        CheckpointState::ALL.into_iter().find(|s| *s as u8 == v)
+    }
+}
+
+/// What an appended entry records: its kind and state byte come from here (a `Wrap` filler
+/// is the ring's own business and never appended by a caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    Op(OpState),
+    Checkpoint(CheckpointState),
+}
+
+impl EntryState {
+    pub fn kind(self) -> EntryKind {
+        match self {
+            EntryState::Op(_) => EntryKind::Op,
+            EntryState::Checkpoint(_) => EntryKind::Checkpoint,
+        }
+    }
+
+    /// The `state` byte of the entry header.
+    pub fn byte(self) -> u8 {
+        match self {
+            EntryState::Op(s) => s as u8,
+            EntryState::Checkpoint(s) => s as u8,
+        }
+    }
+}
+
 pub fn align_up(n: u64) -> u64 {
     n.div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
 }

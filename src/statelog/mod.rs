@@ -1,15 +1,19 @@
 //! The state log: a memory-mapped ring of checksummed entries chained by seq.
 //!
-//! Exports: `StateLog` (append, flush, reclaim), `scan` of a ring file after a crash, and
-//! the entry format.
+//! Exports: `StateLog` (append, flush, reclaim, and an append hook that sees every entry in
+//! seq order), `scan` of a ring file after a crash, and the entry format with the states an
+//! entry records (`OpState`, `CheckpointState`). The log does not know what payloads mean.
 
 pub mod format;
 mod mmap;
 mod ring;
 mod scan;
 
-pub use format::{EntryHeader, EntryKind, ENTRY_HEADER_BYTES, MAX_PAYLOAD_BYTES, MIN_RING_BYTES};
-pub use ring::{Appended, RingStats, StateLog};
+pub use format::{
+    CheckpointState, EntryHeader, EntryKind, EntryState, OpState, Seq, ENTRY_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES, MIN_RING_BYTES,
+};
+pub use ring::{AppendHook, Appended, HookedEntry, RingStats, StateLog};
 pub use scan::{read_header, scan, ScanEnd, ScanError, ScanResult, ScannedEntry};
 
 use std::path::{Path, PathBuf};

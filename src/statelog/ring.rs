@@ -14,7 +14,7 @@ use super::LogError;
 /// Where an appended entry landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
-    pub seq: u64,
+    pub seq: Seq,
     /// Area offset of the entry (what a reclaim moves the tail to).
     pub offset: u64,
     /// Ring position before the entry (monotonic byte count, wrap filler included).
@@ -44,7 +44,7 @@ struct Ring {
     tail_offset: u64,
     tail_seq: u64,
     next_seq: u64,
-    /// Entries written by the current append (seq, file offset, length), for the sink.
+    /// Entries written by the current append (seq, file offset, length), for the hook.
     written: Vec<(u64, usize, usize)>,
     /// Position and seq up to which the area has been msync'ed.
     flushed_pos: u64,
@@ -52,9 +52,18 @@ struct Ring {
     flushed_seq: u64,
 }
 
-/// Receives a copy of every entry appended, in seq order, while the ring is locked (the
-/// mirror client queues it for the agent).
-pub type EntrySink = Box<dyn Fn(u64, Vec<u8>) + Send + Sync>;
+/// One entry as the append hook sees it.
+pub struct HookedEntry<'a> {
+    pub seq: Seq,
+    /// The entry exactly as written to the ring (header and payload).
+    pub bytes: &'a [u8],
+    /// What the appender passed along with it (`try_append_noting`); empty otherwise.
+    pub side: &'a [&'a [u8]],
+}
+
+/// Sees every entry appended, in seq order, while the ring is locked (the fs core forwards
+/// them to its replica).
+pub type AppendHook = Box<dyn Fn(HookedEntry<'_>) + Send + Sync>;
 
 /// The state log: a memory-mapped ring of checksummed, seq-chained entries.
 pub struct StateLog {
@@ -62,7 +71,7 @@ pub struct StateLog {
     ring: Mutex<Ring>,
     /// Signalled when a reclaim frees space.
     space: Condvar,
-    sink: std::sync::OnceLock<EntrySink>,
+    hook: std::sync::OnceLock<AppendHook>,
 }
 
 impl StateLog {
@@ -162,22 +171,31 @@ impl StateLog {
             path: path.to_path_buf(),
             ring: Mutex::new(ring),
             space: Condvar::new(),
-            sink: std::sync::OnceLock::new(),
+            hook: std::sync::OnceLock::new(),
         })
     }
 
-    /// Installs the receiver of every later append (once).
-    pub fn set_sink(&self, sink: EntrySink) {
-        let _ = self.sink.set(sink);
+    /// Installs the hook that sees every later entry (once; a second call is a programmer
+    /// error).
+    pub fn set_append_hook(&self, hook: AppendHook) {
+        assert!(
+            self.hook.set(hook).is_ok(),
+            "the state log's append hook is installed once"
+        );
     }
 
-    /// Hands the entries of the last append to the sink, still under the ring lock so
-    /// that they arrive in seq order.
-    fn forward(&self, ring: &mut Ring) {
+    /// Hands the entries of the last append to the hook, still under the ring lock so that
+    /// they arrive in seq order. `side` goes with the entry the caller appended (`seq`), not
+    /// with the filler written before it.
+    fn run_hook(&self, ring: &mut Ring, seq: Option<u64>, side: &[&[u8]]) {
         let written = std::mem::take(&mut ring.written);
-        if let Some(sink) = self.sink.get() {
-            for (seq, start, len) in written {
-                sink(seq, ring.map.bytes_mut()[start..start + len].to_vec());
+        if let Some(hook) = self.hook.get() {
+            for (at, start, len) in written {
+                hook(HookedEntry {
+                    seq: Seq(at),
+                    bytes: &ring.map.bytes_mut()[start..start + len],
+                    side: if Some(at) == seq { side } else { &[] },
+                });
             }
         }
     }
@@ -199,87 +217,39 @@ impl StateLog {
     /// Appends one entry if it fits while leaving `reserve_bytes` free; None when it does not.
     pub fn try_append(
         &self,
-        kind: EntryKind,
-        op_id: Option<u64>,
-        state: u8,
+        state: EntryState,
+        op_id: Option<Seq>,
         parts: &[&[u8]],
         reserve_bytes: u64,
     ) -> Result<Option<Appended>, LogError> {
-        self.try_append_as(kind, op_id, state, parts, reserve_bytes, None)
+        self.try_append_noting(state, op_id, parts, reserve_bytes, &[])
     }
 
-    /// `try_append`, with the sink (the mirror) getting `mirror_entry` instead: a buffer whose
-    /// first `ENTRY_HEADER_BYTES` are room for the header (filled in here: the same seq, op
-    /// and state) and whose rest is the payload, self-contained where the local payload
-    /// refers to data kept elsewhere (a direct write's volume blocks). Built in place, so
-    /// that a 1 MiB payload is not copied again on its way to the mirror.
-    pub fn try_append_as(
+    /// `try_append`, handing `side` to the append hook along with the entry: bytes the ring
+    /// does not store but the hook needs (the data a direct write's entry only points at).
+    /// The log gives them no meaning; the hook's owner does.
+    pub fn try_append_noting(
         &self,
-        kind: EntryKind,
-        op_id: Option<u64>,
-        state: u8,
+        state: EntryState,
+        op_id: Option<Seq>,
         parts: &[&[u8]],
         reserve_bytes: u64,
-        mirror_entry: Option<Vec<u8>>,
+        side: &[&[u8]],
     ) -> Result<Option<Appended>, LogError> {
         let payload_bytes: usize = parts.iter().map(|p| p.len()).sum();
-        let mirror_bytes = mirror_entry
-            .as_ref()
-            .map_or(0, |m| m.len().saturating_sub(ENTRY_HEADER_BYTES));
-        if payload_bytes.max(mirror_bytes) > MAX_PAYLOAD_BYTES {
-            return Err(LogError::TooLarge {
-                payload_bytes: payload_bytes.max(mirror_bytes),
-            });
+        if payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(LogError::TooLarge { payload_bytes });
         }
         let mut ring = self.lock();
-        let appended = ring.append(kind, op_id, state, parts, reserve_bytes);
-        match (mirror_entry, appended, self.sink.get()) {
-            (Some(mut entry), Some(a), Some(sink)) if entry.len() >= ENTRY_HEADER_BYTES => {
-                // Filler entries written before it still go as they are.
-                let written = std::mem::take(&mut ring.written);
-                for (seq, start, len) in written {
-                    if seq != a.seq {
-                        sink(seq, ring.map.bytes_mut()[start..start + len].to_vec());
-                        continue;
-                    }
-                    let header = EntryHeader {
-                        len: entry.len() as u32,
-                        seq,
-                        op_id: op_id.unwrap_or(seq),
-                        kind,
-                        state,
-                    };
-                    let encoded = header.encode(&[&entry[ENTRY_HEADER_BYTES..]]);
-                    entry[..ENTRY_HEADER_BYTES].copy_from_slice(&encoded);
-                    sink(seq, std::mem::take(&mut entry));
-                }
-            }
-            _ => self.forward(&mut ring),
-        }
+        let appended = ring.append(
+            state.kind(),
+            op_id.map(|s| s.0),
+            state.byte(),
+            parts,
+            reserve_bytes,
+        );
+        self.run_hook(&mut ring, appended.map(|a| a.seq.0), side);
         Ok(appended)
-    }
-
-    /// Appends, waiting (up to `timeout` per round) for a reclaim when the ring is full.
-    /// Used by checkpoint entries, which may use the reserve.
-    pub fn append_waiting(
-        &self,
-        kind: EntryKind,
-        op_id: Option<u64>,
-        state: u8,
-        parts: &[&[u8]],
-    ) -> Result<Appended, LogError> {
-        let mut ring = self.lock();
-        loop {
-            if let Some(a) = ring.append(kind, op_id, state, parts, 0) {
-                self.forward(&mut ring);
-                return Ok(a);
-            }
-            ring = self
-                .space
-                .wait_timeout(ring, Duration::from_millis(100))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
     }
 
     /// Blocks until at least `bytes` are free or `timeout` passes.
@@ -305,7 +275,7 @@ impl StateLog {
         }
         ring.tail_pos = to.position;
         ring.tail_offset = to.offset;
-        ring.tail_seq = to.seq;
+        ring.tail_seq = to.seq.0;
         ring.write_header()
             .map_err(|e| LogError::io(&self.path, e))?;
         drop(ring);
@@ -367,7 +337,7 @@ impl Ring {
         }
         let seq = self.next_seq;
         let appended = Appended {
-            seq,
+            seq: Seq(seq),
             offset: self.head,
             position: self.head_pos,
         };

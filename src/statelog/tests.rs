@@ -13,6 +13,12 @@ fn new_ring(dir: &std::path::Path, ring_bytes: u64) -> (std::path::PathBuf, Stat
     (path, log)
 }
 
+/// Appends one `Accepted` op entry of `data` with no reserve.
+fn append(log: &StateLog, data: &[u8]) -> Option<Appended> {
+    log.try_append(EntryState::Op(OpState::Accepted), None, &[data], 0)
+        .unwrap()
+}
+
 fn payload(seq_hint: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64 ^ seq_hint) as u8).collect()
 }
@@ -32,22 +38,22 @@ proptest! {
         let mut appended: Vec<Appended> = Vec::new();
         for (len, reclaim) in ops {
             let data = payload(live.len() as u64, len);
-            let a = match log.try_append(EntryKind::Op, None, 1, &[&data], 0).unwrap() {
+            let a = match append(&log, &data) {
                 Some(a) => a,
                 None => {
                     // Full: reclaim everything but the newest entry, then it must fit.
                     let keep = *appended.last().unwrap();
                     log.reclaim(keep).unwrap();
-                    live.retain(|(s, _)| *s >= keep.seq);
-                    log.try_append(EntryKind::Op, None, 1, &[&data], 0).unwrap().expect("fits after reclaim")
+                    live.retain(|(s, _)| *s >= keep.seq.0);
+                    append(&log, &data).expect("fits after reclaim")
                 }
             };
-            live.push((a.seq, data));
+            live.push((a.seq.0, data));
             appended.push(a);
             if reclaim && appended.len() > 2 {
                 let to = appended[appended.len() - 2];
                 log.reclaim(to).unwrap();
-                live.retain(|(s, _)| *s >= to.seq);
+                live.retain(|(s, _)| *s >= to.seq.0);
             }
         }
         let scanned = StateLog::scan_file(&path).unwrap();
@@ -70,7 +76,7 @@ proptest! {
         let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
         let mut last = None;
         for i in 0..n {
-            last = log.try_append(EntryKind::Op, None, 1, &[&payload(i as u64, 300)], 0).unwrap();
+            last = append(&log, &payload(i as u64, 300));
         }
         drop(log);
         let last = last.unwrap();
@@ -90,11 +96,7 @@ fn damage_in_the_middle_is_corruption_with_its_offset() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let mut all = Vec::new();
     for i in 0..20 {
-        all.push(
-            log.try_append(EntryKind::Op, None, 1, &[&payload(i, 500)], 0)
-                .unwrap()
-                .unwrap(),
-        );
+        all.push(append(&log, &payload(i, 500)).unwrap());
     }
     drop(log);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -110,9 +112,68 @@ fn damage_in_the_middle_is_corruption_with_its_offset() {
             ..
         } => {
             assert_eq!(file_offset, HEADER_AREA_BYTES + victim.offset);
-            assert_eq!(later_seq, all[8].seq);
+            assert_eq!(later_seq, all[8].seq.0);
         }
         other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+/// The append hook sees every entry in seq order (wrap fillers included) exactly as the ring
+/// holds it, and the side bytes only with the entry they were appended with.
+#[test]
+fn the_append_hook_sees_every_entry_and_its_side_bytes() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (_path, log) = new_ring(dir.path(), MIN_RING_BYTES);
+    /// (seq, entry bytes, side bytes) of each entry the hook saw.
+    type Seen = Vec<(u64, Vec<u8>, Vec<Vec<u8>>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    log.set_append_hook(Box::new(move |e: HookedEntry<'_>| {
+        let side = e.side.iter().map(|s| s.to_vec()).collect();
+        sink.lock().unwrap().push((e.seq.0, e.bytes.to_vec(), side));
+    }));
+    let state = EntryState::Op(OpState::Accepted);
+    let mut noted = Vec::new();
+    // Enough 300 KiB entries, with reclaims, to wrap the area at least once.
+    for i in 0..40u64 {
+        let data = payload(i, 300_000);
+        let a = if i % 3 == 0 {
+            let a = log
+                .try_append_noting(state, None, &[&data], 0, &[b"side", &i.to_le_bytes()])
+                .unwrap()
+                .expect("fits");
+            noted.push(a.seq.0);
+            a
+        } else {
+            append(&log, &data).expect("fits")
+        };
+        log.reclaim(a).unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "in seq order, none missing"
+    );
+    assert!(
+        seen.len() > 40,
+        "no wrap filler was seen: {} entries",
+        seen.len()
+    );
+    for (seq, bytes, side) in seen.iter() {
+        let e = ScannedEntry::from_bytes(bytes).expect("a valid entry as the ring holds it");
+        assert_eq!(e.header.seq, *seq);
+        if noted.contains(seq) {
+            assert_eq!(side.len(), 2, "seq {seq}");
+            assert_eq!(side[0], b"side");
+        } else {
+            assert!(
+                side.is_empty(),
+                "seq {seq} got side bytes it was not appended with"
+            );
+        }
     }
 }
 
@@ -122,11 +183,7 @@ fn truncated_file_keeps_the_prefix() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let mut all = Vec::new();
     for i in 0..10 {
-        all.push(
-            log.try_append(EntryKind::Op, None, 1, &[&payload(i, 1000)], 0)
-                .unwrap()
-                .unwrap(),
-        );
+        all.push(append(&log, &payload(i, 1000)).unwrap());
     }
     drop(log);
     let cut = HEADER_AREA_BYTES + all[9].offset + 100;
@@ -144,7 +201,7 @@ fn full_ring_refuses_until_reclaimed_and_never_overwrites() {
     let (path, log) = new_ring(dir.path(), MIN_RING_BYTES);
     let data = payload(1, 64 * 1024);
     let mut all = Vec::new();
-    while let Some(a) = log.try_append(EntryKind::Op, None, 1, &[&data], 0).unwrap() {
+    while let Some(a) = append(&log, &data) {
         all.push(a);
     }
     assert!(all.len() > 10);
@@ -152,8 +209,5 @@ fn full_ring_refuses_until_reclaimed_and_never_overwrites() {
     let scanned = StateLog::scan_file(&path).unwrap();
     assert_eq!(scanned.entries.len(), all.len());
     log.reclaim(all[all.len() / 2]).unwrap();
-    assert!(log
-        .try_append(EntryKind::Op, None, 1, &[&data], 0)
-        .unwrap()
-        .is_some());
+    assert!(append(&log, &data).is_some());
 }

@@ -3,52 +3,10 @@
 //! An op's *last valid state* is the newest of its entries that passed the checksum and
 //! chain checks. Rows are (kind of op, last valid state, covered by the volume's
 //! checkpoint?) → action, each with its reason. `decide` is the only code path; the test at
-//! the bottom enumerates every row.
+//! the bottom enumerates every row. The states themselves (`OpState`, `CheckpointState`)
+//! belong to the state log's format.
 
-use crate::statelog::{EntryKind, ScannedEntry};
-
-/// States of a file-system op, as logged (`state` byte of an `Op` entry).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OpState {
-    /// Logged locally with its full arguments; not yet applied, caller not answered.
-    Accepted = 1,
-    /// The mirror agent acknowledged the Accepted entry (mirror configured).
-    Mirrored = 2,
-    /// Applied in memory; the caller is answered after this entry.
-    Applied = 3,
-    /// On the volume (implied by a checkpoint covering the op; never logged per op).
-    Committed = 4,
-}
-
-impl OpState {
-    pub const ALL: [OpState; 4] = [
-        OpState::Accepted,
-        OpState::Mirrored,
-        OpState::Applied,
-        OpState::Committed,
-    ];
-
-    pub fn from_u8(v: u8) -> Option<OpState> {
-        OpState::ALL.into_iter().find(|s| *s as u8 == v)
-    }
-}
-
-/// States of a checkpoint (`state` byte of a `Checkpoint` entry).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CheckpointState {
-    /// Snapshot taken; data and metadata are being written to the volume.
-    Begun = 1,
-    /// The superblock naming it is on the volume; the ring behind it may be reclaimed.
-    Done = 2,
-}
-
-impl CheckpointState {
-    pub const ALL: [CheckpointState; 2] = [CheckpointState::Begun, CheckpointState::Done];
-
-    pub fn from_u8(v: u8) -> Option<CheckpointState> {
-        CheckpointState::ALL.into_iter().find(|s| *s as u8 == v)
-    }
-}
+use crate::statelog::{CheckpointState, EntryKind, OpState, ScannedEntry};
 
 /// What recovery does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
