@@ -417,5 +417,7 @@ fn refuse_busy(stream: TcpStream, max: usize) {
         b: 0,
         reason: format!("agent busy: at its limit of {max} connections"),
     };
-    let _ = smlog_wire::conn::write_frame(&mut &stream, &[0; 16], &message);
+    // Sent before the client's Hello is read: in the version every client reads.
+    let oldest = smlog_wire::Version::OLDEST;
+    let _ = smlog_wire::conn::write_frame_as(&mut &stream, oldest, &[0; 16], &message);
 }
