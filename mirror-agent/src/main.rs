@@ -93,9 +93,10 @@ struct Args {
     #[arg(long, default_value_t = 5_000)]
     stall_timeout_ms: u64,
     /// fdatasync every batch before acknowledging it (default: written before the ack,
-    /// synced in the background every --sync-interval-ms).
+    /// synced in the background every --sync-interval-ms, or at once when a client asks).
     #[arg(long)]
     fsync: bool,
+    /// How often the background sync runs; acks report what it made durable.
     #[arg(long, default_value_t = 1_000)]
     sync_interval_ms: u64,
 }
