@@ -93,9 +93,10 @@ struct Args {
     #[arg(long, default_value_t = 5_000)]
     stall_timeout_ms: u64,
     /// fdatasync every batch before acknowledging it (default: written before the ack,
-    /// synced in the background every --sync-interval-ms).
+    /// synced in the background every --sync-interval-ms, or at once when a client asks).
     #[arg(long)]
     fsync: bool,
+    /// How often the background sync runs; acks report what it made durable.
     #[arg(long, default_value_t = 1_000)]
     sync_interval_ms: u64,
 }
@@ -417,5 +418,7 @@ fn refuse_busy(stream: TcpStream, max: usize) {
         b: 0,
         reason: format!("agent busy: at its limit of {max} connections"),
     };
-    let _ = smlog_wire::conn::write_frame(&mut &stream, &[0; 16], &message);
+    // Sent before the client's Hello is read: in the version every client reads.
+    let oldest = smlog_wire::Version::OLDEST;
+    let _ = smlog_wire::conn::write_frame_as(&mut &stream, oldest, &[0; 16], &message);
 }

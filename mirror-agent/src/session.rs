@@ -1,5 +1,10 @@
-//! One connection: the handshake, then appends, read-backs, checkpoints, heartbeats and
-//! epoch raises for the one volume the handshake named.
+//! One connection: the handshake, then appends, read-backs, checkpoints, syncs, heartbeats
+//! and epoch raises for the one volume the handshake named.
+//!
+//! The connection speaks the wire version of its Hello. In version 2 every Ack also says how
+//! far the volume is durable, an Ack is sent on its own when a background sync moved that,
+//! and a `Sync` is answered (with an Ack) once the volume is durable through its seq; a
+//! `Sync` beyond what the agent holds waits for the appends that bring it.
 //!
 //! Every way a connection can go wrong ends in a `Hangup` with a reason that is logged and,
 //! where the peer can use it, sent as an Error frame before the connection is closed.
@@ -10,8 +15,8 @@
 use crate::store::{self, hex, ReadCursor, StoreError, Volumes};
 use smlog_wire::auth::{fresh_nonce, Transcript};
 use smlog_wire::conn::FrameReader;
-use smlog_wire::format::{VolumeId, MAX_BATCH_ENTRIES, MAX_BODY_BYTES};
-use smlog_wire::message::{encode_frame, Frame, Message, Mode};
+use smlog_wire::format::{Version, VolumeId, MAX_BATCH_ENTRIES, MAX_BODY_BYTES};
+use smlog_wire::message::{encode_frame_as, Frame, Message, Mode};
 use smlog_wire::{ErrorCode, WireError};
 use std::fmt;
 use std::io::{self, Write};
@@ -170,7 +175,14 @@ struct Session<'a> {
     last_tx: Instant,
     /// When the partial frame now buffered began to arrive.
     frame_started: Option<Instant>,
+    /// The wire version of the Hello; every frame after it must have the same.
+    version: Version,
     pending_ack: Option<u64>,
+    /// The last Ack sent: its through and durable seqs (an Ack goes out on its own when the
+    /// volume became durable beyond it).
+    acked: Option<(u64, Option<u64>)>,
+    /// The highest seq a `Sync` asked for and not answered yet.
+    sync_wanted: Option<u64>,
 }
 
 impl<'a> Session<'a> {
@@ -192,7 +204,11 @@ impl<'a> Session<'a> {
             last_rx: now,
             last_tx: now,
             frame_started: None,
+            // Until the Hello says otherwise, errors go out in the version every peer reads.
+            version: Version::OLDEST,
             pending_ack: None,
+            acked: None,
+            sync_wanted: None,
         }
     }
 
@@ -215,7 +231,7 @@ impl<'a> Session<'a> {
 
     fn send(&mut self, volume_id: &VolumeId, message: &Message) -> Result<(), Hangup> {
         self.out.clear();
-        encode_frame(volume_id, message, &mut self.out);
+        encode_frame_as(self.version, volume_id, message, &mut self.out);
         match (&self.stream).write_all(&self.out) {
             Ok(()) => {
                 self.last_tx = Instant::now();
@@ -236,9 +252,54 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The Ack for `through`, with how far the volume is durable where the version says it.
+    fn send_ack(
+        &mut self,
+        volume: &VolumeId,
+        through: u64,
+        store: Option<&Mutex<store::VolumeStore>>,
+    ) -> Result<(), Hangup> {
+        let durable = match store {
+            Some(st) if self.version.has_durable_acks() => {
+                // Another writer of the volume may have taken it beyond this connection's.
+                store::lock(st).durable_through().map(|d| d.min(through))
+            }
+            _ => None,
+        };
+        self.send(
+            volume,
+            &Message::Ack {
+                through_seq: through,
+                durable_seq: durable,
+            },
+        )?;
+        self.acked = Some((through, durable));
+        Ok(())
+    }
+
+    /// Sends an Ack when the volume became durable beyond the last Ack's durable seq, so
+    /// that a client learns of a background sync without asking.
+    fn report_durable(
+        &mut self,
+        volume: &VolumeId,
+        store: Option<&Mutex<store::VolumeStore>>,
+    ) -> Result<(), Hangup> {
+        let (Some(st), Some((through, reported))) = (store, self.acked) else {
+            return Ok(());
+        };
+        if !self.version.has_durable_acks() || reported >= Some(through) {
+            return Ok(());
+        }
+        let durable = store::lock(st).durable_through().map(|d| d.min(through));
+        if durable > reported {
+            self.send_ack(volume, through, store)?;
+        }
+        Ok(())
+    }
+
     /// The next frame, sending due acks and heartbeats while waiting, and enforcing the
-    /// idle, stall and handshake limits.
-    fn next_frame(&mut self) -> Result<Frame, Hangup> {
+    /// idle, stall and handshake limits. `store` is the volume's, once the handshake found it.
+    fn next_frame(&mut self, store: Option<&Mutex<store::VolumeStore>>) -> Result<Frame, Hangup> {
         let limits = self.limits();
         let stall = Duration::from_millis(limits.stall_ms);
         let idle = Duration::from_millis(limits.idle_ms);
@@ -252,6 +313,13 @@ impl<'a> Session<'a> {
                             got: frame.volume_id,
                         });
                     }
+                    if frame.version != self.version {
+                        return Err(Hangup::Protocol(format!(
+                            "a wire version {} frame on a version {} connection",
+                            frame.version.as_u16(),
+                            self.version.as_u16()
+                        )));
+                    }
                 }
                 self.frame_started = self.reader.mid_frame().then(Instant::now);
                 return Ok(frame);
@@ -259,12 +327,9 @@ impl<'a> Session<'a> {
             // Nothing complete is buffered: acknowledge before waiting, so that acks
             // cover every frame that arrived together.
             if let (Some(through), Some(volume)) = (self.pending_ack.take(), self.volume_id) {
-                self.send(
-                    &volume,
-                    &Message::Ack {
-                        through_seq: through,
-                    },
-                )?;
+                self.send_ack(&volume, through, store)?;
+            } else if let Some(volume) = self.volume_id {
+                self.report_durable(&volume, store)?;
             }
             let now = Instant::now();
             if !self.authenticated && now - self.started > stall {
@@ -337,7 +402,7 @@ impl<'a> Session<'a> {
         setup(&self.stream).map_err(|e| Hangup::Io(format!("socket setup: {e}")))?;
         let (volume_id, mut store) = self.handshake()?;
         loop {
-            let frame = self.next_frame()?;
+            let frame = self.next_frame(store.as_deref())?;
             match frame.message {
                 Message::Append { entries } => {
                     let store = self.writer_only("Append", &store)?;
@@ -366,6 +431,17 @@ impl<'a> Session<'a> {
                     }
                     s.checkpoint(through_seq).map_err(from_store)?;
                     self.pending_ack = s.held_through();
+                }
+                Message::Sync { through_seq } => {
+                    let store = self.writer_only("Sync", &store)?;
+                    let current = store::lock(store).epoch();
+                    if self.epoch < current {
+                        return Err(Hangup::Fenced {
+                            ours: self.epoch,
+                            current,
+                        });
+                    }
+                    self.sync_wanted = self.sync_wanted.max(Some(through_seq));
                 }
                 Message::ReadBack { after_seq } => {
                     self.read_back(&volume_id, store.as_deref(), after_seq)?
@@ -421,7 +497,34 @@ impl<'a> Session<'a> {
                     )))
                 }
             }
+            if let (Some(wanted), Some(st)) = (self.sync_wanted, store.as_deref()) {
+                self.serve_sync(st, wanted)?;
+            }
         }
+    }
+
+    /// Answers a `Sync` once the volume holds `wanted` (until then it waits for the appends
+    /// that bring it): waits for the volume to be durable through it, then acknowledges.
+    fn serve_sync(&mut self, st: &Mutex<store::VolumeStore>, wanted: u64) -> Result<(), Hangup> {
+        let held = store::lock(st).held_through();
+        if held.is_none_or(|h| h < wanted) {
+            return Ok(());
+        }
+        let limit = Duration::from_millis(self.limits().stall_ms) * FRAME_STALLS;
+        let durable = self
+            .agent
+            .volumes
+            .make_durable(st, wanted, limit)
+            .map_err(from_store)?;
+        if !durable {
+            return Err(Hangup::Storage(format!(
+                "the disk did not finish a sync within {} ms",
+                limit.as_millis()
+            )));
+        }
+        self.sync_wanted = None;
+        self.pending_ack = store::lock(st).held_through();
+        Ok(())
     }
 
     /// The store, for a frame only a writer may send (a writer's store always exists).
@@ -440,8 +543,9 @@ impl<'a> Session<'a> {
     }
 
     fn handshake(&mut self) -> Result<(VolumeId, Option<SharedStore>), Hangup> {
-        let hello = self.next_frame()?;
+        let hello = self.next_frame(None)?;
         let volume_id = hello.volume_id;
+        self.version = hello.version;
         let Message::Hello {
             epoch,
             mode,
@@ -478,7 +582,7 @@ impl<'a> Session<'a> {
                 agent_proof: transcript.agent_proof(&secret),
             };
             self.send(&volume_id, &challenge)?;
-            match self.next_frame()?.message {
+            match self.next_frame(None)?.message {
                 Message::Proof { client_proof } => {
                     if !transcript.verify_client(&secret, &client_proof) {
                         return Err(Hangup::AuthFailed(

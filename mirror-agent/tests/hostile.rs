@@ -206,7 +206,7 @@ fn wrong_version() {
         &Message::ReadBack { after_seq: 0 },
         &mut frame,
     );
-    frame[VERSION_AT..VERSION_AT + 2].copy_from_slice(&2u16.to_le_bytes());
+    frame[VERSION_AT..VERSION_AT + 2].copy_from_slice(&3u16.to_le_bytes());
     let crc = crc32c::crc32c(&frame[..HEADER_CRC_AT]);
     frame[HEADER_CRC_AT..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     raw.send_bytes(&frame);
@@ -219,10 +219,10 @@ fn wrong_version() {
         reason
             .as_deref()
             .unwrap_or("")
-            .contains("unsupported wire version 2"),
+            .contains("unsupported wire version 3"),
         "{seen:?}"
     );
-    bed.assert_survived("unsupported wire version 2");
+    bed.assert_survived("unsupported wire version 3");
 }
 
 #[test]

@@ -151,14 +151,20 @@ fn two_volumes_are_never_mixed() {
 #[test]
 fn resent_entries_are_stored_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    // No background sync while the test runs: it would send an Ack of its own.
+    let agent = AgentProc::start(&tmp.path().join("agent"), &["--sync-interval-ms", "600000"]);
     let vol = volume(4);
     let mut raw = RawConn::connect(agent.addr);
     assert!(matches!(
         raw.hello(&vol, 1, true),
         Some(smlog_wire::Message::Welcome { next_seq: None, .. })
     ));
-    let ack = |through_seq| Some(smlog_wire::Message::Ack { through_seq });
+    let ack = |through_seq| {
+        Some(smlog_wire::Message::Ack {
+            through_seq,
+            durable_seq: None,
+        })
+    };
     assert_eq!(raw.append(&vol, entries("first", 1..=10)), ack(10));
     // A resend overlapping what is stored, with different bytes for the overlap: the
     // stored copies stay, only 11..=15 are new.

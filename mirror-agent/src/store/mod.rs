@@ -4,8 +4,13 @@
 //! Durability: entries are written to the segment file (`write(2)`, so they are in the
 //! page cache and survive a crash of the agent process) before they are acknowledged.
 //! With `sync_each_batch` they are also `fdatasync`ed before the acknowledgement; without
-//! it a background thread syncs every volume once per sync interval. The metadata (epoch,
-//! checkpoint) is always synced before it is acted upon or acknowledged.
+//! it a background thread syncs every volume once per sync interval, or at once when a
+//! client asks (`Volumes::make_durable`; requests that meet coalesce into one round). The
+//! metadata (epoch, checkpoint) is always synced before it is acted upon or acknowledged.
+//!
+//! Each store knows how far it is durable (`durable_through`: every seq up to it is
+//! fdatasync'ed, or covered by the synced checkpoint). Invariants: it never exceeds
+//! `held_through`, never moves back, and equals it whenever the store is not dirty.
 //!
 //! After a failed write or sync the store is *poisoned*: it refuses every further append
 //! until the agent restarts and rescans it, rather than guessing what reached the disk.
@@ -105,6 +110,8 @@ pub struct VolumeStore {
     /// The last segment, open for appending.
     active: Option<File>,
     dirty: bool,
+    /// Every seq up to it is on the disk (see the invariants above).
+    durable: Option<u64>,
     /// Counts appends; the background sync marks the store clean only if none came in while
     /// it synced.
     appends: u64,
@@ -134,6 +141,24 @@ impl VolumeStore {
 
     pub fn checkpoint_through(&self) -> Option<u64> {
         self.meta.checkpoint_through
+    }
+
+    /// The highest seq such that every seq up to it is on the disk.
+    pub fn durable_through(&self) -> Option<u64> {
+        self.durable
+    }
+
+    /// Why the store refuses writes, once a write or sync failed.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Records that every seq up to `seq` is on the disk.
+    fn durable_up_to(&mut self, seq: Option<u64>) {
+        if seq > self.durable {
+            debug_assert!(seq <= self.held_through(), "durable beyond held");
+            self.durable = seq;
+        }
     }
 }
 

@@ -85,6 +85,7 @@ impl VolumeStore {
             segments: Vec::new(),
             active: None,
             dirty: false,
+            durable: None,
             appends: 0,
             unsynced_bytes: 0,
             poisoned: None,
@@ -171,7 +172,13 @@ impl VolumeStore {
                 .append(true)
                 .open(&last.path)
                 .map_err(io_err("open for append", &last.path))?;
+            // After a crash of the agent process (not of its host) the last records may
+            // still be only in the page cache: sync them before calling them durable.
+            file.sync_data().map_err(io_err("sync", &last.path))?;
             self.active = Some(file);
+        }
+        if !self.read_only {
+            self.durable = self.held_through();
         }
         Ok(())
     }

@@ -173,3 +173,39 @@ fn epoch_only_rises_and_survives_reopen() {
         5
     );
 }
+
+#[test]
+fn durable_follows_syncs_checkpoints_and_reopening() {
+    let root = tempfile::tempdir().unwrap();
+    let mut store = VolumeStore::open(root.path(), [6; 16], false).unwrap();
+    store.append(&entries(1..11)).unwrap();
+    assert_eq!(store.durable_through(), None, "written, not synced");
+    // A sync outside the lock covers what was held when its handle was taken, even when
+    // more came meanwhile (then the store stays dirty).
+    let handle = store.sync_handle().expect("dirty");
+    store.append(&entries(11..16)).unwrap();
+    handle.file.sync_data().unwrap();
+    store.synced(&handle);
+    assert_eq!(store.durable_through(), Some(10));
+    assert!(store.sync_handle().is_some(), "11..=15 still unsynced");
+    store.sync().unwrap();
+    assert_eq!(store.durable_through(), Some(15));
+    // A checkpoint beyond what is held covers it: the node's volume has those entries.
+    store.append(&entries(16..18)).unwrap();
+    store.checkpoint(20).unwrap();
+    assert_eq!(store.durable_through(), Some(20));
+    assert_eq!(store.held_through(), Some(20));
+    store.append(&entries(21..25)).unwrap();
+    assert_eq!(store.durable_through(), Some(20));
+    drop(store);
+    // Reopening syncs the last segment first (an agent crash leaves it in the page cache).
+    let store = VolumeStore::open(root.path(), [6; 16], false).unwrap();
+    assert_eq!(store.durable_through(), Some(24));
+    let mut fsynced = VolumeStore::open(root.path(), [6; 16], true).unwrap();
+    fsynced.append(&entries(25..27)).unwrap();
+    assert_eq!(
+        fsynced.durable_through(),
+        Some(26),
+        "--fsync: durable at once"
+    );
+}

@@ -1,6 +1,11 @@
 //! Every volume the agent serves, each store behind its own lock: opened on first use (or at
 //! start-up, so that damage is reported at once), limited in number, and synced in the
 //! background without holding a store's lock during the `fdatasync`.
+//!
+//! A client that needs durability now (`Sync`) does not sync on its connection's thread: it
+//! wakes the background sync and waits for a round that started after its request. So
+//! requests that meet (several volumes, several connections) share one round, and one
+//! `fdatasync` per volume.
 
 use super::{hex, io_err, parse_hex, StoreError, VolumeStore};
 use smlog_wire::format::VolumeId;
@@ -8,7 +13,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Every volume the agent serves, opened on first use and kept open.
 pub struct Volumes {
@@ -17,7 +23,10 @@ pub struct Volumes {
     max_volumes: usize,
     open: Mutex<HashMap<VolumeId, Arc<Mutex<VolumeStore>>>>,
     /// Wakes the background sync early.
-    kick: (Mutex<bool>, std::sync::Condvar),
+    kick: (Mutex<bool>, Condvar),
+    /// Counts finished sync rounds; `make_durable` waits on it. Lock order: this, then a
+    /// store (the sync thread never holds both).
+    rounds: (Mutex<u64>, Condvar),
 }
 
 /// Locks a store; a panic elsewhere while holding it is a bug, the data is still on disk.
@@ -32,7 +41,8 @@ impl Volumes {
             sync_each_batch,
             max_volumes,
             open: Mutex::new(HashMap::new()),
-            kick: (Mutex::new(false), std::sync::Condvar::new()),
+            kick: (Mutex::new(false), Condvar::new()),
+            rounds: (Mutex::new(0), Condvar::new()),
         }
     }
 
@@ -103,17 +113,60 @@ impl Volumes {
             .cloned()
             .collect();
         for store in stores {
-            let Some((file, appends, path)) = lock(&store).sync_handle() else {
+            let Some(handle) = lock(&store).sync_handle() else {
                 continue;
             };
-            match file.sync_data() {
-                Ok(()) => lock(&store).synced(appends),
+            match handle.file.sync_data() {
+                Ok(()) => lock(&store).synced(&handle),
                 Err(e) => {
                     let mut st = lock(&store);
-                    let e = st.poison(io_err("sync", &path)(e));
+                    let e = st.poison(io_err("sync", &handle.path)(e));
                     log::error!("background sync: {e}");
                 }
             }
+        }
+        let (count, done) = &self.rounds;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        done.notify_all();
+    }
+
+    /// Waits until every seq up to `through_seq` of `store` is on the disk, waking the
+    /// background sync for it. The caller makes sure the store holds `through_seq`.
+    /// `Ok(false)` when `limit` passed first (a disk that does not finish a sync).
+    pub fn make_durable(
+        &self,
+        store: &Mutex<VolumeStore>,
+        through_seq: u64,
+        limit: Duration,
+    ) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + limit;
+        let (count, done) = &self.rounds;
+        let mut rounds = count.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            {
+                let s = lock(store);
+                if s.durable_through().is_some_and(|d| d >= through_seq) {
+                    return Ok(true);
+                }
+                if let Some(reason) = s.poisoned() {
+                    return Err(StoreError::Poisoned(reason.to_string()));
+                }
+                assert!(
+                    s.held_through().is_some_and(|h| h >= through_seq),
+                    "make_durable for a seq the store does not hold"
+                );
+            }
+            // A round already under way may have taken its handle before our entries were
+            // written; the kick makes the next one start as soon as it ends.
+            self.kick_sync();
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            rounds = done
+                .wait_timeout(rounds, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -125,7 +178,7 @@ impl Volumes {
     }
 
     /// Waits until `kick_sync` or `timeout`, whichever comes first.
-    pub fn wait_for_kick(&self, timeout: std::time::Duration) {
+    pub fn wait_for_kick(&self, timeout: Duration) {
         let (m, c) = &self.kick;
         let mut kicked = m.lock().unwrap_or_else(|p| p.into_inner());
         if !*kicked {

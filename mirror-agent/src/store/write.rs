@@ -100,6 +100,8 @@ impl VolumeStore {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
             } else {
                 file.sync_data().map_err(io_err("sync", &seg.path))?;
+                let last = seg.last_seq;
+                self.durable_up_to(last);
             }
         }
         let path = self.dir.join(format!("seg-{first_seq:020}.log"));
@@ -135,6 +137,7 @@ impl VolumeStore {
         }
         self.dirty = false;
         self.unsynced_bytes = 0;
+        self.durable_up_to(self.held_through());
         Ok(())
     }
 
@@ -143,20 +146,27 @@ impl VolumeStore {
         self.dirty && self.unsynced_bytes >= SEGMENT_TARGET_BYTES
     }
 
-    /// For a sync outside the store's lock: a handle on the active segment and the append
-    /// count it covers; None when there is nothing to sync.
-    pub(super) fn sync_handle(&self) -> Option<(File, u64, PathBuf)> {
+    /// For a sync outside the store's lock: what the sync of the active segment will
+    /// cover; None when there is nothing to sync.
+    pub(super) fn sync_handle(&self) -> Option<SyncHandle> {
         if !self.dirty || self.poisoned.is_some() {
             return None;
         }
         let file = self.active.as_ref()?.try_clone().ok()?;
         let path = self.segments.last()?.path.clone();
-        Some((file, self.appends, path))
+        Some(SyncHandle {
+            file,
+            path,
+            appends: self.appends,
+            held: self.held_through(),
+        })
     }
 
-    /// After a sync outside the lock covered `appends` appends: clean unless more came.
-    pub(super) fn synced(&mut self, appends: u64) {
-        if self.appends == appends {
+    /// After a sync outside the lock: everything held when the handle was taken is on the
+    /// disk (earlier segments were synced when they were closed); clean unless more came.
+    pub(super) fn synced(&mut self, handle: &SyncHandle) {
+        self.durable_up_to(handle.held);
+        if self.appends == handle.appends {
             self.dirty = false;
             self.unsynced_bytes = 0;
         }
@@ -182,6 +192,8 @@ impl VolumeStore {
         if self.next_seq.is_none_or(|n| n <= through_seq) {
             self.next_seq = Some(through_seq + 1);
         }
+        // The node's volume holds what the checkpoint covers, and the checkpoint is synced.
+        self.durable_up_to(Some(through_seq));
         // Keep the active segment unless it is wholly covered; keep anything newer.
         let mut kept = Vec::new();
         let count = self.segments.len();
@@ -222,6 +234,15 @@ impl VolumeStore {
         self.meta = meta;
         Ok(())
     }
+}
+
+/// A sync of the active segment taken under the store's lock and done outside it.
+pub(super) struct SyncHandle {
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+    /// The store's append count and held seq when the handle was taken.
+    appends: u64,
+    held: Option<u64>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -2,8 +2,8 @@
 //! for hostile input, and a cuttable TCP proxy for route fail-over (fault injection).
 #![allow(dead_code)]
 
-use smlog_wire::conn::{write_frame, FrameReader};
-use smlog_wire::{Message, MirrorConfig, VolumeId};
+use smlog_wire::conn::{write_frame, write_frame_as, FrameReader};
+use smlog_wire::{Frame, Message, MirrorConfig, Version, VolumeId};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -145,6 +145,22 @@ fn spawn(listen: SocketAddr, dir: &Path, extra: &[String], log: &Path) -> (Child
     (child, addrs)
 }
 
+/// Every segment file of `vol` under the agent's `dir`, one after the other: what the
+/// agent wrote for the volume.
+pub fn segment_bytes(dir: &Path, vol: &VolumeId) -> Vec<u8> {
+    let hex: String = vol.iter().map(|b| format!("{b:02x}")).collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join(format!("vol-{hex}")))
+        .expect("volume directory")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|p| std::fs::read(p).expect("segment file"))
+        .collect()
+}
+
 pub fn volume(n: u8) -> VolumeId {
     let mut v = [0xa5u8; 16];
     v[0] = n;
@@ -198,12 +214,35 @@ impl RawConn {
         let _ = write_frame(&mut self.stream, vol, message);
     }
 
+    /// `send` in another wire version (an older client).
+    pub fn send_as(&mut self, version: Version, vol: &VolumeId, message: &Message) {
+        let _ = write_frame_as(&mut self.stream, version, vol, message);
+    }
+
     /// The next message, or None when the connection ended or `timeout` passed.
     pub fn recv(&mut self, timeout: Duration) -> Option<Message> {
+        self.recv_frame(timeout).map(|f| f.message)
+    }
+
+    /// The next message other than a heartbeat (which the agent sends when it has been
+    /// quiet for the Hello's `heartbeat_ms`).
+    pub fn recv_no_heartbeat(&mut self, timeout: Duration) -> Option<Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left)? {
+                Message::Heartbeat { .. } => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// The next whole frame (with its version), or None as for `recv`.
+    pub fn recv_frame(&mut self, timeout: Duration) -> Option<Frame> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.reader.next_buffered() {
-                Ok(Some(frame)) => return Some(frame.message),
+                Ok(Some(frame)) => return Some(frame),
                 Ok(None) => {}
                 Err(_) => return None,
             }

@@ -5,9 +5,8 @@
 //! it grow without bound.
 
 use crate::error::WireError;
-use crate::format::VolumeId;
-use crate::format::{FrameHeader, HEADER_BYTES, MAX_FRAME_BYTES};
-use crate::message::{decode_frame, encode_frame, peek_header, Frame, Message};
+use crate::format::{FrameHeader, Version, VolumeId, HEADER_BYTES, MAX_FRAME_BYTES};
+use crate::message::{decode_frame, encode_frame_as, peek_header, Frame, Message};
 use std::io::{self, Read, Write};
 
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -88,14 +87,24 @@ fn frame_bytes(header: &FrameHeader) -> usize {
     HEADER_BYTES + header.body_len as usize
 }
 
-/// Encodes and writes one frame.
+/// Encodes and writes one frame of the current version.
 pub fn write_frame(
     sink: &mut impl Write,
     volume_id: &VolumeId,
     message: &Message,
 ) -> io::Result<()> {
+    write_frame_as(sink, Version::CURRENT, volume_id, message)
+}
+
+/// Encodes and writes one frame of `version`.
+pub fn write_frame_as(
+    sink: &mut impl Write,
+    version: Version,
+    volume_id: &VolumeId,
+    message: &Message,
+) -> io::Result<()> {
     let mut out = Vec::new();
-    encode_frame(volume_id, message, &mut out);
+    encode_frame_as(version, volume_id, message, &mut out);
     sink.write_all(&out)
 }
 
@@ -119,7 +128,10 @@ mod tests {
     fn frames_arriving_in_pieces_are_reassembled() {
         let mut bytes = Vec::new();
         let msgs: Vec<Message> = (0..20u64)
-            .map(|s| Message::Ack { through_seq: s })
+            .map(|s| Message::Ack {
+                through_seq: s,
+                durable_seq: s.checked_sub(2),
+            })
             .collect();
         for m in &msgs {
             write_frame(&mut bytes, &[1; 16], m).unwrap();

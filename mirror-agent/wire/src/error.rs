@@ -8,12 +8,14 @@ use thiserror::Error;
 pub enum WireError {
     #[error("bad magic {got:02x?} (not an smlog mirror frame)")]
     BadMagic { got: [u8; 4] },
-    #[error("unsupported wire version {got} (this build speaks version 1)")]
+    #[error("unsupported wire version {got} (this build speaks versions 1 and 2)")]
     UnsupportedVersion { got: u16 },
     #[error("frame header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     HeaderChecksum { stored: u32, computed: u32 },
     #[error("unknown frame kind {got}")]
     UnknownKind { got: u8 },
+    #[error("frame kind {kind} does not exist in wire version {version}")]
+    KindNotInVersion { kind: u8, version: u16 },
     #[error("reserved header flags set: {got:#04x}")]
     BadFlags { got: u8 },
     #[error("frame too large: {len} bytes, limit {max}")]

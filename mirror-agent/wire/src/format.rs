@@ -7,7 +7,7 @@
 //! offset  size  field        meaning
 //! ------  ----  -----------  ------------------------------------------------------------
 //!      0     4  magic        b"SMLW"
-//!      4     2  version      wire version (see `Version`); 1 today
+//!      4     2  version      wire version (see `Version`): 1 or 2
 //!      6     1  kind         `FrameKind` (what the body holds)
 //!      7     1  flags        reserved, must be 0
 //!      8    16  volume_id    the volume the frame is about; fixed per connection
@@ -72,17 +72,28 @@ const _: () = assert!(MAX_BODY_BYTES <= u32::MAX as usize);
 pub type VolumeId = [u8; VOLUME_ID_BYTES];
 
 /// A wire version. New versions add capabilities; a reader accepts only the versions it knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A connection speaks the version of its `Hello` throughout: the agent answers a version-1
+/// client in version 1 (no durable acks, no `Sync`), and a version-1 agent refuses a
+/// version-2 `Hello` with a version-1 Error frame, which the client reports as an agent too
+/// old for it (see `client::handshake`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Version {
     V1,
+    /// Acks carry `durable_seq`; the client may ask for durability with `Sync`.
+    V2,
 }
 
 impl Version {
-    pub const CURRENT: Version = Version::V1;
+    pub const CURRENT: Version = Version::V2;
+    /// The version a peer uses before it knows the other's (an agent's Error frame sent
+    /// before a Hello arrived): every build reads it.
+    pub const OLDEST: Version = Version::V1;
 
     pub fn from_u16(raw: u16) -> Option<Version> {
         match raw {
             1 => Some(Version::V1),
+            2 => Some(Version::V2),
             _ => None,
         }
     }
@@ -90,12 +101,26 @@ impl Version {
     pub fn as_u16(self) -> u16 {
         match self {
             Version::V1 => 1,
+            Version::V2 => 2,
         }
     }
 
-    /// V1 authenticates with HMAC-SHA256 challenge–response in both directions.
+    /// Both versions authenticate with HMAC-SHA256 challenge–response in both directions.
     pub fn has_mutual_hmac(self) -> bool {
-        matches!(self, Version::V1)
+        matches!(self, Version::V1 | Version::V2)
+    }
+
+    /// Acks say what is on the agent's disk (`durable_seq`), and `Sync` asks for it.
+    pub fn has_durable_acks(self) -> bool {
+        self >= Version::V2
+    }
+
+    /// Whether frames of `kind` exist in this version.
+    pub fn has_kind(self, kind: FrameKind) -> bool {
+        match kind {
+            FrameKind::Sync => self.has_durable_acks(),
+            _ => true,
+        }
     }
 }
 
@@ -117,6 +142,8 @@ pub enum FrameKind {
     RaiseEpoch = 12,
     EpochRaised = 13,
     Error = 14,
+    /// Version 2 on.
+    Sync = 15,
 }
 
 impl FrameKind {
@@ -137,6 +164,7 @@ impl FrameKind {
             12 => RaiseEpoch,
             13 => EpochRaised,
             14 => Error,
+            15 => Sync,
             _ => return None,
         })
     }
@@ -167,7 +195,8 @@ impl FrameHeader {
         out
     }
 
-    /// Checks, in order: magic, version, header checksum, kind, flags, length limit.
+    /// Checks, in order: magic, version, header checksum, kind (known, and part of the
+    /// frame's version), flags, length limit.
     /// The version is checked before the checksum so that a peer speaking another
     /// version gets a precise error rather than "bad checksum".
     pub fn decode(raw: &[u8; HEADER_BYTES]) -> Result<FrameHeader, WireError> {
@@ -185,6 +214,12 @@ impl FrameHeader {
         }
         let kind =
             FrameKind::from_u8(raw[KIND_AT]).ok_or(WireError::UnknownKind { got: raw[KIND_AT] })?;
+        if !version.has_kind(kind) {
+            return Err(WireError::KindNotInVersion {
+                kind: raw[KIND_AT],
+                version: version_raw,
+            });
+        }
         if raw[FLAGS_AT] != 0 {
             return Err(WireError::BadFlags { got: raw[FLAGS_AT] });
         }
@@ -253,6 +288,33 @@ mod tests {
             FrameHeader::decode(&raw),
             Err(WireError::HeaderChecksum { .. })
         ));
+    }
+
+    #[test]
+    fn a_kind_of_a_later_version_is_refused_in_an_earlier_one() {
+        let mut h = header();
+        h.kind = FrameKind::Sync;
+        h.version = Version::V2;
+        assert!(FrameHeader::decode(&h.encode()).is_ok());
+        h.version = Version::V1;
+        assert_eq!(
+            FrameHeader::decode(&h.encode()),
+            Err(WireError::KindNotInVersion {
+                kind: 15,
+                version: 1
+            })
+        );
+    }
+
+    #[test]
+    fn every_version_round_trips_and_others_are_unknown() {
+        for raw in 0..=u16::MAX {
+            match Version::from_u16(raw) {
+                Some(v) => assert_eq!(v.as_u16(), raw),
+                None => assert!(raw == 0 || raw > 2, "version {raw}"),
+            }
+        }
+        assert!(!Version::V1.has_durable_acks() && Version::CURRENT.has_durable_acks());
     }
 
     #[test]

@@ -19,4 +19,4 @@ pub mod message;
 pub use client::{MirrorClient, MirrorConfig, MirrorError, MirrorStatus};
 pub use error::{ErrorCode, WireError};
 pub use format::{FrameKind, Version, VolumeId};
-pub use message::{decode_frame, encode_frame, Frame, Message, Mode};
+pub use message::{decode_frame, encode_frame, encode_frame_as, Frame, Message, Mode};

@@ -11,7 +11,9 @@
 //!             | next_seq 8 | checkpoint_through 8        (a value flagged absent is 0)
 //! Append      count 4 | count x (seq 8 | len 4 | bytes len)      (count >= 1)
 //! Entries     same as Append (count may be 0)
-//! Ack         through_seq 8
+//! Ack   (v1)  through_seq 8
+//! Ack   (v2)  through_seq 8 | flags 1 (bit0 durable_seq set) | reserved 7 (=0) | durable_seq 8
+//!             (durable_seq <= through_seq; 0 when flagged absent)
 //! ReadBack    after_seq 8
 //! ReadEnd     entries_sent 8 | through_seq 8
 //! Checkpoint  through_seq 8
@@ -20,7 +22,11 @@
 //! EpochRaised epoch 8
 //! Error       code 2 | reason_len 2 | a 8 | b 8 | reason reason_len (UTF-8)
 //!             (a code this build does not name is kept as `ErrorCode::Unknown`)
+//! Sync  (v2)  through_seq 8
 //! ```
+//!
+//! Only the Ack's layout differs between versions; a frame carries its version
+//! (`Frame::version`) so that it re-encodes to the bytes it came from.
 //!
 //! The decoder accepts exactly one encoding of each message: every frame it accepts
 //! re-encodes to the bytes it came from (`tests/fuzz_decoder.rs` and the cargo-fuzz target
@@ -66,7 +72,16 @@ pub enum Message {
     Entries {
         entries: Vec<(u64, Vec<u8>)>,
     },
+    /// `through_seq`: the agent holds every seq up to it (received, cumulative).
+    /// `durable_seq`: every seq up to it is on the agent's disk; `None` while nothing is
+    /// (and always in version 1, whose Ack cannot say it).
     Ack {
+        through_seq: u64,
+        durable_seq: Option<u64>,
+    },
+    /// Asks the agent to make every seq up to `through_seq` durable and to answer with an
+    /// Ack once it is (version 2 on).
+    Sync {
         through_seq: u64,
     },
     ReadBack {
@@ -114,12 +129,25 @@ impl Message {
             Message::RaiseEpoch { .. } => FrameKind::RaiseEpoch,
             Message::EpochRaised { .. } => FrameKind::EpochRaised,
             Message::Error { .. } => FrameKind::Error,
+            Message::Sync { .. } => FrameKind::Sync,
         }
     }
 
-    /// Appends this message's body to `out`. Sizes beyond the limits are programmer
-    /// errors on the sending side (callers split batches), so they are asserted.
+    /// Appends this message's body, in the current version, to `out`.
     pub fn encode_body(&self, out: &mut Vec<u8>) {
+        self.encode_body_as(Version::CURRENT, out)
+    }
+
+    /// Appends this message's body, as `version` lays it out, to `out`. Sizes beyond the
+    /// limits, a message the version lacks and an Ack whose durable seq is beyond its
+    /// received one are programmer errors on the sending side, so they are asserted.
+    pub fn encode_body_as(&self, version: Version, out: &mut Vec<u8>) {
+        assert!(
+            version.has_kind(self.kind()),
+            "{:?} does not exist in wire version {}",
+            self.kind(),
+            version.as_u16()
+        );
         match self {
             Message::Hello {
                 epoch,
@@ -160,8 +188,25 @@ impl Message {
             Message::Append { entries } | Message::Entries { entries } => {
                 encode_batch(entries.iter().map(|(s, b)| (*s, b.as_slice())), out)
             }
-            Message::Ack { through_seq }
-            | Message::Checkpoint { through_seq }
+            Message::Ack {
+                through_seq,
+                durable_seq,
+            } => {
+                out.extend_from_slice(&through_seq.to_le_bytes());
+                if version.has_durable_acks() {
+                    assert!(
+                        durable_seq.is_none_or(|d| d <= *through_seq),
+                        "durable_seq beyond through_seq"
+                    );
+                    out.push(durable_seq.is_some() as u8);
+                    out.extend_from_slice(&[0u8; 7]);
+                    out.extend_from_slice(&durable_seq.unwrap_or(0).to_le_bytes());
+                } else {
+                    assert!(durable_seq.is_none(), "a version 1 Ack has no durable_seq");
+                }
+            }
+            Message::Checkpoint { through_seq }
+            | Message::Sync { through_seq }
             | Message::ReadBack {
                 after_seq: through_seq,
             }
@@ -197,7 +242,24 @@ impl Message {
         }
     }
 
+    /// Decodes a body of the current version.
     pub fn decode_body(kind: FrameKind, body: &[u8]) -> Result<Message, WireError> {
+        Self::decode_body_as(Version::CURRENT, kind, body)
+    }
+
+    /// Decodes a body as `version` lays it out. The header decoder has already refused a
+    /// kind the version lacks; this refuses it too, for callers that skip the header.
+    pub fn decode_body_as(
+        version: Version,
+        kind: FrameKind,
+        body: &[u8],
+    ) -> Result<Message, WireError> {
+        if !version.has_kind(kind) {
+            return Err(WireError::KindNotInVersion {
+                kind: kind as u8,
+                version: version.as_u16(),
+            });
+        }
         let mut r = BodyReader {
             kind: kind_name(kind),
             body,
@@ -272,7 +334,34 @@ impl Message {
             FrameKind::Entries => Message::Entries {
                 entries: decode_batch(&mut r)?,
             },
-            FrameKind::Ack => Message::Ack {
+            FrameKind::Ack => {
+                let through_seq = r.u64("through_seq")?;
+                let durable_seq = if version.has_durable_acks() {
+                    let flags = r.u8("flags")?;
+                    if flags & !1 != 0 {
+                        return Err(r.malformed("unknown Ack flags"));
+                    }
+                    let reserved: [u8; 7] = r.array("reserved")?;
+                    if reserved != [0; 7] {
+                        return Err(r.malformed("reserved bytes set"));
+                    }
+                    let durable = r.u64("durable_seq")?;
+                    if flags & 1 == 0 && durable != 0 {
+                        return Err(r.malformed("durable_seq not zero while flagged absent"));
+                    }
+                    if flags & 1 != 0 && durable > through_seq {
+                        return Err(r.malformed("durable_seq beyond through_seq"));
+                    }
+                    (flags & 1 != 0).then_some(durable)
+                } else {
+                    None
+                };
+                Message::Ack {
+                    through_seq,
+                    durable_seq,
+                }
+            }
+            FrameKind::Sync => Message::Sync {
                 through_seq: r.u64("through_seq")?,
             },
             FrameKind::ReadBack => Message::ReadBack {
@@ -373,27 +462,52 @@ fn decode_batch(r: &mut BodyReader) -> Result<Vec<(u64, Vec<u8>)>, WireError> {
     Ok(entries)
 }
 
-/// A whole frame: the volume it names and its message.
+/// A whole frame: its version, the volume it names and its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    pub version: Version,
     pub volume_id: VolumeId,
     pub message: Message,
 }
 
-/// Appends one complete frame (header and body) to `out`.
+/// Appends one complete frame (header and body) of the current version to `out`.
 pub fn encode_frame(volume_id: &VolumeId, message: &Message, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; HEADER_BYTES]);
-    message.encode_body(out);
-    seal_frame(volume_id, message.kind(), out, start);
+    encode_frame_as(Version::CURRENT, volume_id, message, out)
 }
 
-/// Fills in the header of a frame whose body was written at `out[start + HEADER_BYTES..]`.
+/// Appends one complete frame of `version` to `out` (the agent answers each client in the
+/// version of its Hello).
+pub fn encode_frame_as(
+    version: Version,
+    volume_id: &VolumeId,
+    message: &Message,
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    message.encode_body_as(version, out);
+    seal_frame_as(version, volume_id, message.kind(), out, start);
+}
+
+/// Fills in the header of a current-version frame whose body was written at
+/// `out[start + HEADER_BYTES..]`.
 pub fn seal_frame(volume_id: &VolumeId, kind: FrameKind, out: &mut [u8], start: usize) {
+    seal_frame_as(Version::CURRENT, volume_id, kind, out, start)
+}
+
+/// `seal_frame` for a frame of `version`.
+pub fn seal_frame_as(
+    version: Version,
+    volume_id: &VolumeId,
+    kind: FrameKind,
+    out: &mut [u8],
+    start: usize,
+) {
     let body = &out[start + HEADER_BYTES..];
     assert!(body.len() <= MAX_BODY_BYTES, "frame body over the limit");
+    assert!(version.has_kind(kind), "{kind:?} not in this wire version");
     let header = FrameHeader {
-        version: Version::CURRENT,
+        version,
         kind,
         volume_id: *volume_id,
         body_len: body.len() as u32,
@@ -421,9 +535,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
             computed,
         });
     }
-    let message = Message::decode_body(header.kind, body)?;
+    let message = Message::decode_body_as(header.version, header.kind, body)?;
     Ok(Some((
         Frame {
+            version: header.version,
             volume_id: header.volume_id,
             message,
         },
@@ -465,6 +580,7 @@ fn kind_name(kind: FrameKind) -> &'static str {
         FrameKind::RaiseEpoch => "RaiseEpoch",
         FrameKind::EpochRaised => "EpochRaised",
         FrameKind::Error => "Error",
+        FrameKind::Sync => "Sync",
     }
 }
 
@@ -574,7 +690,15 @@ mod tests {
                 entries: vec![(5, b"abc".to_vec()), (6, vec![]), (7, vec![0; 300])],
             },
             Message::Entries { entries: vec![] },
-            Message::Ack { through_seq: 7 },
+            Message::Ack {
+                through_seq: 7,
+                durable_seq: Some(5),
+            },
+            Message::Ack {
+                through_seq: 0,
+                durable_seq: None,
+            },
+            Message::Sync { through_seq: 7 },
             Message::ReadBack { after_seq: 4 },
             Message::ReadEnd {
                 entries_sent: 3,
@@ -615,6 +739,7 @@ mod tests {
             let (frame, used) = decode_frame(&out).unwrap().unwrap();
             assert_eq!(used, out.len());
             assert_eq!(frame.volume_id, [9; 16]);
+            assert_eq!(frame.version, Version::CURRENT);
             assert_eq!(frame.message, message);
             // Every strict prefix is "need more", never an error or a wrong frame.
             for cut in 0..out.len() {
@@ -626,7 +751,14 @@ mod tests {
     #[test]
     fn body_corruption_is_caught_by_the_checksum() {
         let mut out = Vec::new();
-        encode_frame(&[0; 16], &Message::Ack { through_seq: 1 }, &mut out);
+        encode_frame(
+            &[0; 16],
+            &Message::Ack {
+                through_seq: 1,
+                durable_seq: None,
+            },
+            &mut out,
+        );
         let last = out.len() - 1;
         out[last] ^= 0x80;
         assert!(matches!(
@@ -666,6 +798,88 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn every_version_1_message_round_trips_as_version_1() {
+        for message in all_messages() {
+            if message.kind() == FrameKind::Sync
+                || matches!(
+                    message,
+                    Message::Ack {
+                        durable_seq: Some(_),
+                        ..
+                    }
+                )
+            {
+                continue;
+            }
+            let mut out = Vec::new();
+            encode_frame_as(Version::V1, &[9; 16], &message, &mut out);
+            let (frame, used) = decode_frame(&out).unwrap().unwrap();
+            assert_eq!(used, out.len());
+            assert_eq!(frame.version, Version::V1);
+            assert_eq!(frame.message, message);
+        }
+        // A version 1 Ack is just its received seq.
+        let mut body = Vec::new();
+        Message::Ack {
+            through_seq: 3,
+            durable_seq: None,
+        }
+        .encode_body_as(Version::V1, &mut body);
+        assert_eq!(body, 3u64.to_le_bytes());
+    }
+
+    #[test]
+    fn ack_durable_seq_is_canonical_and_never_beyond_through_seq() {
+        let body = |flags: u8, durable: u64| {
+            let mut b = 10u64.to_le_bytes().to_vec();
+            b.push(flags);
+            b.extend_from_slice(&[0; 7]);
+            b.extend_from_slice(&durable.to_le_bytes());
+            b
+        };
+        let decode = |b: &[u8]| Message::decode_body_as(Version::V2, FrameKind::Ack, b);
+        assert_eq!(
+            decode(&body(1, 10)),
+            Ok(Message::Ack {
+                through_seq: 10,
+                durable_seq: Some(10)
+            })
+        );
+        assert_eq!(
+            decode(&body(0, 0)),
+            Ok(Message::Ack {
+                through_seq: 10,
+                durable_seq: None
+            })
+        );
+        for (flags, durable, what) in [
+            (1u8, 11u64, "durable_seq beyond through_seq"),
+            (0, 4, "durable_seq not zero while flagged absent"),
+            (2, 0, "unknown Ack flags"),
+        ] {
+            let err = decode(&body(flags, durable)).unwrap_err();
+            assert!(
+                matches!(err, WireError::Malformed { what: w, .. } if w == what),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            Message::decode_body_as(Version::V1, FrameKind::Sync, &[0; 8]),
+            Err(WireError::KindNotInVersion { .. })
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "a version 1 Ack has no durable_seq")]
+    fn a_durable_seq_in_a_version_1_ack_is_a_programmer_error() {
+        Message::Ack {
+            through_seq: 2,
+            durable_seq: Some(1),
+        }
+        .encode_body_as(Version::V1, &mut Vec::new());
     }
 
     #[test]

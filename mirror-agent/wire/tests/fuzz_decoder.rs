@@ -1,20 +1,24 @@
 //! Fuzz-style property tests: the frame decoder never panics on hostile bytes, and
-//! whatever it accepts re-encodes to exactly the bytes it consumed. Random bytes rarely pass
-//! both checksums, so the shapes where an encoding could be non-canonical (an Error code of
-//! any number, a Welcome with any flags and values) are also built here with valid checksums.
+//! whatever it accepts re-encodes to exactly the bytes it consumed, in the version it came
+//! in. Random bytes rarely pass both checksums, so the shapes where an encoding could be
+//! non-canonical (an Error code of any number, a Welcome or a version 2 Ack with any flags
+//! and values, any kind in either version) are also built here with valid checksums.
 
 use proptest::prelude::*;
 use smlog_wire::conn::FrameReader;
 use smlog_wire::format::{FrameHeader, HEADER_BYTES, MAX_BODY_BYTES};
-use smlog_wire::message::{decode_frame, encode_frame, Message};
-use smlog_wire::FrameKind;
+use smlog_wire::message::{decode_frame, encode_frame, encode_frame_as, Message};
+use smlog_wire::{FrameKind, Version};
 
 fn valid_frames() -> Vec<Vec<u8>> {
     let messages = [
         Message::Append {
             entries: vec![(41, b"entry-41".to_vec()), (42, vec![7; 100])],
         },
-        Message::Ack { through_seq: 42 },
+        Message::Ack {
+            through_seq: 42,
+            durable_seq: Some(40),
+        },
         Message::Hello {
             epoch: 1,
             mode: smlog_wire::Mode::Writer,
@@ -28,15 +32,29 @@ fn valid_frames() -> Vec<Vec<u8>> {
             b: 2,
             reason: "gap".into(),
         },
+        Message::Sync { through_seq: 42 },
     ];
-    messages
+    let mut frames: Vec<Vec<u8>> = messages
         .iter()
         .map(|m| {
             let mut out = Vec::new();
             encode_frame(&[3; 16], m, &mut out);
             out
         })
-        .collect()
+        .collect();
+    // A version 1 Ack: the same kind, another layout.
+    let mut v1_ack = Vec::new();
+    encode_frame_as(
+        Version::V1,
+        &[3; 16],
+        &Message::Ack {
+            through_seq: 42,
+            durable_seq: None,
+        },
+        &mut v1_ack,
+    );
+    frames.push(v1_ack);
+    frames
 }
 
 /// Decodes `bytes` and, if a frame came out, checks it re-encodes to the bytes consumed.
@@ -44,7 +62,7 @@ fn check(bytes: &[u8]) {
     if let Ok(Some((frame, used))) = decode_frame(bytes) {
         assert!(used <= bytes.len() && used >= HEADER_BYTES);
         let mut again = Vec::new();
-        encode_frame(&frame.volume_id, &frame.message, &mut again);
+        encode_frame_as(frame.version, &frame.volume_id, &frame.message, &mut again);
         assert_eq!(&again[..], &bytes[..used]);
     }
 }
@@ -63,7 +81,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_frames_never_panic(
-        which in 0usize..4,
+        which in 0usize..6,
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
         cut in any::<usize>(),
     ) {
@@ -80,11 +98,13 @@ proptest! {
     #[test]
     fn body_bytes_after_a_valid_header_never_panic(
         kind in 0u8..20,
+        v1 in any::<bool>(),
         body in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
         // A header with correct checksums around an arbitrary body reaches the body decoders.
         let kind = FrameKind::from_u8(kind).unwrap_or(FrameKind::Append);
-        let frame = sealed(kind, &body);
+        let version = if v1 { Version::V1 } else { Version::V2 };
+        let frame = sealed_as(version, kind, &body);
         let reached_body = !matches!(
             decode_frame(&frame),
             Err(smlog_wire::WireError::BodyChecksum { .. } | smlog_wire::WireError::HeaderChecksum { .. })
@@ -151,6 +171,38 @@ proptest! {
     }
 
     #[test]
+    fn ack_with_any_flags_is_exact_or_refused(
+        through in prop_oneof![0u64..4, any::<u64>()],
+        flags in prop_oneof![0u8..2, any::<u8>()],
+        reserved in prop_oneof![Just([0u8; 7]), any::<[u8; 7]>()],
+        durable in prop_oneof![Just(0u64), 0u64..4, any::<u64>()],
+    ) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&through.to_le_bytes());
+        body.push(flags);
+        body.extend_from_slice(&reserved);
+        body.extend_from_slice(&durable.to_le_bytes());
+        let frame = sealed(FrameKind::Ack, &body);
+        let canonical = flags & !1 == 0
+            && reserved == [0; 7]
+            && (flags & 1 != 0 || durable == 0)
+            && (flags & 1 == 0 || durable <= through);
+        let decoded = decode_frame(&frame);
+        prop_assert_eq!(
+            matches!(decoded, Ok(Some(_))),
+            canonical,
+            "through {} flags {:#04x} durable {}: {:?}",
+            through,
+            flags,
+            durable,
+            decoded
+        );
+        // The same bytes are no version 1 Ack (that one is 8 bytes long).
+        prop_assert!(decode_frame(&sealed_as(Version::V1, FrameKind::Ack, &body)).is_err());
+        check(&frame);
+    }
+
+    #[test]
     fn frame_reader_survives_any_stream(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let mut source = &bytes[..];
         let mut reader = FrameReader::new();
@@ -171,10 +223,17 @@ proptest! {
     }
 }
 
-/// A frame of `kind` around `body` with a valid header and both checksums right.
+/// A current-version frame of `kind` around `body` with a valid header and both checksums
+/// right.
 fn sealed(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+    sealed_as(Version::CURRENT, kind, body)
+}
+
+/// `sealed` in any version. A kind the version lacks gets its header anyway: the decoder
+/// must refuse it.
+fn sealed_as(version: Version, kind: FrameKind, body: &[u8]) -> Vec<u8> {
     let header = FrameHeader {
-        version: smlog_wire::Version::V1,
+        version,
         kind,
         volume_id: [1; 16],
         body_len: body.len() as u32,
@@ -199,6 +258,26 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+#[test]
+fn sync_exists_only_from_version_2() {
+    let body = 7u64.to_le_bytes();
+    assert_eq!(
+        decode_frame(&sealed_as(Version::V2, FrameKind::Sync, &body))
+            .unwrap()
+            .unwrap()
+            .0
+            .message,
+        Message::Sync { through_seq: 7 }
+    );
+    assert_eq!(
+        decode_frame(&sealed_as(Version::V1, FrameKind::Sync, &body)),
+        Err(smlog_wire::WireError::KindNotInVersion {
+            kind: 15,
+            version: 1
+        })
+    );
 }
 
 #[test]

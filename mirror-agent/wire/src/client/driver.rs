@@ -25,6 +25,12 @@ pub(super) struct State {
     pub(super) queue_bytes: usize,
     pub(super) last_submitted: Option<u64>,
     pub(super) acked: Option<u64>,
+    /// Highest seq the agent reported on its disk; never above `acked`.
+    pub(super) durable: Option<u64>,
+    /// Highest seq a `wait_durable` asked for, and the highest Sync sent on the current
+    /// connection (the agent forgets a Sync with its connection, so it is sent again).
+    pub(super) sync_wanted: Option<u64>,
+    pub(super) sync_sent: Option<u64>,
     /// Highest seq written on the current connection.
     pub(super) sent_through: Option<u64>,
     pub(super) checkpoint_wanted: Option<u64>,
@@ -48,7 +54,14 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn ack_through(&mut self, through: u64) {
+    /// Takes an acknowledgement: the agent holds every seq up to `through`, and has every
+    /// seq up to `durable` on its disk.
+    pub(super) fn ack_through(&mut self, through: u64, durable: Option<u64>) {
+        if let Some(d) = durable {
+            if self.durable.is_none_or(|old| old < d) {
+                self.durable = Some(d);
+            }
+        }
         if self.acked.is_some_and(|a| a >= through) {
             return;
         }
@@ -140,12 +153,13 @@ pub(super) fn install(
         st.route = Some(route);
         st.sent_through = None;
         st.checkpoint_sent = None;
+        st.sync_sent = None;
         st.echo_pending = None;
         st.resync_through = st.last_submitted;
         st.resync_started = None;
         if let Some(next) = welcome.next_seq {
             if let Some(held) = next.checked_sub(1) {
-                st.ack_through(held);
+                st.ack_through(held, None);
             }
         }
         let acked = st.acked.unwrap_or(0);
@@ -187,10 +201,13 @@ pub(super) fn read_loop(
             );
         }
         match frame.message {
-            Message::Ack { through_seq } => {
+            Message::Ack {
+                through_seq,
+                durable_seq,
+            } => {
                 let mut st = shared.lock();
                 if st.generation == generation {
-                    st.ack_through(through_seq);
+                    st.ack_through(through_seq, durable_seq);
                     shared.changed.notify_all();
                 }
             }
@@ -363,6 +380,18 @@ pub(super) fn drive(
             seal_frame(volume_id, FrameKind::Append, &mut out, start);
             st.sent_through = Some(st.queue[end - 1].0);
             next = end;
+        }
+        // After the appends it covers, so that the agent has them when it reads it (it
+        // waits for any it has not received).
+        if let Some(w) = st.sync_wanted {
+            if st.durable.is_none_or(|d| d < w) && st.sync_sent.is_none_or(|s| s < w) {
+                crate::message::encode_frame(
+                    volume_id,
+                    &Message::Sync { through_seq: w },
+                    &mut out,
+                );
+                st.sync_sent = Some(w);
+            }
         }
         let since_ping = last_ping.elapsed();
         if since_ping >= heartbeat {

@@ -5,6 +5,7 @@ use super::{MirrorConfig, MirrorError};
 use crate::auth::{fresh_nonce, Transcript};
 use crate::conn::{write_frame, FrameReader};
 use crate::error::ErrorCode;
+use crate::format::Version;
 use crate::message::{Frame, Message, Mode};
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -176,6 +177,15 @@ pub(super) fn open_session(
                     route,
                     welcome: Welcome { next_seq },
                 });
+            }
+            // An agent that does not know our version refuses our Hello as a bad frame, in
+            // the version it speaks; an agent that knows it never calls our Hello bad.
+            Message::Error {
+                code: ErrorCode::BadFrame,
+                reason,
+                ..
+            } if frame.version < Version::CURRENT => {
+                return Err(MirrorError::AgentTooOld { route, reason })
             }
             Message::Error { code, a, b, reason } => {
                 return Err(refusal(cfg, route, code, a, b, reason))

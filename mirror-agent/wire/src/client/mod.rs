@@ -93,6 +93,8 @@ pub enum MirrorError {
     Config(String),
     #[error("mirror agent unreachable on every route: {0}")]
     Unreachable(String),
+    #[error("the mirror agent at {route} is too old: it does not speak wire version 2 (durable acknowledgements), it said: {reason}; upgrade mirror-agent on that host")]
+    AgentTooOld { route: SocketAddr, reason: String },
     #[error("mirror authentication failed at {route}: {reason}")]
     AuthFailed { route: SocketAddr, reason: String },
     #[error("fenced: our ownership epoch {ours} is older than the volume's epoch {current} at the mirror agent (the volume was taken over)")]
@@ -116,6 +118,12 @@ pub enum MirrorError {
         seq: u64,
         acked_through: Option<u64>,
     },
+    #[error("timed out waiting for seq {seq} to be on the mirror agent's disk (durable through {durable_through:?}, acknowledged through {acked_through:?})")]
+    DurableTimeout {
+        seq: u64,
+        durable_through: Option<u64>,
+        acked_through: Option<u64>,
+    },
     #[error("entry of {len} bytes exceeds the mirror limit of {max} bytes")]
     EntryTooLarge { len: usize, max: usize },
     #[error("seq {got} submitted out of order, expected {expected}")]
@@ -130,6 +138,7 @@ impl MirrorError {
         matches!(
             self,
             MirrorError::Config(_)
+                | MirrorError::AgentTooOld { .. }
                 | MirrorError::AuthFailed { .. }
                 | MirrorError::Fenced { .. }
                 | MirrorError::Gap { .. }
@@ -151,6 +160,9 @@ pub struct MirrorStatus {
     /// been acknowledged since: only then does the agent hold all it should.
     pub protected: bool,
     pub acked_through: Option<u64>,
+    /// The highest seq the agent reported on its disk (every seq up to it is fdatasync'ed
+    /// there, or covered by a checkpoint); at most `acked_through`.
+    pub durable_through: Option<u64>,
     /// While the agent is being resynchronised after a (re)connect: the seq it must
     /// acknowledge before the node is protected again; None when it holds everything.
     pub resync_through: Option<u64>,
@@ -262,6 +274,51 @@ impl MirrorClient {
         }
     }
 
+    /// The highest seq the agent reported durable: every seq up to it is on the agent's
+    /// disk. The agent reports it in every acknowledgement, and again after each background
+    /// sync; `wait_durable` asks for it at once.
+    pub fn durable_through(&self) -> Option<u64> {
+        self.shared.lock().durable
+    }
+
+    /// Waits until every seq up to `seq` is on the agent's disk: asks the agent to sync
+    /// now (`Sync`, resent after a reconnect) rather than waiting for its background sync.
+    /// Fails like `wait_acked`: on a final error (fenced, …), when the client is closed, or
+    /// with `DurableTimeout` after `timeout`. A seq not submitted yet is waited for.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> Result<(), MirrorError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if st.durable.is_some_and(|d| d >= seq) {
+                return Ok(());
+            }
+            if let Some(e) = &st.fatal {
+                return Err(e.clone());
+            }
+            if st.closing {
+                return Err(MirrorError::Closed);
+            }
+            if st.sync_wanted.is_none_or(|w| w < seq) {
+                st.sync_wanted = Some(seq);
+                self.shared.work.notify_one();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(MirrorError::DurableTimeout {
+                    seq,
+                    durable_through: st.durable,
+                    acked_through: st.acked,
+                });
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Tells the agent it may drop entries up to `through_seq` (they are on the volume).
     /// Queued entries it covers are dropped here too: they need no mirroring any more,
     /// and the driver always sends the checkpoint before any later append, so the agent
@@ -306,6 +363,7 @@ impl MirrorClient {
             rtt_us: st.rtt_us,
             protected: st.connected && st.fatal.is_none() && resynced,
             acked_through: st.acked,
+            durable_through: st.durable,
             resync_through: if resynced { None } else { st.resync_through },
             reconnects: st.reconnects,
             last_error: st
