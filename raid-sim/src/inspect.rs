@@ -1,4 +1,5 @@
-//! Creating an array, and assembling one from the files in a volume directory.
+//! Inspecting the files of a volume directory without writing: which members are usable (a
+//! decision table), why an array cannot be assembled, and what its journal holds.
 //!
 //! Assembly first inspects every `member-K.img` and `spare-J.img` without writing, and
 //! decides per member (decision table, first matching row wins):
