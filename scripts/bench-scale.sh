@@ -66,7 +66,7 @@ cleanup() {
     while read -r _ m _; do
         case "$m" in "$work"/*) fusermount3 -u -z "$m" 2>/dev/null || true ;; esac
     done </proc/mounts
-    for pidf in "$work"/*.vol/daemon.pid; do
+    for pidf in "$work"/*.vol/supervisor.pid "$work"/*.vol/daemon.pid; do
         [ -f "$pidf" ] || continue
         pid="$(head -1 "$pidf")"
         [ -n "$pid" ] || continue
@@ -81,7 +81,7 @@ trap 'exit 130' INT TERM
 
 # --- helpers -------------------------------------------------------------------------------
 
-. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone
+. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone, crash_volume
 
 daemon_pid() { head -1 "$1/daemon.pid" 2>/dev/null; }
 ms_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
@@ -182,10 +182,7 @@ scale_mount() {
     st=$(status_json "$mnt")
     echo "   3000 files created in /crash: $(jq -r '"ring \(.ring_used_bytes / 1024 | floor) KiB used, next seq \(.next_seq), \(.checkpoints_since_mount) checkpoint(s) since mount"' <<<"$st")"
     echo "   $("$smlogfs" inspect "$vol" 2>/dev/null | grep -E '^recovery would:')"
-    local pid
-    pid="$(daemon_pid "$vol")"
-    kill -9 "$pid"
-    wait_pid_gone "$pid" || return 1
+    crash_volume "$vol" || return 1
     sync
     echo 3 >/proc/sys/vm/drop_caches
     timed_mount crash_mount_ms "$vol" "$mnt" || return 1

@@ -109,7 +109,7 @@ cleanup() {
         case "$m" in "$work"/*) fusermount3 -u -z "$m" 2>/dev/null || true ;; esac
     done </proc/mounts
     # Daemons of our volumes still running (a pid file can outlive its daemon: check the name).
-    for pidf in "$work"/*.vol/daemon.pid; do
+    for pidf in "$work"/*.vol/supervisor.pid "$work"/*.vol/daemon.pid; do
         [ -f "$pidf" ] || continue
         pid="$(head -1 "$pidf")"
         [ -n "$pid" ] || continue
@@ -128,16 +128,12 @@ trap 'exit 130' INT TERM
 
 # --- targets -----------------------------------------------------------------------------
 
-. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone
+. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone, crash_volume
 
 daemon_pid() { head -1 "$1/daemon.pid" 2>/dev/null; }
 
-kill9_daemon() { # VOLDIR: kill -9 of its daemon, returns once every thread is gone
-    local pid
-    pid="$(daemon_pid "$1")"
-    [ -n "$pid" ] || { echo "no daemon pid in $1" >&2; return 1; }
-    kill -9 "$pid"
-    wait_pid_gone "$pid" 30
+kill9_daemon() { # VOLDIR: kill -9 of its supervisor and daemon (a crash), once all are gone
+    crash_volume "$1" 30
 }
 
 port_free() {

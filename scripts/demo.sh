@@ -21,17 +21,13 @@ mkdir -p "$mnt"
 agent_pid=""
 cleanup() {
   fusermount3 -uz "$mnt" 2>/dev/null || true
-  if [ -f "$vol/daemon.pid" ]; then kill -9 "$(head -1 "$vol/daemon.pid")" 2>/dev/null || true; fi
+  for p in $(cat "$vol/supervisor.pid" "$vol/daemon.pid" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
   if [ -n "$agent_pid" ]; then kill -9 "$agent_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-killed_and_gone() { # kill -9, then wait until no thread of the daemon runs
-  local pid=$1
-  kill -9 "$pid"
-  while kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' /proc/$pid/stat 2>/dev/null)" != Z ]; do sleep 0.05; done
-}
+. scripts/lib.sh   # crash_volume: kill -9 of the supervisor and the daemon
 
 say "smlogfs mkfs $vol --size 512M --ring 64M (default: RAID-5 over 4 backing files)"
 "$S" mkfs "$vol" --size 512M --ring 64M
@@ -61,9 +57,8 @@ setfattr -n user.owner -v demo "$mnt/docs/hello.txt" 2>/dev/null || true
 mv "$mnt/docs/deep/numbers.txt" "$mnt/docs/numbers.txt"
 (cd "$mnt" && find . -type f | sort | xargs md5sum) | tee "$work/before.md5"
 
-pid=$(head -1 "$vol/daemon.pid")
-say "kill -9 $pid (the daemon), no unmount, no flush"
-killed_and_gone "$pid"
+say "kill -9 of the daemon ($(head -1 "$vol/daemon.pid")) and its mount supervisor ($(cat "$vol/supervisor.pid")): a crash, no unmount, no flush"
+crash_volume "$vol"
 
 say "the mount is dead now"
 ls "$mnt" 2>&1 | head -1 || true
@@ -85,7 +80,7 @@ say "more writes, then kill -9 again and delete the local ring: only the agent h
 echo "after the first crash" > "$mnt/docs/second.txt"
 head -c 1M /dev/urandom > "$mnt/docs/second.bin"
 (cd "$mnt" && find . -type f | sort | xargs md5sum) > "$work/before2.md5"
-killed_and_gone "$(head -1 "$vol/daemon.pid")"
+crash_volume "$vol"
 rm -v "$vol/statelog"
 
 say "smlogfs mount: the ring is gone, recovery reads the entries back from the agent"

@@ -47,7 +47,7 @@ cleanup() {
   for m in "$mnt_a" "$mnt_b"; do
     if mountpoint -q "$m" 2>/dev/null || ! ls "$m" >/dev/null 2>&1; then fusermount3 -uz "$m" 2>/dev/null; fi
   done
-  if [ -f "$vol/daemon.pid" ]; then kill -9 "$(head -1 "$vol/daemon.pid")" 2>/dev/null; fi
+  for p in $(cat "$vol/supervisor.pid" "$vol/daemon.pid" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
   [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null
   ip netns del "$ns_a" 2>/dev/null
   ip netns del "$ns_b" 2>/dev/null
@@ -95,9 +95,8 @@ mv "$mnt_a/projects/numbers.txt" "$mnt_a/projects/smlogfs/numbers.txt"
 (cd "$mnt_a" && find . -type f | sort | xargs md5sum) | tee "$work/a.md5"
 
 pid=$(head -1 "$vol/daemon.pid")
-say "host A is lost: kill -9 $pid, and its local ring is gone too"
-kill -9 "$pid"
-wait_pid_gone "$pid" 10 || die "process $pid did not exit"
+say "host A is lost: kill -9 of its daemon ($pid) and mount supervisor, and its local ring is gone too"
+crash_volume "$vol" 10 || die "A's processes did not exit"
 fusermount3 -uz "$mnt_a"
 ring="$vol/statelog"
 [ -f "$ring" ] && rm -f "$ring" && echo "deleted $ring"

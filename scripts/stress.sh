@@ -70,7 +70,7 @@ fi
 
 log() { echo "$(date +%T) $*"; }
 
-. "$repo/scripts/lib.sh"   # pid_gone
+. "$repo/scripts/lib.sh"   # pid_gone, crash_volume
 
 # A small tree for cp -r and tar: files of several sizes, a subdirectory, a symlink.
 make_template() {
@@ -284,15 +284,12 @@ worker() {
 
 kill_and_remount() {
     local pid e
-    pid="$(cat "$voldir/daemon.pid")"
+    pid="$(head -1 "$voldir/daemon.pid")"
     e="$(epoch)"
     set_epoch $((e + 1))
-    kill -9 "$pid" 2>/dev/null
-    for _ in $(seq 1 2000); do
-        # Gone or a zombie (the daemon is not our child).
-        if pid_gone "$pid"; then break; fi
-        sleep 0.01
-    done
+    # The supervisor and the daemon: killing the daemon alone is a pause (the supervisor
+    # restarts it on the same mount), not the crash-and-remount this cycle is about.
+    crash_volume "$voldir" 20 || true
     local t0=$EPOCHREALTIME
     if ! "$smlogfs" mount "$voldir" "$mnt" >>"$state/mount.log" 2>&1; then
         echo "KILL remount FAILED (see $state/mount.log)" >>"$manifest"
