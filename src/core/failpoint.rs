@@ -55,9 +55,11 @@ impl Failpoint {
             Some("before-apply") => Stage::BeforeApply,
             Some("after-apply") => Stage::AfterApply,
             Some("after-checkpoint") => Stage::AfterCheckpoint,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown stage {other:?} (expected before-apply, after-apply or after-checkpoint)"
-            )),
+            ))
+            }
         };
         let op = parts
             .next()
