@@ -11,6 +11,7 @@ use super::Fs;
 
 impl Fs {
     /// create, mknod, mkdir, symlink: owner is the caller; group and setgid follow ext4.
+    #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
         req: Option<Request>,
