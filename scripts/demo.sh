@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The smlogfs demo on the default volume (RAID-5 over 4 backing files): mkfs, a mirror agent
-# (on loopback here; another host in production), mount mirroring to it, write, kill -9 the
-# daemon, show the dead mount, remount, verify every file by checksum; then kill -9 again,
-# delete the local ring, and recover from the agent's copy. No arguments; cleans up after
-# itself.
+# (on loopback here; another host in production), mount mirroring to it, write; kill -9 the
+# serving daemon while a writer runs (a pause: its supervisor starts a new one, the writer
+# finishes without an error); `smlogfs restart` (a planned hand-over); then kill -9 the
+# supervisor and the daemon (the crash), show the dead mount, remount, verify every file by
+# checksum; kill both again, delete the local ring, and recover from the agent's copy. No
+# arguments; cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,7 @@ mkdir -p "$mnt"
 agent_pid=""
 cleanup() {
   fusermount3 -uz "$mnt" 2>/dev/null || true
+  if [ -f "$vol/supervisor.pid" ]; then kill -9 "$(cat "$vol/supervisor.pid")" 2>/dev/null || true; fi
   if [ -f "$vol/daemon.pid" ]; then kill -9 "$(head -1 "$vol/daemon.pid")" 2>/dev/null || true; fi
   if [ -n "$agent_pid" ]; then kill -9 "$agent_pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -61,8 +64,31 @@ setfattr -n user.owner -v demo "$mnt/docs/hello.txt" 2>/dev/null || true
 mv "$mnt/docs/deep/numbers.txt" "$mnt/docs/numbers.txt"
 (cd "$mnt" && find . -type f | sort | xargs md5sum) | tee "$work/before.md5"
 
-pid=$(head -1 "$vol/daemon.pid")
-say "kill -9 $pid (the daemon), no unmount, no flush"
+say "a writer runs while the serving daemon is killed twice: a pause for it, not an error"
+(set -e; for i in $(seq 1 300); do
+  printf 'line %s\n' "$i" >> "$mnt/docs/journal.txt"; echo "$i" > "$mnt/docs/counter"; sync "$mnt/docs/counter"
+done) &
+writer=$!
+for _ in 1 2; do
+  sleep 0.3
+  pid=$(head -1 "$vol/daemon.pid")
+  echo "kill -9 $pid (daemon; supervisor $(cat "$vol/supervisor.pid") stays)"
+  killed_and_gone "$pid"
+  while [ "$(head -1 "$vol/daemon.pid")" = "$pid" ]; do sleep 0.02; done
+  echo "new daemon pid $(head -1 "$vol/daemon.pid") serves"
+done
+wait "$writer" && echo "the writer finished without an error: $(wc -l <"$mnt/docs/journal.txt") lines, counter $(cat "$mnt/docs/counter")"
+[ "$(wc -l <"$mnt/docs/journal.txt")" -eq 300 ] && [ "$(cat "$mnt/docs/counter")" = 300 ]
+grep -E "died \(signal 9" "$vol/daemon.log" | tail -2 | sed 's/^\[[^]]*\] //'
+
+say "smlogfs restart $mnt: a planned hand-over to a new daemon (e.g. after an upgrade)"
+"$S" restart "$mnt"
+"$S" status "$mnt" | grep -A1 '^restarts'
+(cd "$mnt" && find . -type f | sort | xargs md5sum) > "$work/before.md5"
+
+sup=$(cat "$vol/supervisor.pid"); pid=$(head -1 "$vol/daemon.pid")
+say "kill -9 $sup $pid (supervisor and daemon: the crash), no unmount, no flush"
+kill -9 "$sup"
 killed_and_gone "$pid"
 
 say "the mount is dead now"
@@ -85,6 +111,7 @@ say "more writes, then kill -9 again and delete the local ring: only the agent h
 echo "after the first crash" > "$mnt/docs/second.txt"
 head -c 1M /dev/urandom > "$mnt/docs/second.bin"
 (cd "$mnt" && find . -type f | sort | xargs md5sum) > "$work/before2.md5"
+kill -9 "$(cat "$vol/supervisor.pid")"
 killed_and_gone "$(head -1 "$vol/daemon.pid")"
 rm -v "$vol/statelog"
 
