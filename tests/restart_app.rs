@@ -151,7 +151,7 @@ impl App {
                 meta.len()
             ));
         }
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             let synced = self.call(|| self.held[k].0.sync_all());
             synced.map_err(|e| format!("round {i}: fsync {}: {e}", HELD[k]))?;
         }
@@ -428,7 +428,7 @@ fn restart_hands_over_under_a_write_load() {
             while !stop.load(Ordering::SeqCst) {
                 f.write_all_at(&pattern(n, 4096), n * 4096)
                     .map_err(|e| format!("pwrite {n}: {e}"))?;
-                if n % 8 == 0 {
+                if n.is_multiple_of(8) {
                     f.sync_all().map_err(|e| format!("fsync {n}: {e}"))?;
                 }
                 n += 1;
