@@ -14,7 +14,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{Attr, Caller, Errno, Fs, Ino, Kind, Ts};
+use crate::core::{Attr, Caller, Errno, Fs, Ino, Kind, Request as OpRequest, RequestId, Ts};
 
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request (also bounds one ring entry).
@@ -46,6 +46,15 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
+}
+
+/// The request an op is made for: its `unique` without the resend bit, and whether the
+/// kernel sent it again after a daemon restart (see `core::resend`).
+fn op_request(req: &Request) -> Option<OpRequest> {
+    Some(OpRequest {
+        id: RequestId(req.unique().0 & !fuser::resume::FUSE_UNIQUE_RESEND),
+        resent: req.is_resend(),
+    })
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -111,6 +120,15 @@ fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     }
 }
 
+impl FuseAdapter {
+    /// After the reply to a changing request is sent: its op need not be recognised any more.
+    fn replied(&self, req: &Request) {
+        if let Some(r) = op_request(req) {
+            self.fs.replied(r.id);
+        }
+    }
+}
+
 fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
@@ -144,7 +162,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -161,6 +179,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let r = self.fs.setattr(
+            op_request(req),
             Ino(ino.0),
             mode,
             uid,
@@ -173,6 +192,7 @@ impl Filesystem for FuseAdapter {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
+        self.replied(req);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -195,6 +215,7 @@ impl Filesystem for FuseAdapter {
         entry(
             reply,
             self.fs.mknod(
+                op_request(req),
                 caller(req),
                 Ino(parent.0),
                 name.as_bytes(),
@@ -203,6 +224,7 @@ impl Filesystem for FuseAdapter {
                 None,
             ),
         );
+        self.replied(req);
     }
 
     fn mkdir(
@@ -217,17 +239,33 @@ impl Filesystem for FuseAdapter {
         let mode = libc::S_IFDIR | (mode & 0o7777);
         entry(
             reply,
-            self.fs
-                .mknod(caller(req), Ino(parent.0), name.as_bytes(), mode, 0, None),
+            self.fs.mknod(
+                op_request(req),
+                caller(req),
+                Ino(parent.0),
+                name.as_bytes(),
+                mode,
+                0,
+                None,
+            ),
         );
+        self.replied(req);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.unlink(Ino(parent.0), name.as_bytes(), false));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .fs
+            .unlink(op_request(req), Ino(parent.0), name.as_bytes(), false);
+        empty(reply, r);
+        self.replied(req);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.unlink(Ino(parent.0), name.as_bytes(), true));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .fs
+            .unlink(op_request(req), Ino(parent.0), name.as_bytes(), true);
+        empty(reply, r);
+        self.replied(req);
     }
 
     fn symlink(
@@ -242,6 +280,7 @@ impl Filesystem for FuseAdapter {
         entry(
             reply,
             self.fs.mknod(
+                op_request(req),
                 caller(req),
                 Ino(parent.0),
                 link_name.as_bytes(),
@@ -250,11 +289,12 @@ impl Filesystem for FuseAdapter {
                 Some(target),
             ),
         );
+        self.replied(req);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -265,6 +305,7 @@ impl Filesystem for FuseAdapter {
         empty(
             reply,
             self.fs.rename(
+                op_request(req),
                 Ino(parent.0),
                 name.as_bytes(),
                 Ino(newparent.0),
@@ -272,11 +313,12 @@ impl Filesystem for FuseAdapter {
                 flags.bits(),
             ),
         );
+        self.replied(req);
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -284,9 +326,14 @@ impl Filesystem for FuseAdapter {
     ) {
         entry(
             reply,
-            self.fs
-                .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
+            self.fs.link(
+                op_request(req),
+                Ino(ino.0),
+                Ino(newparent.0),
+                newname.as_bytes(),
+            ),
         );
+        self.replied(req);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -315,7 +362,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -325,10 +372,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(Ino(ino.0), offset, data) {
+        match self.fs.write(op_request(req), Ino(ino.0), offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
+        self.replied(req);
     }
 
     fn flush(
@@ -448,7 +496,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -458,8 +506,10 @@ impl Filesystem for FuseAdapter {
     ) {
         empty(
             reply,
-            self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags),
+            self.fs
+                .setxattr(op_request(req), Ino(ino.0), name.as_bytes(), value, flags),
         );
+        self.replied(req);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -470,8 +520,12 @@ impl Filesystem for FuseAdapter {
         xattr_reply(reply, size, self.fs.listxattr(caller(req), Ino(ino.0)));
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.removexattr(Ino(ino.0), name.as_bytes()));
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .fs
+            .removexattr(op_request(req), Ino(ino.0), name.as_bytes());
+        empty(reply, r);
+        self.replied(req);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -495,7 +549,15 @@ impl Filesystem for FuseAdapter {
         };
         let r = self
             .fs
-            .mknod(caller(req), Ino(parent.0), name.as_bytes(), mode, 0, None)
+            .mknod(
+                op_request(req),
+                caller(req),
+                Ino(parent.0),
+                name.as_bytes(),
+                mode,
+                0,
+                None,
+            )
             .and_then(|a| self.fs.open(Ino(a.rec.ino)).map(|()| a));
         match r {
             Ok(a) => reply.created(
@@ -507,11 +569,12 @@ impl Filesystem for FuseAdapter {
             ),
             Err(e) => reply.error(errno(e)),
         }
+        self.replied(req);
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -519,6 +582,16 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.fallocate(Ino(ino.0), offset, length, mode));
+        let r = self
+            .fs
+            .fallocate(op_request(req), Ino(ino.0), offset, length, mode);
+        empty(reply, r);
+        self.replied(req);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // Lookups are not counted; the kernel dropping an inode only matters for an
+        // unlinked one kept because a restart could not know its open handles.
+        self.fs.forget(Ino(ino.0));
     }
 }

@@ -166,6 +166,7 @@ impl Setup {
         let attr = self
             .fs
             .mknod(
+                None,
                 ROOT_CALLER,
                 ROOT,
                 name.as_bytes(),
@@ -184,7 +185,7 @@ impl Setup {
         while done < blocks {
             let n = (blocks - done).min(64);
             self.fs
-                .write(ino, (done * BLOCK) as u64, &chunk[..n * BLOCK])?;
+                .write(None, ino, (done * BLOCK) as u64, &chunk[..n * BLOCK])?;
             done += n;
         }
         Ok(())
@@ -212,7 +213,7 @@ fn a_fence_found_by_a_forced_checkpoint_fences_the_node() {
     let a = s.create("a");
     s.fill(a, big, 0xaa).expect("fill a");
     s.fs.checkpoint().expect("checkpoint a onto the volume");
-    s.fs.unlink(ROOT, b"a", false).expect("unlink a");
+    s.fs.unlink(None, ROOT, b"a", false).expect("unlink a");
     // a's blocks are released only by the next checkpoint: b's writes need it.
     s.raise_epoch_on_the_volume();
     let b = s.create("b");
@@ -221,8 +222,16 @@ fn a_fence_found_by_a_forced_checkpoint_fences_the_node() {
         .expect_err("a write needing a checkpoint succeeded on a taken-over volume");
     assert_eq!(e, Errno::EROFS, "the write that found the fence");
     let later =
-        s.fs.mknod(ROOT_CALLER, ROOT, b"c", libc::S_IFREG | 0o644, 0, None)
-            .expect_err("a fenced node created a file");
+        s.fs.mknod(
+            None,
+            ROOT_CALLER,
+            ROOT,
+            b"c",
+            libc::S_IFREG | 0o644,
+            0,
+            None,
+        )
+        .expect_err("a fenced node created a file");
     assert_eq!(later, Errno::EROFS, "a change after the fence");
     assert!(
         matches!(s.fs.poison(), Some(Poison::Fenced { .. })),
@@ -243,12 +252,13 @@ fn a_fenced_nodes_fsync_fails() {
     let replica = Arc::new(FakeReplica::default());
     s.fs.attach_replica(replica.clone()).expect("attach");
     let f = s.create("f");
-    s.fs.write(f, 0, b"before the takeover").expect("write");
+    s.fs.write(None, f, 0, b"before the takeover")
+        .expect("write");
     s.fs.fsync().expect("fsync while protected");
     replica.fenced.store(true, Ordering::Release);
     assert_eq!(s.fs.fsync(), Err(Errno::EROFS), "fsync of a fenced node");
     assert_eq!(
-        s.fs.write(f, 0, b"after"),
+        s.fs.write(None, f, 0, b"after"),
         Err(Errno::EROFS),
         "a write after the fence"
     );
@@ -264,12 +274,13 @@ fn a_failed_hole_punch_leaves_the_file_unchanged() {
     let s = Setup::new(&["--size", "64M", "--ring", "8M", "--disks", "1"]);
     let f = s.create("f");
     let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i % 251) as u8 + 1).collect();
-    s.fs.write(f, 0, &data).expect("write");
+    s.fs.write(None, f, 0, &data).expect("write");
     // On the volume, and no longer cached: the punch must read the partial block there.
     s.fs.checkpoint().expect("checkpoint");
     s.faulty.fail_reads.store(true, Ordering::Release);
     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    let r = s.fs.fallocate(f, 0, (BLOCK + BLOCK / 2) as u64, punch);
+    let r =
+        s.fs.fallocate(None, f, 0, (BLOCK + BLOCK / 2) as u64, punch);
     assert_eq!(r, Err(Errno::EIO), "the punch whose edge block read fails");
     s.faulty.fail_reads.store(false, Ordering::Release);
     let back = s.fs.read(f, 0, data.len() as u32).expect("read back");

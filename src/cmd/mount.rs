@@ -566,7 +566,7 @@ fn run_daemon(
 fn serve(
     voldir: &Path,
     mnt: &Path,
-    parsed: Parsed,
+    mut parsed: Parsed,
     mirror: Option<crate::mirror::MirrorOptions>,
     takeover: bool,
     connection: Connection,
@@ -579,6 +579,15 @@ fn serve(
         } => VolumeLock::acquire_within(voldir, Duration::from_secs(5))?,
         _ => acquire_lock(voldir, takeover, mirror.as_ref())?,
     };
+    // A restart on a resumed connection answers resent requests from the log and keeps
+    // unlinked inodes the kernel may hold open.
+    parsed.fs.resumed_connection = matches!(
+        connection,
+        Connection::Handed {
+            resumed: Some(_),
+            ..
+        }
+    );
     let fs = Fs::open_volume(voldir, parsed.fs.clone(), &Progress::new, mirror, takeover)
         .map_err(open_error)?;
     let fs = Arc::new(fs);

@@ -5,6 +5,7 @@
 use super::direct;
 use super::ops::*;
 use super::read::Caller;
+use super::resend::Request;
 use super::types::*;
 use super::Fs;
 
@@ -12,6 +13,7 @@ impl Fs {
     /// create, mknod, mkdir, symlink: owner is the caller; group and setgid follow ext4.
     pub fn mknod(
         &self,
+        req: Option<Request>,
         caller: Caller,
         parent: Ino,
         name: &[u8],
@@ -27,6 +29,7 @@ impl Fs {
         };
         let now = Ts::now();
         self.execute(
+            req,
             |s| {
                 let p = s.get(parent)?;
                 if p.dir.is_none() {
@@ -62,17 +65,16 @@ impl Fs {
                     now,
                 }))
             },
-            |s, op| match op {
-                FsOp::Mknod(Mknod { ino, .. }) => Ok(s.get(*ino)?.attr()),
-                _ => unreachable!("built above"),
-            },
+            // The new inode's attributes (also when answering a resent request).
+            |s, ino| Ok(s.get(ino)?.attr()),
         )
     }
 
-    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+    pub fn link(&self, req: Option<Request>, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
         let (ino, parent) = (ino.0, parent.0);
         let now = Ts::now();
         self.execute(
+            req,
             |_| {
                 Ok(FsOp::Link(Link {
                     ino,
@@ -85,10 +87,17 @@ impl Fs {
         )
     }
 
-    pub fn unlink(&self, parent: Ino, name: &[u8], dir: bool) -> FsResult<()> {
+    pub fn unlink(
+        &self,
+        req: Option<Request>,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+    ) -> FsResult<()> {
         let parent = parent.0;
         let now = Ts::now();
         self.execute(
+            req,
             |_| {
                 Ok(FsOp::Unlink(Unlink {
                     parent,
@@ -103,6 +112,7 @@ impl Fs {
 
     pub fn rename(
         &self,
+        req: Option<Request>,
         parent: Ino,
         name: &[u8],
         new_parent: Ino,
@@ -112,6 +122,7 @@ impl Fs {
         let (parent, new_parent) = (parent.0, new_parent.0);
         let now = Ts::now();
         self.execute(
+            req,
             |_| {
                 Ok(FsOp::Rename(Rename {
                     parent,
@@ -129,6 +140,7 @@ impl Fs {
     #[allow(clippy::too_many_arguments)]
     pub fn setattr(
         &self,
+        req: Option<Request>,
         ino: Ino,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -140,6 +152,7 @@ impl Fs {
         let ino = ino.0;
         let now = Ts::now();
         self.execute(
+            req,
             |_| {
                 Ok(FsOp::SetAttr(SetAttr {
                     ino,
@@ -156,7 +169,7 @@ impl Fs {
         )
     }
 
-    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub fn write(&self, req: Option<Request>, ino: Ino, offset: u64, data: &[u8]) -> FsResult<u32> {
         let ino = ino.0;
         let now = Ts::now();
         let len = data.len() as u32;
@@ -169,11 +182,12 @@ impl Fs {
             })
         };
         if !(self.config.direct_writes && direct::eligible(offset, data.len() as u64)) {
-            return self.execute(|_| Ok(inline()), |_, _| Ok(len));
+            return self.execute(req, |_| Ok(inline()), |_, _| Ok(len));
         }
         let crc = crc32c::crc32c(data);
         let count = data.len() as u64 / BLOCK_BYTES;
         self.execute_with(
+            req,
             |core| {
                 // Fresh contiguous blocks, or the ordinary path when there is no such run.
                 Ok(match core.alloc.alloc_run(count) {
@@ -193,10 +207,18 @@ impl Fs {
         )
     }
 
-    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        req: Option<Request>,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> FsResult<()> {
         let ino = ino.0;
         let now = Ts::now();
         self.execute(
+            req,
             |_| {
                 Ok(FsOp::Fallocate(Fallocate {
                     ino,
@@ -210,10 +232,18 @@ impl Fs {
         )
     }
 
-    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(
+        &self,
+        req: Option<Request>,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
         let ino = ino.0;
         let now = Ts::now();
         self.execute(
+            req,
             |s| {
                 s.get(ino)?;
                 super::state::check_xattr_name(name)?;
@@ -229,10 +259,11 @@ impl Fs {
         )
     }
 
-    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+    pub fn removexattr(&self, req: Option<Request>, ino: Ino, name: &[u8]) -> FsResult<()> {
         let ino = ino.0;
         let now = Ts::now();
         self.execute(
+            req,
             |_| {
                 Ok(FsOp::RemoveXattr(RemoveXattr {
                     ino,
@@ -252,5 +283,10 @@ impl Fs {
     pub fn release(&self, ino: Ino) {
         let ino = ino.0;
         self.sh.lock().state.release(ino);
+    }
+
+    /// The kernel forgot `ino` (FUSE_FORGET): an unlinked inode kept for it goes.
+    pub fn forget(&self, ino: Ino) {
+        self.sh.lock().state.forget(ino.0);
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::error::{FsError, Poison};
 use super::meta::{self, MetaRecord, BLOB_DELTA, BLOB_SNAPSHOT};
 use super::replica::ReplicaError;
+use super::resend;
 use super::shared::{lock_ignoring_poison, Shared};
 use super::state::BlockJob;
 use super::superblock::{BlobRef, Superblock, MAX_BLOBS};
@@ -229,12 +230,15 @@ impl Checkpointer {
             crc,
         });
         let frees = core.state.take_pending_free();
+        // The ops this checkpoint covers may not be answered yet: their requests must be
+        // recognised after a restart although their ring entries are reclaimed.
+        let carried = resend::encode_carried(&lock_ignoring_poison(&sh.answers).carried());
         let begun = sh
             .log
             .try_append(
                 EntryState::Checkpoint(CheckpointState::Begun),
                 None,
-                &[&covers.to_le_bytes(), &generation.to_le_bytes()],
+                &[&covers.to_le_bytes(), &generation.to_le_bytes(), &carried],
                 0,
             )?
             .expect("the checkpoint reserve keeps room for its entries");

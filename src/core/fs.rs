@@ -11,8 +11,11 @@ use raid_sim::BlockVolume;
 
 use super::checkpoint::Checkpointer;
 use super::error::{FsError, Poison};
+use super::failpoint::Failpoint;
+use super::recovery::applied_requests;
 use super::recovery::{recover_on, RecoveryReport, ReplicaSource};
 use super::replica::{self, Replica, ReplicaError, ReplicaLink};
+use super::resend::AnswerTable;
 use super::shared::{lock_ignoring_poison, Core, OpCounters, Shared};
 use super::superblock::Superblock;
 use super::types::*;
@@ -30,6 +33,11 @@ pub struct FsConfig {
     pub sync_every_op: bool,
     /// Large block-aligned writes go straight to fresh volume blocks (see `direct`).
     pub direct_writes: bool,
+    /// This daemon serves a FUSE connection a dead daemon served (a restart under the
+    /// supervisor): resent requests are answered from the log, and unlinked inodes the
+    /// kernel may hold open are kept (see `resend`). False for a fresh mount, which
+    /// discards both.
+    pub resumed_connection: bool,
 }
 
 impl Default for FsConfig {
@@ -39,6 +47,7 @@ impl Default for FsConfig {
             checkpoint_fill_percent: 50,
             sync_every_op: false,
             direct_writes: true,
+            resumed_connection: false,
         }
     }
 }
@@ -57,6 +66,8 @@ pub struct Fs {
     /// made durable.
     pub(super) direct_landed: AtomicU64,
     direct_flushed: AtomicU64,
+    /// The test hook `SMLOGFS_FAILPOINT`, when set (see `failpoint`).
+    pub(super) failpoint: Option<Failpoint>,
 }
 
 impl Fs {
@@ -88,8 +99,25 @@ impl Fs {
             link,
             force: takeover,
         });
-        let r = recover_on(vol, voldir, progress, source)?;
+        let mut r = recover_on(vol, voldir, progress, source)?;
         let rebuilt = r.scan.is_none();
+        let resumed = config.resumed_connection;
+        let found = applied_requests(&r.plan);
+        // A fresh connection numbers its requests from the start: the ring must not keep
+        // uniques of the old one for a later restart to confuse with new requests.
+        let forget_requests = !resumed && !found.is_empty();
+        let answers = if resumed {
+            r.state.keep_orphans_until_forgotten();
+            log::info!(
+                "resumed FUSE connection: {} applied requests recognised if resent, {} unlinked inodes kept until the kernel forgets them",
+                found.len(),
+                r.state.orphan_count()
+            );
+            AnswerTable::inheriting(found)
+        } else {
+            r.report.orphans_purged = r.state.purge_orphans();
+            AnswerTable::default()
+        };
         let scan = match &r.scan {
             Some(scan) => scan.clone(),
             None => {
@@ -152,6 +180,7 @@ impl Fs {
                 reuse: RwLock::new(()),
                 replica: OnceLock::new(),
                 counters: OpCounters::default(),
+                answers: Mutex::new(answers),
             },
             ckpt: Checkpointer::new(),
             config,
@@ -161,9 +190,11 @@ impl Fs {
             fence_done: AtomicBool::new(false),
             direct_landed: AtomicU64::new(0),
             direct_flushed: AtomicU64::new(0),
+            failpoint: Failpoint::from_env(resumed),
         };
-        if rebuilt {
-            // Put what was recovered from the replica on the volume before serving.
+        if rebuilt || forget_requests {
+            // Put what was recovered from the replica on the volume before serving; on a
+            // fresh connection, also reclaim the ring entries naming the old one's requests.
             fs.checkpoint()?;
         }
         if let Some(link) = link {

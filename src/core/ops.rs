@@ -160,10 +160,69 @@ impl FsOp {
         bincode::serialize(self).expect("an FsOp always serialises")
     }
 
+    /// The op alone; a request trailer after it (see `encode_logged`) is ignored.
     pub fn decode(bytes: &[u8]) -> Result<FsOp, String> {
         bincode::deserialize(bytes).map_err(|e| e.to_string())
     }
+
+    /// The payload of the op's `Accepted` entry: the op, then, for an op made for a FUSE
+    /// request, the request trailer (`REQUEST_TRAILER_BYTES`: version 1, the kernel's
+    /// `unique` without the resend bit). Rings written before the trailer existed hold the
+    /// op alone, and `decode` of older versions ignores trailing bytes.
+    pub fn encode_logged(&self, request: Option<RequestId>) -> Vec<u8> {
+        let mut out = self.encode();
+        if let Some(id) = request {
+            out.push(REQUEST_TRAILER_V1);
+            out.extend_from_slice(&id.0.to_le_bytes());
+        }
+        out
+    }
+
+    /// An `Accepted` entry's payload: the op and the request it was made for, if logged.
+    pub fn decode_logged(bytes: &[u8]) -> Result<(FsOp, Option<RequestId>), String> {
+        let mut rest = bytes;
+        let op: FsOp = bincode::deserialize_from(&mut rest).map_err(|e| e.to_string())?;
+        let request = match rest {
+            [] => None,
+            [REQUEST_TRAILER_V1, unique @ ..] if unique.len() == 8 => Some(RequestId(
+                u64::from_le_bytes(unique.try_into().expect("8 bytes")),
+            )),
+            _ => {
+                return Err(format!(
+                    "{} bytes after the op are not a request trailer (version {REQUEST_TRAILER_V1}, 8-byte unique)",
+                    rest.len()
+                ))
+            }
+        };
+        Ok((op, request))
+    }
+
+    /// The inode an applied op created or changed: what its answer reads back besides the
+    /// request's own arguments (0 for ops whose answer names no inode).
+    pub fn outcome_ino(&self) -> u64 {
+        match self {
+            FsOp::Mknod(op) => op.ino,
+            FsOp::Link(op) => op.ino,
+            FsOp::SetAttr(op) => op.ino,
+            FsOp::Write(op) => op.ino,
+            FsOp::WriteDirect(op) => op.ino,
+            FsOp::Fallocate(op) => op.ino,
+            FsOp::SetXattr(op) => op.ino,
+            FsOp::RemoveXattr(op) => op.ino,
+            FsOp::Unlink(_) | FsOp::Rename(_) => 0,
+        }
+    }
 }
+
+/// The kernel's id of a FUSE request (`unique`), without the resend bit: the same for the
+/// first delivery and every resend of one request, never reused on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// Version byte of the request trailer of an `Accepted` payload.
+pub const REQUEST_TRAILER_V1: u8 = 1;
+/// Bytes the request trailer adds: its version, then the unique (u64 LE).
+pub const REQUEST_TRAILER_BYTES: usize = 1 + std::mem::size_of::<u64>();
 
 /// `FsOp::Write(Write { ino, offset, data, now })` encoded (exactly as `FsOp::encode` would)
 /// and appended to `out`, without first copying `data` into an `FsOp`: the self-contained
@@ -267,6 +326,40 @@ mod tests {
         want.extend(6u32.to_le_bytes());
         assert_eq!(direct.encode(), want);
         assert_eq!(FsOp::decode(&want).unwrap(), direct);
+        // An op without a request logs exactly its old bytes.
+        assert_eq!(direct.encode_logged(None), want);
+        assert_eq!(FsOp::decode_logged(&want).unwrap(), (direct, None));
+    }
+
+    /// The request trailer: version 1, then the unique, after the op's own bytes; readers
+    /// of the op alone (older versions, `decode`) skip it.
+    #[test]
+    fn request_trailer_golden_bytes() {
+        let op = FsOp::Unlink(Unlink {
+            parent: 1,
+            name: b"x".to_vec(),
+            dir: false,
+            now: Ts { sec: 5, nsec: 6 },
+        });
+        let logged = op.encode_logged(Some(RequestId(0x0102_0304_0506_0708)));
+        let plain = op.encode();
+        assert_eq!(logged.len(), plain.len() + REQUEST_TRAILER_BYTES);
+        assert_eq!(&logged[..plain.len()], &plain[..]);
+        assert_eq!(
+            &logged[plain.len()..],
+            &[1, 8, 7, 6, 5, 4, 3, 2, 1],
+            "version 1, unique little-endian"
+        );
+        assert_eq!(FsOp::decode(&logged).unwrap(), op);
+        assert_eq!(
+            FsOp::decode_logged(&logged).unwrap(),
+            (op.clone(), Some(RequestId(0x0102_0304_0506_0708)))
+        );
+        let mut bad = logged.clone();
+        bad[plain.len()] = 2;
+        let err = FsOp::decode_logged(&bad).unwrap_err();
+        assert!(err.contains("request trailer"), "{err}");
+        assert!(FsOp::decode_logged(&logged[..logged.len() - 1]).is_err());
     }
 }
 

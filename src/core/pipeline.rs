@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use super::direct;
 use super::error::{ApplyError, Poison};
+use super::failpoint::{self, Stage};
 use super::ops::FsOp;
 use super::replica::ReplicaError;
+use super::resend::{Applied, Request};
 use super::shared::{lock_ignoring_poison, Core};
 use super::state::FsState;
 use super::types::*;
@@ -18,8 +20,13 @@ use super::Fs;
 use crate::statelog::{EntryState, OpState, ENTRY_HEADER_BYTES, MAX_PAYLOAD_BYTES};
 
 /// Bytes kept free in the ring for the entries a checkpoint logs (Begun, Done), wrap
-/// filler included, so that a checkpoint can always start when the ring is full.
-pub(super) const CHECKPOINT_RESERVE_BYTES: u64 = 1024;
+/// filler included, so that a checkpoint can always start when the ring is full. `Begun`
+/// carries the list of unanswered requests (`resend::MAX_CARRIED_BYTES`).
+pub(super) const CHECKPOINT_RESERVE_BYTES: u64 = 4096;
+const _: () = assert!(
+    2 * (2 * ENTRY_HEADER_BYTES + 16 + super::resend::MAX_CARRIED_BYTES) as u64
+        <= CHECKPOINT_RESERVE_BYTES
+);
 /// Bytes an `Applied` entry needs (wrap filler included).
 const APPLIED_RESERVE_BYTES: u64 = 128;
 /// Checkpoints one op may force to find room for its blocks before it gives up (ENOSPC).
@@ -32,32 +39,67 @@ impl Fs {
     /// `execute_with` for an op built from the state alone.
     pub(super) fn execute<T>(
         &self,
+        req: Option<Request>,
         build: impl Fn(&FsState) -> FsResult<FsOp>,
-        answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
+        answer: impl FnOnce(&FsState, u64) -> FsResult<T>,
     ) -> FsResult<T> {
-        self.execute_with(|core| build(&core.state), None, answer)
+        self.execute_with(req, |core| build(&core.state), None, answer)
     }
 
     /// Runs one mutating op through its states: `build` makes it (under the core lock, with
     /// the allocator at hand for a direct write), it is logged `Accepted`, applied in
     /// memory, for a direct write `direct_data` lands in its volume blocks, it is logged
-    /// `Applied`, the replica acknowledges it, and `answer` makes the reply. Waits for a
-    /// checkpoint when the ring is full.
+    /// `Applied`, the replica acknowledges it, and `answer` makes the reply from the state
+    /// and the inode the op names (`FsOp::outcome_ino`). Waits for a checkpoint when the
+    /// ring is full.
+    ///
+    /// `req` is the FUSE request the op is made for: logged with the op, and, when the
+    /// kernel resends a request whose op a dead daemon already applied, the op is not
+    /// applied again: `answer` answers it from the current state (see `resend`).
     pub(super) fn execute_with<T>(
         &self,
+        req: Option<Request>,
         mut build: impl FnMut(&mut Core) -> FsResult<FsOp>,
         direct_data: Option<&[u8]>,
-        answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
+        answer: impl FnOnce(&FsState, u64) -> FsResult<T>,
     ) -> FsResult<T> {
         let sh = &self.sh;
         let mut checkpoints_forced = 0;
+        if let Some(req) = req.filter(|r| r.resent) {
+            let core = sh.lock();
+            if let Some(poison) = &core.poison {
+                return Err(poison.errno());
+            }
+            let done = lock_ignoring_poison(&sh.answers).resent(req.id);
+            match done {
+                Some(applied) => {
+                    sh.counters.resent_answered.fetch_add(1, Ordering::Relaxed);
+                    let result = answer(&core.state, applied.ino);
+                    drop(core);
+                    log::info!(
+                        "resent request {} answered from the log (op {} applied before the restart)",
+                        req.id.0,
+                        applied.seq
+                    );
+                    self.await_replica_of_everything()?;
+                    return result;
+                }
+                None => {
+                    sh.counters.resent_executed.fetch_add(1, Ordering::Relaxed);
+                    log::info!(
+                        "resent request {} executed (its op was never applied)",
+                        req.id.0
+                    );
+                }
+            }
+        }
         loop {
             let mut core = sh.lock();
             if let Some(poison) = &core.poison {
                 return Err(poison.errno());
             }
             let op = build(&mut core)?;
-            let payload = op.encode();
+            let payload = op.encode_logged(req.map(|r| r.id));
             // The replica gets a direct write with its data: it cannot read our volume. The
             // data goes to the append hook as side bytes (see `replica::forward`).
             let side_data = match (&op, direct_data, sh.replica.get()) {
@@ -106,6 +148,7 @@ impl Fs {
                 continue;
             };
             sh.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            self.failpoint_at(Stage::BeforeApply, &op);
             if let Err(e) = core.state.apply(&op) {
                 // Accepted but never Applied: recovery discards it, like the caller did.
                 sh.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -169,9 +212,32 @@ impl Fs {
                 );
             };
             sh.counters.applied.fetch_add(1, Ordering::Relaxed);
-            let result = answer(&core.state, &op);
+            if let Some(req) = req {
+                // Until the adapter reports the reply sent: a checkpoint carries it.
+                lock_ignoring_poison(&sh.answers).applied(
+                    req.id,
+                    Applied {
+                        seq: accepted.seq.0,
+                        ino: op.outcome_ino(),
+                    },
+                );
+            }
+            self.failpoint_at(Stage::AfterApply, &op);
+            let result = answer(&core.state, op.outcome_ino());
             let fill = sh.fill_percent();
             drop(core);
+            if self
+                .failpoint
+                .as_ref()
+                .is_some_and(|f| f.hit(Stage::AfterCheckpoint, op.kind_name()))
+            {
+                let _ = self.checkpoint();
+                failpoint::kill_self(&format!(
+                    "after a checkpoint covered op {} ({})",
+                    accepted.seq,
+                    op.kind_name()
+                ));
+            }
             if let Some(replica) = sh.replica.get() {
                 let waiting = &sh.counters.awaiting_mirror;
                 lock_ignoring_poison(waiting).insert(applied.seq.0);
@@ -189,6 +255,36 @@ impl Fs {
             }
             return result;
         }
+    }
+
+    /// The failpoint hook (`failpoint`): kills the process here when it names this stage
+    /// of this op.
+    fn failpoint_at(&self, stage: Stage, op: &FsOp) {
+        if let Some(f) = &self.failpoint {
+            if f.hit(stage, op.kind_name()) {
+                failpoint::kill_self(&format!("at {stage:?} of a {}", op.kind_name()));
+            }
+        }
+    }
+
+    /// A resent request answered from the log was applied by a dead daemon; with a
+    /// synchronous replica it is answered once the replica holds everything logged (the
+    /// entries the restart resent to it included).
+    fn await_replica_of_everything(&self) -> FsResult<()> {
+        let Some(replica) = self.sh.replica.get() else {
+            return Ok(());
+        };
+        let last = self.sh.log.stats().next_seq.saturating_sub(1);
+        if last == 0 {
+            return Ok(());
+        }
+        replica.wait(Seq(last)).map_err(|e| self.replica_failed(e))
+    }
+
+    /// The adapter sent the reply to request `id`: its op no longer needs to be carried
+    /// across a checkpoint.
+    pub fn replied(&self, id: super::ops::RequestId) {
+        lock_ignoring_poison(&self.sh.answers).replied(id);
     }
 
     /// The one place that decides what a replica failure means: a fence stops all writes

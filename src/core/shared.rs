@@ -11,6 +11,7 @@ use raid_sim::BlockVolume;
 use super::alloc::Allocator;
 use super::error::Poison;
 use super::replica::Replica;
+use super::resend::AnswerTable;
 use super::state::FsState;
 use super::superblock::Superblock;
 use crate::statelog::StateLog;
@@ -52,6 +53,9 @@ pub(super) struct Shared {
     pub reuse: RwLock<()>,
     pub replica: OnceLock<Arc<dyn Replica>>,
     pub counters: OpCounters,
+    /// Applied ops whose reply may not have reached the kernel (see `resend`). Taken after
+    /// the core lock when both are held.
+    pub answers: Mutex<AnswerTable>,
 }
 
 impl Shared {
@@ -80,6 +84,10 @@ pub(super) struct OpCounters {
     /// acknowledged seq are *Mirrored*, the others still *Accepted* as far as the caller
     /// knows. Bounded by the number of FUSE worker threads.
     pub awaiting_mirror: Mutex<std::collections::BTreeSet<u64>>,
+    /// Resent requests answered from the log (their op was applied before the restart),
+    /// and resent requests executed (their op was never applied).
+    pub resent_answered: AtomicU64,
+    pub resent_executed: AtomicU64,
 }
 
 /// Locks `m`; a panic elsewhere while it was held is not a reason to stop serving, so the

@@ -33,6 +33,11 @@ pub struct FsStatus {
     pub dirty_blocks: u64,
     /// None without a mirror.
     pub mirror: Option<ReplicaInfo>,
+    /// Since this daemon started: requests the kernel sent again after a daemon restart
+    /// that were answered from the log (their op was applied before the restart), and
+    /// those executed (their op had not been applied).
+    pub resent_answered: u64,
+    pub resent_executed: u64,
 }
 
 impl Fs {
@@ -78,6 +83,8 @@ impl Fs {
             inodes: core.state.inode_count() as u64,
             dirty_blocks: core.state.dirty_block_count() as u64,
             mirror: sh.replica.get().map(|r| r.info()),
+            resent_answered: counters.resent_answered.load(Ordering::Relaxed),
+            resent_executed: counters.resent_executed.load(Ordering::Relaxed),
         }
     }
 }

@@ -20,8 +20,12 @@ use std::time::Instant;
 
 use raid_sim::BlockVolume;
 
+use std::collections::HashMap;
+
 use super::alloc::Allocator;
 use super::meta;
+use super::ops::{FsOp, RequestId};
+use super::resend::{self, Applied};
 use super::state::FsState;
 use super::superblock::Superblock;
 use super::FsError;
@@ -63,18 +67,54 @@ pub struct Recovered {
     pub from_mirror: usize,
 }
 
-/// Loads the last checkpoint of `voldir` and replays the ring after it, in memory. Writes
-/// nothing (fsck and inspect use it as is; mount continues from it).
+/// Loads the last checkpoint of `voldir` and replays the ring after it, in memory, and
+/// purges the unlinked inodes nothing holds open. Writes nothing (fsck and inspect use it
+/// as is).
 pub fn recover(
     voldir: &Path,
     progress: &dyn Fn(&str, u64) -> Progress,
     replica: Option<ReplicaSource<'_>>,
 ) -> Result<Recovered, FsError> {
     let vol: Arc<dyn BlockVolume> = Arc::from(raid_sim::open_volume(voldir)?);
-    recover_on(vol, voldir, progress, replica)
+    let mut r = recover_on(vol, voldir, progress, replica)?;
+    r.report.orphans_purged = r.state.purge_orphans();
+    Ok(r)
 }
 
-/// `recover` on a volume already open (tests hand in a fault-injecting one).
+/// The requests whose ops the ring shows applied, and those the checkpoints found in it
+/// carried (applied before them, maybe never answered): what a daemon restarted on the
+/// same FUSE connection answers resent requests from. Entries that do not decode are
+/// skipped (replay reports a bad op; a carried list only saves a re-execution).
+pub fn applied_requests(plan: &[OpSummary]) -> HashMap<RequestId, Applied> {
+    let mut found = HashMap::new();
+    for op in plan {
+        match op.last {
+            LastState::Op(OpState::Applied) | LastState::Op(OpState::Committed) => {
+                if let Ok((fsop, Some(id))) = FsOp::decode_logged(&op.payload) {
+                    found.insert(
+                        id,
+                        Applied {
+                            seq: op.op_id,
+                            ino: fsop.outcome_ino(),
+                        },
+                    );
+                }
+            }
+            LastState::Op(_) => {}
+            LastState::Checkpoint(_) => {
+                match resend::decode_carried(op.payload.get(16..).unwrap_or(&[])) {
+                    Ok(list) => found.extend(list),
+                    Err(e) => log::warn!("checkpoint entry {}: {e}; ignored", op.op_id),
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `recover` on a volume already open (tests hand in a fault-injecting one), keeping the
+/// unlinked inodes: the caller purges them (`FsState::purge_orphans`) unless the kernel may
+/// still hold them open (a daemon restarted on the same FUSE connection).
 pub fn recover_on(
     vol: Arc<dyn BlockVolume>,
     voldir: &Path,
@@ -135,7 +175,6 @@ pub fn recover_on(
         progress,
         &ring_path,
     )?;
-    report.orphans_purged = state.purge_orphans();
     report.elapsed_ms = started.elapsed().as_millis();
     let next_seq = gathered
         .entries

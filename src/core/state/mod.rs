@@ -47,6 +47,14 @@ pub struct FsState {
     /// During replay unlinked inodes are kept as orphans (a later logged op may still
     /// write to an open-but-unlinked file) and purged at the end.
     replaying: bool,
+    /// On a connection resumed after a daemon restart, the kernel may hold open files of
+    /// inodes that existed before it, which this daemon never counted: inodes numbered
+    /// below this keep their last link's removal as an orphan until the kernel forgets
+    /// them (`forget`). 0 on a fresh mount: every open is counted.
+    counts_unknown_below: u64,
+    /// Orphans of uncounted inodes the kernel forgot while this daemon counted opens of
+    /// them: purged at the last release.
+    forgotten: FastSet<u64>,
     /// Blocks the volume can hold for file data, and blocks counted against it.
     capacity_blocks: u64,
     pub(in crate::core) used_blocks: u64,
@@ -62,6 +70,8 @@ impl FsState {
             dirty: Dirty::default(),
             pending_free: Vec::new(),
             replaying: false,
+            counts_unknown_below: 0,
+            forgotten: FastSet::default(),
             capacity_blocks,
             used_blocks: 0,
             vol,
@@ -148,10 +158,52 @@ impl FsState {
     pub fn release(&mut self, ino: u64) {
         if let Some(n) = self.inodes.get_mut(&ino) {
             n.open_count = n.open_count.saturating_sub(1);
-            if n.open_count == 0 && n.rec.nlink == 0 && !self.replaying {
+            if self.may_purge(ino) {
                 self.purge(ino);
             }
         }
+    }
+
+    /// True when `ino` is unlinked and nothing can reach it any more: no counted open
+    /// handle, and its opens are counted (or the kernel forgot it).
+    pub(super) fn may_purge(&self, ino: u64) -> bool {
+        let Some(n) = self.inodes.get(&ino) else {
+            return false;
+        };
+        n.rec.nlink == 0
+            && n.open_count == 0
+            && !self.replaying
+            && ino != ROOT_INO
+            && (ino >= self.counts_unknown_below || self.forgotten.contains(&ino))
+    }
+
+    /// The kernel dropped every reference to `ino` (FUSE_FORGET): an unlinked inode that no
+    /// handle counted here holds open is purged. Harmless for any other inode, and for
+    /// lookups this daemon never counted (it counts none).
+    pub fn forget(&mut self, ino: u64) {
+        if self.inodes.get(&ino).is_some_and(|n| n.rec.nlink == 0) {
+            if ino < self.counts_unknown_below {
+                self.forgotten.insert(ino);
+            }
+            if self.may_purge(ino) {
+                self.purge(ino);
+            }
+        }
+    }
+
+    /// On a connection resumed after a restart: the opens of every inode that exists now
+    /// are unknown (the kernel may hold files of the dead daemon open), so orphans are kept
+    /// and unlinking a last link keeps the inode until the kernel forgets it.
+    pub fn keep_orphans_until_forgotten(&mut self) {
+        self.counts_unknown_below = self.next_ino;
+    }
+
+    /// Unlinked inodes kept because the kernel may hold them (for status and tests).
+    pub fn orphan_count(&self) -> usize {
+        self.inodes
+            .values()
+            .filter(|n| n.rec.nlink == 0 && n.rec.ino != ROOT_INO)
+            .count()
     }
 
     /// Deletes an inode and releases its blocks (at the next checkpoint).

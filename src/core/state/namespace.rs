@@ -241,7 +241,6 @@ impl FsState {
 
     /// Removes one link of `ino`; purges it when none is left and nothing holds it open.
     fn drop_link(&mut self, ino: u64, now: Ts) {
-        let replaying = self.replaying;
         let Some(node) = self.inodes.get_mut(&ino) else {
             return;
         };
@@ -252,7 +251,7 @@ impl FsState {
         }
         node.rec.ctime = now;
         self.dirty.inodes.insert(ino);
-        if node.rec.nlink == 0 && node.open_count == 0 && !replaying {
+        if self.may_purge(ino) {
             self.purge(ino);
         }
     }
