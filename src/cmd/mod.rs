@@ -381,26 +381,35 @@ pub fn served_error(voldir: &std::path::Path, owners: &Owners) -> CliError {
     )
 }
 
-/// Before a mount: refuses a volume a live daemon or supervisor serves; waits (up to
+/// Before a mount: refuses a volume a live daemon serves; waits (up to
 /// [`KILLED_EXIT_WAIT`], saying so once) while killed ones are still exiting, since their
-/// last thread lets go of the volume lock only as it goes.
+/// last thread lets go of the volume lock only as it goes, and while a supervisor has no
+/// live daemon (it exits after an unmount, or starts a daemon: then the mount is refused).
 pub fn wait_for_killed_owners(voldir: &std::path::Path) -> Result<(), CliError> {
     let deadline = std::time::Instant::now() + KILLED_EXIT_WAIT;
     let mut said = false;
     loop {
         let owners = Owners::read(voldir);
-        if owners.any_live() {
+        let daemon_live = owners.daemon.is_some_and(|(_, s)| s == ProcessState::Live);
+        let late = std::time::Instant::now() >= deadline;
+        if daemon_live || (late && owners.any_live()) {
             return Err(served_error(voldir, &owners));
         }
-        let Some(exiting) = owners.describe_exiting() else {
+        // A supervisor without a live daemon follows an unmounted daemon out, or is starting
+        // the next one: either is a matter of moments.
+        let settling = owners
+            .supervisor
+            .filter(|(_, s)| *s == ProcessState::Live)
+            .map(|(pid, _)| format!("supervisor pid {pid} (no daemon serves)"));
+        let Some(exiting) = owners.describe_exiting().or(settling) else {
             return Ok(());
         };
-        if std::time::Instant::now() >= deadline {
+        if late {
             return Err(CliError::new(
                 exit::BUSY,
                 format!(
-                    "{exiting} of volume {} was killed but has not exited within {} s (a \
-                     thread stuck in the kernel? see /proc/PID/stack); mount again once it is gone",
+                    "{exiting} of volume {} has not exited within {} s (a thread stuck in \
+                     the kernel? see /proc/PID/stack); mount again once it is gone",
                     voldir.display(),
                     KILLED_EXIT_WAIT.as_secs()
                 ),
@@ -408,8 +417,8 @@ pub fn wait_for_killed_owners(voldir: &std::path::Path) -> Result<(), CliError> 
         }
         if !said {
             log::warn!(
-                "{exiting} of volume {} was killed and is still exiting; waiting up to {} s \
-                 for it to let go of the volume",
+                "{exiting} of volume {} is still exiting (killed, or ending after an \
+                 unmount); waiting up to {} s for it to let go of the volume",
                 voldir.display(),
                 KILLED_EXIT_WAIT.as_secs()
             );
