@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The smlogfs demo on the default volume (RAID-5 over 4 backing files): mkfs, a mirror agent
-# (on loopback here; another host in production), mount mirroring to it, write, kill -9 the
-# daemon, show the dead mount, remount, verify every file by checksum; then kill -9 again,
-# delete the local ring, and recover from the agent's copy. No arguments; cleans up after
-# itself.
+# (on loopback here; another host in production), mount mirroring to it, write; kill -9 the
+# serving daemon while a writer runs (a pause: its supervisor starts a new one, the writer
+# finishes without an error); `smlogfs restart` (a planned hand-over); then kill -9 the
+# supervisor and the daemon (the crash), show the dead mount, remount, verify every file by
+# checksum; kill both again, delete the local ring, and recover from the agent's copy. No
+# arguments; cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +58,28 @@ ln -s docs/hello.txt "$mnt/symlink.txt"
 setfattr -n user.owner -v demo "$mnt/docs/hello.txt" 2>/dev/null || true
 mv "$mnt/docs/deep/numbers.txt" "$mnt/docs/numbers.txt"
 (cd "$mnt" && find . -type f | sort | xargs md5sum) | tee "$work/before.md5"
+
+say "a writer runs while the serving daemon is killed twice: a pause for it, not an error"
+(set -e; for i in $(seq 1 300); do
+  printf 'line %s\n' "$i" >> "$mnt/docs/journal.txt"; echo "$i" > "$mnt/docs/counter"; sync "$mnt/docs/counter"
+done) &
+writer=$!
+for _ in 1 2; do
+  sleep 0.3
+  pid=$(head -1 "$vol/daemon.pid")
+  echo "kill -9 $pid (daemon; supervisor $(cat "$vol/supervisor.pid") stays)"
+  kill -9 "$pid"; wait_pid_gone "$pid" 30
+  while [ "$(head -1 "$vol/daemon.pid")" = "$pid" ]; do sleep 0.02; done
+  echo "new daemon pid $(head -1 "$vol/daemon.pid") serves"
+done
+wait "$writer" && echo "the writer finished without an error: $(wc -l <"$mnt/docs/journal.txt") lines, counter $(cat "$mnt/docs/counter")"
+[ "$(wc -l <"$mnt/docs/journal.txt")" -eq 300 ] && [ "$(cat "$mnt/docs/counter")" = 300 ]
+grep -E "died \(signal 9" "$vol/daemon.log" | tail -2 | sed 's/^\[[^]]*\] //'
+
+say "smlogfs restart $mnt: a planned hand-over to a new daemon (e.g. after an upgrade)"
+"$S" restart "$mnt"
+"$S" status "$mnt" | grep -A1 '^restarts'
+(cd "$mnt" && find . -type f | sort | xargs md5sum) > "$work/before.md5"
 
 say "kill -9 of the daemon ($(head -1 "$vol/daemon.pid")) and its mount supervisor ($(cat "$vol/supervisor.pid")): a crash, no unmount, no flush"
 crash_volume "$vol"

@@ -7,8 +7,15 @@
 //! ```text
 //! → {"request":"status"}
 //! ← {"ok":true,"status":{ …the document `smlogfs status --json` prints… }}
-//! ← {"ok":false,"error":"unknown request \"x\" (known: status)"}
+//! ← {"ok":false,"error":"unknown request \"x\" (known: status, restart)"}
+//! → {"request":"restart"}
+//! ← {"ok":true,"restart":{"daemon_pid":4242,"checkpoint":"covers seq 918"}}
 //! ```
+//!
+//! `restart` is a planned hand-over to a new daemon (`smlogfs restart`): the daemon answers,
+//! then exits with `supervisor::RESTART_EXIT_CODE` and its supervisor starts a successor on
+//! the same FUSE connection. Only a supervised daemon accepts it (an unsupervised one would
+//! end its mount), and not a fenced one (the successor could not mount).
 //!
 //! The status document is described in docs/operations.md ("status --json"); its fields
 //! only ever get added, never renamed (`schema` is bumped if one has to change meaning).
@@ -23,6 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::core::Fs;
+use crate::supervisor;
 
 /// The socket's name inside the volume directory.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -102,16 +110,64 @@ fn answer(stream: UnixStream, fs: &Fs, mountpoint: &Path) -> std::io::Result<()>
     stream.set_write_timeout(Some(SERVER_IO_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
+    let mut hand_over = false;
     let response = match parse_request(&line) {
         Ok(name) if name == "status" => json!({"ok": true, "status": live_status(fs, mountpoint)}),
-        Ok(name) => {
-            json!({"ok": false, "error": format!("unknown request {name:?} (known: status)")})
-        }
+        Ok(name) if name == "restart" => match prepare_restart(fs) {
+            Ok(done) => {
+                hand_over = true;
+                json!({"ok": true, "restart": done})
+            }
+            Err(e) => json!({"ok": false, "error": e}),
+        },
+        Ok(name) => json!({
+            "ok": false,
+            "error": format!("unknown request {name:?} (known: status, restart)")
+        }),
         Err(e) => json!({"ok": false, "error": e}),
     };
     let mut out = serde_json::to_string(&response).expect("a JSON value serializes");
     out.push('\n');
-    (&stream).write_all(out.as_bytes())
+    let sent = (&stream).write_all(out.as_bytes());
+    if hand_over {
+        log::info!(
+            "planned restart: daemon pid {} exits for its successor",
+            std::process::id()
+        );
+        // Whatever the serving threads hold unanswered now the kernel resends to the
+        // successor; the ring is a shared mapping, so exiting loses nothing of it.
+        std::process::exit(supervisor::RESTART_EXIT_CODE);
+    }
+    sent
+}
+
+/// Readies a planned restart: refuses one that would end the mount, else checkpoints (so
+/// that the successor replays next to nothing). Ok: what the client is told.
+fn prepare_restart(fs: &Fs) -> Result<Value, String> {
+    if std::env::var_os(supervisor::FDS_ENV).is_none() {
+        return Err(
+            "this daemon is not supervised (mounted with -f, or a kernel without \
+                    FUSE_NOTIFY_RESEND): a restart would end the mount; unmount and mount \
+                    again instead"
+                .into(),
+        );
+    }
+    if let Some(p) = fs.poison().filter(|p| p.is_fenced()) {
+        return Err(format!(
+            "the volume was taken over ({p}): a new daemon could not mount it; unmount instead"
+        ));
+    }
+    // No background checkpoint in the way, and none started after ours.
+    fs.stop_checkpointer();
+    let checkpoint = match fs.checkpoint() {
+        Ok(_) => format!("covers seq {}", fs.superblock().covers_seq),
+        // A poisoned volume is what a restart is for: the successor recovers from the ring.
+        Err(e) => {
+            log::warn!("planned restart: checkpoint failed ({e}); the successor replays the ring");
+            format!("failed ({e}); the new daemon replays the ring")
+        }
+    };
+    Ok(json!({"daemon_pid": std::process::id(), "checkpoint": checkpoint}))
 }
 
 /// `{"request":"NAME"}` or a bare `NAME`.
@@ -137,12 +193,43 @@ pub fn live_status(fs: &Fs, mountpoint: &Path) -> Value {
     doc.insert("mountpoint".into(), json!(mountpoint.display().to_string()));
     doc.insert("daemon_pid".into(), json!(std::process::id()));
     doc.insert("mirror".into(), Value::Null);
+    // Null unless the core counts them (it replaces these below when it does).
+    doc.insert("resent_answered".into(), Value::Null);
+    doc.insert("resent_executed".into(), Value::Null);
+    doc.extend(restart_fields(fs.voldir()));
     if let Ok(Value::Object(fields)) = serde_json::to_value(fs.status()) {
         // The core's own fields win: a `mirror` object there replaces the null above.
         doc.extend(fields);
     }
     doc.insert("raid".into(), raid_status(fs.voldir()));
     Value::Object(doc)
+}
+
+/// The supervisor's figures (VOLDIR/supervisor.state): its pid while it runs, restarts of the
+/// daemon since the mount, the last one's cause and pause. Null when the volume was never
+/// mounted supervised.
+pub fn restart_fields(voldir: &Path) -> Map<String, Value> {
+    let state = supervisor::State::read(voldir);
+    let s = state.as_ref();
+    let running = s
+        .map(|s| s.supervisor_pid)
+        .filter(|&pid| crate::cmd::process_alive(pid));
+    let mut doc = Map::new();
+    doc.insert("supervisor_pid".into(), json!(running));
+    doc.insert("restarts".into(), json!(s.map(|s| s.restarts)));
+    doc.insert(
+        "planned_restarts".into(),
+        json!(s.map(|s| s.planned_restarts)),
+    );
+    doc.insert(
+        "last_restart_cause".into(),
+        json!(s.and_then(|s| s.last_restart_cause.clone())),
+    );
+    doc.insert(
+        "last_restart_pause_ms".into(),
+        json!(s.and_then(|s| s.last_pause_ms)),
+    );
+    doc
 }
 
 /// The fields every status document starts with.

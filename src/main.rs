@@ -1,4 +1,4 @@
-//! The `smlogfs` command: mkfs, mount, umount, status, fsck, inspect.
+//! The `smlogfs` command: mkfs, mount, umount, restart, status, fsck, inspect.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +82,8 @@ enum Command {
     Giveback { mountpoint: PathBuf },
     /// Unmount cleanly (final checkpoint) and wait for the daemon to exit.
     Umount { mountpoint: PathBuf },
+    /// Hand a mount to a new daemon (e.g. an upgraded binary): checkpoint, hand over, serve on.
+    Restart { mountpoint: PathBuf },
     /// Check a volume offline: exit 0 clean, 1 problems found, 2 unreadable.
     Fsck { voldir: PathBuf },
     /// Print the state log ring in words and what recovery would do.
@@ -187,6 +189,21 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Umount { mountpoint } => {
             cmd::mount::umount(&mountpoint)?;
+            Ok(exit::OK)
+        }
+        Command::Restart { mountpoint } => {
+            let r = cmd::restart::restart(&mountpoint)?;
+            let pause = r
+                .pause_ms
+                .map_or_else(|| "-".to_string(), |ms| ms.to_string());
+            println!(
+                "restarted {}: daemon pid {} -> {} (restart {}; checkpoint {}); requests waited {pause} ms",
+                mountpoint.display(),
+                r.old_pid,
+                r.new_pid,
+                r.restarts,
+                r.checkpoint
+            );
             Ok(exit::OK)
         }
         Command::Fsck { voldir } => Ok(cmd::fsck::fsck(&voldir)),

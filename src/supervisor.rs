@@ -17,6 +17,11 @@
 //! Daemon → supervisor, one line each on the daemon's stdout: `init RECORD` (what the kernel
 //! offered at FUSE_INIT, passed to later daemons in [`INIT_ENV`]), `ready`, `error MESSAGE`.
 //!
+//! A planned hand-over (`smlogfs restart`, `crate::cmd::restart`): the daemon checkpoints and
+//! exits with [`RESTART_EXIT_CODE`]; the supervisor starts the binary found at the path it was
+//! itself started from (an upgrade installed there meanwhile is what runs) on the same
+//! descriptors. Requests that arrive meanwhile wait in the kernel.
+//!
 //! The supervisor's own death is the crash of old: the connection dies with the last
 //! descriptor, and `smlogfs mount` cleans the dead mount up and recovers.
 
@@ -44,6 +49,11 @@ const MAX_FAILED_STARTS: u32 = 5;
 const FAILED_START_BACKOFF: Duration = Duration::from_millis(500);
 /// The first kernel with `FUSE_NOTIFY_RESEND`.
 const RESEND_KERNEL: (u32, u32) = (6, 9);
+/// A daemon's exit code that asks its supervisor for a successor at once (a planned restart).
+/// EX_TEMPFAIL of sysexits.h ("try again"); no `crate::cmd::exit` code uses it.
+pub const RESTART_EXIT_CODE: i32 = 75;
+/// How `State::last_restart_cause` names a planned restart.
+pub const PLANNED_CAUSE: &str = "planned (smlogfs restart)";
 
 /// What the supervisor needs to mount and to start daemons.
 pub struct Plan {
@@ -83,9 +93,15 @@ pub fn resend_supported() -> Result<(), String> {
 pub struct State {
     pub supervisor_pid: u32,
     pub daemon_pid: Option<u32>,
+    /// Daemons started after the first, for any cause (planned ones included).
     pub restarts: u64,
+    /// Of `restarts`, those asked for with `smlogfs restart`.
+    #[serde(default)]
+    pub planned_restarts: u64,
     pub last_restart_cause: Option<String>,
-    /// From the old daemon's death to the new one serving.
+    /// From the old daemon's end (death or planned exit) to the new one reporting ready:
+    /// recovered, the kernel asked to resend what the old one left unanswered, reading
+    /// requests. The first answer follows within one request's own time.
     pub last_pause_ms: Option<u64>,
 }
 
@@ -186,7 +202,8 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
     };
     // Written once a daemon serves: a mount refused before that leaves VOLDIR unchanged.
 
-    let run = start_daemon(plan, &fds, None, None, &mut state, report)?;
+    let exe = daemon_binary()?;
+    let run = start_daemon(plan, &exe, &fds, None, None, &mut state, report)?;
     let Some(_) = run.ready_at else {
         // Never served: leave nothing mounted, as an unsupervised mount that failed would.
         drop(fds);
@@ -233,6 +250,7 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
             );
             return Ok(());
         }
+        let planned = last.status.code() == Some(RESTART_EXIT_CODE) && last.ready_at.is_some();
         if last.ready_at.is_none() {
             failed_starts += 1;
             if failed_starts >= MAX_FAILED_STARTS {
@@ -253,33 +271,66 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
         } else {
             failed_starts = 0;
         }
-        let why = cause(last.status);
         state.restarts += 1;
-        state.last_restart_cause = Some(why.clone());
-        log::warn!(
-            "daemon pid {} died ({why}); starting a new daemon on the same FUSE connection \
-             (restart {})",
-            last.pid,
-            state.restarts
-        );
+        if planned {
+            state.planned_restarts += 1;
+            state.last_restart_cause = Some(PLANNED_CAUSE.to_string());
+            log::info!(
+                "daemon pid {} handed over ({PLANNED_CAUSE}); starting {} on the same FUSE \
+                 connection (restart {})",
+                last.pid,
+                exe.display(),
+                state.restarts
+            );
+        } else {
+            let why = cause(last.status);
+            state.last_restart_cause = Some(why.clone());
+            log::warn!(
+                "daemon pid {} died ({why}); starting a new daemon on the same FUSE connection \
+                 (restart {})",
+                last.pid,
+                state.restarts
+            );
+        }
         let died_at = last.ended_at;
-        last = start_daemon(plan, &fds, Some(&init), Some(died_at), &mut state, report)?;
+        last = start_daemon(
+            plan,
+            &exe,
+            &fds,
+            Some(&init),
+            Some(died_at),
+            &mut state,
+            report,
+        )?;
     }
 }
 
-/// Starts a daemon on copies of `fds` and follows it until it exits. Reports `ready` to the
-/// parent for the first one; records the pause since `died_at` (the death of the one before)
-/// of a restarted one in `state`.
+/// The path the supervisor was started from, to start every daemon from: an upgrade that
+/// replaced the file there is what a restart runs.
+fn daemon_binary() -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(exit::DAEMON, format!("cannot find own binary: {e}")))?;
+    // Linux names a binary removed since it started "PATH (deleted)": the path is the one.
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
+/// Starts a daemon from `exe` (else from the supervisor's own image, should `exe` be gone)
+/// on copies of `fds` and follows it until it exits. Reports `ready` to the parent for the
+/// first one; records the pause since `died_at` (the end of the one before) of a restarted
+/// one in `state`.
 fn start_daemon(
     plan: &Plan,
+    exe: &Path,
     fds: &[OwnedFd],
     init: Option<&str>,
     died_at: Option<Instant>,
     state: &mut State,
     report: &dyn Fn(&str),
 ) -> Result<Run, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::new(exit::DAEMON, format!("cannot find own binary: {e}")))?;
     // Copies without close-on-exec: the daemon inherits exactly these. The supervisor is
     // single-threaded, so no other child can inherit them meanwhile.
     let copies: Vec<OwnedFd> = fds
@@ -293,22 +344,32 @@ fn start_daemon(
             )
         })?;
     let numbers: Vec<String> = copies.iter().map(|f| f.as_raw_fd().to_string()).collect();
-    let mut cmd = Command::new(exe);
-    cmd.args(if init.is_some() {
-        &plan.restart_args
-    } else {
-        &plan.first_args
-    })
-    .env_remove(SUPERVISE_ENV)
-    .env(FDS_ENV, numbers.join(","))
-    .env(plan.ready_env, "1")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped());
-    match init {
-        Some(i) => cmd.env(INIT_ENV, i),
-        None => cmd.env_remove(INIT_ENV),
+    let command = |exe: &Path| {
+        let mut cmd = Command::new(exe);
+        cmd.args(if init.is_some() {
+            &plan.restart_args
+        } else {
+            &plan.first_args
+        })
+        .env_remove(SUPERVISE_ENV)
+        .env(FDS_ENV, numbers.join(","))
+        .env(plan.ready_env, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+        match init {
+            Some(i) => cmd.env(INIT_ENV, i),
+            None => cmd.env_remove(INIT_ENV),
+        };
+        cmd
     };
-    let spawned = cmd.spawn();
+    let spawned = command(exe).spawn().or_else(|e| {
+        // Removed and not replaced: the supervisor's own image still runs the mount.
+        log::error!(
+            "cannot start {} ({e}); starting the supervisor's own binary instead",
+            exe.display()
+        );
+        command(Path::new("/proc/self/exe")).spawn()
+    });
     drop(copies);
     let mut child = spawned
         .map_err(|e| CliError::new(exit::DAEMON, format!("cannot start the daemon: {e}")))?;

@@ -6,6 +6,7 @@ pub mod fsck;
 pub mod inspect;
 pub mod mkfs;
 pub mod mount;
+pub mod restart;
 pub mod status;
 
 use std::fmt;
@@ -243,6 +244,190 @@ pub fn process_alive(pid: u32) -> bool {
         .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| running(&stat)))
 }
 
+/// What became of a process that a pid file in VOLDIR names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Runs (and is a smlogfs process: a reused pid of another program counts as gone).
+    Live,
+    /// Killed or exiting: its threads may still hold its files, the volume lock among them,
+    /// for a moment.
+    Exiting,
+    /// No thread of it runs any more.
+    Gone,
+}
+
+/// `PF_EXITING` of the kernel's task flags (the ninth field of /proc/PID/stat): set as a
+/// thread starts to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// How `pid` stands: a killed process is `Exiting` from the moment the signal is pending
+/// until its last thread is gone.
+pub fn process_state(pid: u32) -> ProcessState {
+    if !process_alive(pid) {
+        return ProcessState::Gone;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = fields.next().unwrap_or("X");
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kill_pending = status.lines().any(|l| {
+        let Some(mask) = l
+            .strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"))
+        else {
+            return false;
+        };
+        u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    });
+    if matches!(state, "Z" | "X") || flags & PF_EXITING != 0 || kill_pending {
+        return ProcessState::Exiting;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains("smlogfs") {
+        ProcessState::Live
+    } else {
+        ProcessState::Gone
+    }
+}
+
+/// The processes VOLDIR's pid files name: the serving daemon (first line of `daemon.pid`)
+/// and its supervisor (`supervisor.pid`), each with how it stands.
+#[derive(Clone, Debug, Default)]
+pub struct Owners {
+    pub daemon: Option<(u32, ProcessState)>,
+    pub supervisor: Option<(u32, ProcessState)>,
+    /// From `daemon.mountpoint`; empty if unknown.
+    pub mountpoint: String,
+}
+
+impl Owners {
+    pub fn read(voldir: &std::path::Path) -> Owners {
+        let pid = |name: &str| {
+            let text = std::fs::read_to_string(voldir.join(name)).ok()?;
+            let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+            Some((pid, process_state(pid)))
+        };
+        Owners {
+            daemon: pid("daemon.pid"),
+            supervisor: pid("supervisor.pid"),
+            mountpoint: std::fs::read_to_string(voldir.join("daemon.mountpoint"))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&'static str, u32, ProcessState)> {
+        let daemon = self.daemon.map(|(p, s)| ("daemon", p, s));
+        let supervisor = self.supervisor.map(|(p, s)| ("supervisor", p, s));
+        daemon.into_iter().chain(supervisor)
+    }
+
+    pub fn any_live(&self) -> bool {
+        self.all().any(|(_, _, s)| s == ProcessState::Live)
+    }
+
+    /// "daemon pid 12 (supervisor pid 11)": the live ones.
+    pub fn describe_live(&self) -> String {
+        let live = |o: Option<(u32, ProcessState)>| o.filter(|(_, s)| *s == ProcessState::Live);
+        match (live(self.daemon), live(self.supervisor)) {
+            (Some((d, _)), Some((s, _))) => format!("daemon pid {d} (supervisor pid {s})"),
+            (Some((d, _)), None) => format!("daemon pid {d}"),
+            (None, Some((s, _))) => format!("supervisor pid {s} (its daemon is starting)"),
+            (None, None) => "another smlogfs process".into(),
+        }
+    }
+
+    /// "daemon pid 12, supervisor pid 11": the killed ones still exiting.
+    fn describe_exiting(&self) -> Option<String> {
+        let who: Vec<String> = self
+            .all()
+            .filter(|(_, _, s)| *s == ProcessState::Exiting)
+            .map(|(what, pid, _)| format!("{what} pid {pid}"))
+            .collect();
+        (!who.is_empty()).then(|| who.join(", "))
+    }
+}
+
+/// How long `mount` waits for a killed daemon or supervisor to finish exiting. Normally a
+/// few milliseconds; a thread stuck in the kernel (a hung disk) can take longer.
+pub const KILLED_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The refusal of a mount whose volume is being served.
+pub fn served_error(voldir: &std::path::Path, owners: &Owners) -> CliError {
+    let at = if owners.mountpoint.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", owners.mountpoint)
+    };
+    let mnt = if owners.mountpoint.is_empty() {
+        "MOUNTPOINT"
+    } else {
+        &owners.mountpoint
+    };
+    CliError::new(
+        exit::BUSY,
+        format!(
+            "volume {} is mounted{at} and served by {}; unmount it first (smlogfs umount {mnt}), \
+             or hand it to a new daemon with `smlogfs restart {mnt}`",
+            voldir.display(),
+            owners.describe_live()
+        ),
+    )
+}
+
+/// Before a mount: refuses a volume a live daemon serves; waits (up to
+/// [`KILLED_EXIT_WAIT`], saying so once) while killed ones are still exiting, since their
+/// last thread lets go of the volume lock only as it goes, and while a supervisor has no
+/// live daemon (it exits after an unmount, or starts a daemon: then the mount is refused).
+pub fn wait_for_killed_owners(voldir: &std::path::Path) -> Result<(), CliError> {
+    let deadline = std::time::Instant::now() + KILLED_EXIT_WAIT;
+    let mut said = false;
+    loop {
+        let owners = Owners::read(voldir);
+        let daemon_live = owners.daemon.is_some_and(|(_, s)| s == ProcessState::Live);
+        let late = std::time::Instant::now() >= deadline;
+        if daemon_live || (late && owners.any_live()) {
+            return Err(served_error(voldir, &owners));
+        }
+        // A supervisor without a live daemon follows an unmounted daemon out, or is starting
+        // the next one: either is a matter of moments.
+        let settling = owners
+            .supervisor
+            .filter(|(_, s)| *s == ProcessState::Live)
+            .map(|(pid, _)| format!("supervisor pid {pid} (no daemon serves)"));
+        let Some(exiting) = owners.describe_exiting().or(settling) else {
+            return Ok(());
+        };
+        if late {
+            return Err(CliError::new(
+                exit::BUSY,
+                format!(
+                    "{exiting} of volume {} has not exited within {} s (a thread stuck in \
+                     the kernel? see /proc/PID/stack); mount again once it is gone",
+                    voldir.display(),
+                    KILLED_EXIT_WAIT.as_secs()
+                ),
+            ));
+        }
+        if !said {
+            log::warn!(
+                "{exiting} of volume {} is still exiting (killed, or ending after an \
+                 unmount); waiting up to {} s for it to let go of the volume",
+                voldir.display(),
+                KILLED_EXIT_WAIT.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The volume directory of the smlogfs file system mounted at `mnt` (absolute), from
 /// /proc/self/mounts: the daemon names its volume directory as the mount's source.
 pub fn mounted_volume(mnt: &std::path::Path) -> Option<std::path::PathBuf> {
@@ -305,6 +490,10 @@ impl VolumeLock {
     }
 
     fn busy(voldir: &std::path::Path) -> CliError {
+        let owners = Owners::read(voldir);
+        if owners.any_live() {
+            return served_error(voldir, &owners);
+        }
         let who = match live_daemon(voldir) {
             Some((pid, mnt)) => format!("daemon pid {pid} (mounted at {mnt})"),
             None => "another smlogfs process".into(),

@@ -334,6 +334,10 @@ pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError
         .map(|m| m.node.clone())
         .unwrap_or_else(|| super::node_name(o.mirror.node.as_deref()));
     super::failover::check_owner(&voldir, &node)?;
+    if !o.takeover {
+        // `kill -9` then `smlogfs mount` at once: the killed one may still hold the lock.
+        super::wait_for_killed_owners(&voldir)?;
+    }
     drop(acquire_lock(&voldir, o.takeover, mirror.as_ref())?);
     let mnt = prepare_mountpoint(mnt)?;
     if o.foreground && std::env::var_os(supervisor::SUPERVISE_ENV).is_some() {

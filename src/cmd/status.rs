@@ -199,6 +199,7 @@ fn offline(voldir: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
         )),
     };
     let mut doc = control::header("offline", voldir);
+    doc.extend(control::restart_fields(voldir));
     let fields = json!({
         "mountpoint": null,
         "daemon_pid": null,
@@ -226,6 +227,8 @@ fn offline(voldir: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
         "dirty_blocks": null,
         "recovery_would_replay": replay,
         "recovery_would_discard": discard,
+        "resent_answered": null,
+        "resent_executed": null,
         "raid": raid,
     });
     if let Value::Object(f) = fields {
@@ -351,12 +354,44 @@ pub fn render(doc: &Value) -> String {
             show(get(doc, "recovery_would_discard"))
         );
     }
+    s += &render_restarts(doc);
     s += &format!("epoch      {}\n", show(get(doc, "epoch")));
     s += &format!("storage    {}\n", show(get(doc, "volume")));
     s += &render_mirror(get(doc, "mirror"));
     s += &render_raid(get(doc, "raid"));
     if let Value::String(p) = get(doc, "poisoned") {
         s += &format!("POISONED   {p} (remount to recover)\n");
+    }
+    s
+}
+
+/// The supervisor's line: restarts of the daemon since the mount, the last one's cause and
+/// pause, and what became of the requests the killed daemons left unanswered.
+fn render_restarts(doc: &Value) -> String {
+    let Some(restarts) = get(doc, "restarts").as_u64() else {
+        return String::new();
+    };
+    let supervisor = match get(doc, "supervisor_pid") {
+        Value::Number(p) => format!("supervisor pid {p}"),
+        _ => "no supervisor running".into(),
+    };
+    let planned = match get(doc, "planned_restarts").as_u64() {
+        Some(n) if n > 0 => format!(" ({n} planned)"),
+        _ => String::new(),
+    };
+    let mut s = format!("restarts   {restarts}{planned} since mount; {supervisor}\n");
+    if let Value::String(cause) = get(doc, "last_restart_cause") {
+        s += &format!(
+            "           last: {cause}, requests waited {} ms\n",
+            show(get(doc, "last_restart_pause_ms"))
+        );
+    }
+    if get(doc, "resent_answered").is_number() || get(doc, "resent_executed").is_number() {
+        s += &format!(
+            "           resent requests: {} answered from the log, {} executed\n",
+            show(get(doc, "resent_answered")),
+            show(get(doc, "resent_executed"))
+        );
     }
     s
 }
