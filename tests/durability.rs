@@ -21,6 +21,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MKFS: &[&str] = &["--size", "256M", "--ring", "16M", "--disks", "1"];
@@ -496,4 +498,197 @@ fn sigterm_flushes_and_unmounts_cleanly() {
         "the mount after SIGTERM replayed ops: {recovered}"
     );
     s.vol.umount_clean();
+}
+
+// ----- the answer after a fence or a failed acknowledgement, in-process -----
+
+/// What `ScriptedReplica::holds_applied` says after the fence.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    Yes,
+    No,
+    Unknown,
+}
+
+/// A replica whose acknowledgement fails as the test says: `Fenced` (then the read-back
+/// answers `held`), or `Failed`; `refuse` makes `admit` refuse new ops.
+struct ScriptedReplica {
+    fence: bool,
+    held: Held,
+    refuse: std::sync::atomic::AtomicBool,
+    /// (applied, op_id) of the read-back the core asked for.
+    asked: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+impl smlogfs::core::Replica for ScriptedReplica {
+    fn submit(&self, _seq: smlogfs::core::Seq, _entry: Vec<u8>) {}
+
+    fn wait(&self, _seq: smlogfs::core::Seq) -> Result<(), smlogfs::core::ReplicaError> {
+        Err(if self.fence {
+            smlogfs::core::ReplicaError::Fenced("taken over (test)".into())
+        } else {
+            smlogfs::core::ReplicaError::Failed("no acknowledgement (test)".into())
+        })
+    }
+
+    fn protected(&self) -> bool {
+        false
+    }
+
+    fn fenced(&self) -> Option<String> {
+        None
+    }
+
+    fn acked_through(&self) -> Option<smlogfs::core::Seq> {
+        None
+    }
+
+    fn checkpoint(&self, _covers: smlogfs::core::Seq) {}
+
+    fn info(&self) -> smlogfs::core::ReplicaInfo {
+        smlogfs::core::ReplicaInfo {
+            routes: "scripted".into(),
+            route_in_use: None,
+            connected: false,
+            protected: false,
+            mode: "sync".into(),
+            on_loss: "wait".into(),
+            unacked_entries: 0,
+            acked_through: None,
+            resync_through: None,
+            rtt_us: 0,
+            reconnects: 0,
+            last_error: None,
+        }
+    }
+
+    fn admit(&self) -> Result<(), smlogfs::core::ReplicaError> {
+        if self.refuse.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(smlogfs::core::ReplicaError::Failed("refused (test)".into()));
+        }
+        Ok(())
+    }
+
+    fn holds_applied(
+        &self,
+        applied: smlogfs::core::Seq,
+        op_id: smlogfs::core::Seq,
+    ) -> Result<bool, String> {
+        *self.asked.lock().unwrap() = Some((applied.0, op_id.0));
+        match self.held {
+            Held::Yes => Ok(true),
+            Held::No => Ok(false),
+            Held::Unknown => Err("agent unreachable (test)".into()),
+        }
+    }
+}
+
+/// An in-process file system on a fresh volume with `replica` attached.
+fn in_process(replica: Arc<ScriptedReplica>) -> (Volume, smlogfs::core::Fs, Arc<AtomicBool>) {
+    let vol = Volume::new(MKFS);
+    let fs = smlogfs::core::Fs::open_volume(
+        vol.voldir(),
+        smlogfs::core::FsConfig::default(),
+        &smlogfs::progress::Progress::hidden,
+        None::<smlogfs::mirror::MirrorOptions>,
+        false,
+    )
+    .expect("open the file system");
+    let hook = Arc::new(AtomicBool::new(false));
+    let flag = hook.clone();
+    fs.set_on_fenced(Box::new(move || flag.store(true, Ordering::Release)));
+    fs.attach_replica(replica).expect("attach");
+    (vol, fs, hook)
+}
+
+const ROOT_CALLER: smlogfs::core::Caller = smlogfs::core::Caller { uid: 0, gid: 0 };
+
+/// Fenced while the op waited: success when the agent holds its `Applied` entry (the new
+/// owner replays it), EROFS when it provably does not, EIO when nobody can tell. The core
+/// asks about this op's own entries, and the node is fenced in every case.
+#[test]
+fn a_fenced_ops_answer_follows_what_the_agent_holds() {
+    for (held, want) in [
+        (Held::Yes, None),
+        (Held::No, Some(libc::EROFS)),
+        (Held::Unknown, Some(libc::EIO)),
+    ] {
+        let replica = Arc::new(ScriptedReplica {
+            fence: true,
+            held,
+            refuse: AtomicBool::new(false),
+            asked: Default::default(),
+        });
+        let (_vol, fs, hook) = in_process(replica.clone());
+        let r = fs.mknod(
+            ROOT_CALLER,
+            smlogfs::core::Ino(1),
+            b"f",
+            libc::S_IFREG | 0o644,
+            0,
+            None,
+        );
+        assert_eq!(r.err().map(|e| e.0), want, "held {held:?}");
+        let last = fs.ring_stats().next_seq - 1;
+        assert_eq!(
+            *replica.asked.lock().unwrap(),
+            Some((last, last - 1)),
+            "held {held:?}: the read-back must look for this op's Applied entry"
+        );
+        assert!(hook.load(Ordering::Acquire), "held {held:?}: not fenced");
+        assert_eq!(
+            fs.mknod(
+                ROOT_CALLER,
+                smlogfs::core::Ino(1),
+                b"g",
+                libc::S_IFREG | 0o644,
+                0,
+                None
+            )
+            .err()
+            .map(|e| e.0),
+            Some(libc::EROFS),
+            "held {held:?}: a change after the fence"
+        );
+    }
+}
+
+/// A failed acknowledgement of a logged op is answered success (counted unprotected); a
+/// refusal at admission is EIO and logs nothing.
+#[test]
+fn a_lost_acknowledgement_is_success_and_a_refusal_logs_nothing() {
+    let replica = Arc::new(ScriptedReplica {
+        fence: false,
+        held: Held::Unknown,
+        refuse: AtomicBool::new(false),
+        asked: Default::default(),
+    });
+    let (_vol, fs, hook) = in_process(replica.clone());
+    fs.mknod(
+        ROOT_CALLER,
+        smlogfs::core::Ino(1),
+        b"f",
+        libc::S_IFREG | 0o644,
+        0,
+        None,
+    )
+    .expect("a logged op whose acknowledgement failed");
+    assert_eq!(fs.status().ops_unprotected, 1);
+    replica.refuse.store(true, Ordering::Release);
+    let before = fs.ring_stats().next_seq;
+    let r = fs.mknod(
+        ROOT_CALLER,
+        smlogfs::core::Ino(1),
+        b"g",
+        libc::S_IFREG | 0o644,
+        0,
+        None,
+    );
+    assert_eq!(
+        r.err().map(|e| e.0),
+        Some(libc::EIO),
+        "refused at admission"
+    );
+    assert_eq!(fs.ring_stats().next_seq, before, "a refused op was logged");
+    assert!(!hook.load(Ordering::Acquire), "fenced without a fence");
 }
