@@ -271,6 +271,12 @@ impl Mirror {
             return Err(ReplicaError::Fenced(why));
         }
         let protected = !self.fatal.load(Ordering::Acquire) && self.client.status().protected;
+        if !protected && self.refusing.load(Ordering::Acquire) {
+            // The loss was already waited out once (`wait`): every fsync must not wait again.
+            return Err(ReplicaError::Failed(
+                "the mirror agent is away (changes are refused until it is back)".into(),
+            ));
+        }
         let wait_ms = match self.options.on_loss {
             // Known to be away: do not wait out the detection timeout on every fsync.
             OnLoss::Degrade if !protected => {
