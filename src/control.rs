@@ -7,15 +7,20 @@
 //! ```text
 //! → {"request":"status"}
 //! ← {"ok":true,"status":{ …the document `smlogfs status --json` prints… }}
-//! ← {"ok":false,"error":"unknown request \"x\" (known: status, restart)"}
+//! ← {"ok":false,"error":"unknown request \"x\" (known: status, restart, flush)"}
 //! → {"request":"restart"}
 //! ← {"ok":true,"restart":{"daemon_pid":4242,"checkpoint":"covers seq 918"}}
+//! → {"request":"flush"}
+//! ← {"ok":true,"flush":{"flushed_seq":N,"mirror_durable_seq":M|null,"mirror_error":…,"elapsed_ms":T}}
 //! ```
 //!
 //! `restart` is a planned hand-over to a new daemon (`smlogfs restart`): the daemon answers,
 //! then exits with `supervisor::RESTART_EXIT_CODE` and its supervisor starts a successor on
 //! the same FUSE connection. Only a supervised daemon accepts it (an unsupervised one would
 //! end its mount), and not a fenced one (the successor could not mount).
+//!
+//! `flush` is the emergency flush (`smlogfs flush`, for a UPS hook): see
+//! `Fs::flush_everything`.
 //!
 //! The status document is described in docs/operations.md ("status --json"); its fields
 //! only ever get added, never renamed (`schema` is bumped if one has to change meaning).
@@ -120,9 +125,13 @@ fn answer(stream: UnixStream, fs: &Fs, mountpoint: &Path) -> std::io::Result<()>
             }
             Err(e) => json!({"ok": false, "error": e}),
         },
+        Ok(name) if name == "flush" => match emergency_flush(fs, "smlogfs flush") {
+            Ok(report) => json!({"ok": true, "flush": report}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
         Ok(name) => json!({
             "ok": false,
-            "error": format!("unknown request {name:?} (known: status, restart)")
+            "error": format!("unknown request {name:?} (known: status, restart, flush)")
         }),
         Err(e) => json!({"ok": false, "error": e}),
     };
@@ -168,6 +177,33 @@ fn prepare_restart(fs: &Fs) -> Result<Value, String> {
         }
     };
     Ok(json!({"daemon_pid": std::process::id(), "checkpoint": checkpoint}))
+}
+
+/// Runs the emergency flush for `why` (the request or signal) and logs what it did.
+pub fn emergency_flush(fs: &Fs, why: &str) -> Result<crate::core::FlushReport, String> {
+    match fs.flush_everything() {
+        Ok(r) => {
+            log::warn!(
+                "emergency flush ({why}) in {:.1} ms: ring through seq {}, mirror agent's disk through {}{}",
+                r.elapsed_ms,
+                r.flushed_seq,
+                r.mirror_durable_seq
+                    .map_or_else(|| "-".to_string(), |s| format!("seq {s}")),
+                r.mirror_error
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!(" ({e})"))
+            );
+            Ok(r)
+        }
+        Err(e) => {
+            let msg = format!(
+                "the emergency flush failed (errno {}); see the daemon's log",
+                e.0
+            );
+            log::error!("emergency flush ({why}): {msg}");
+            Err(msg)
+        }
+    }
 }
 
 /// `{"request":"NAME"}` or a bare `NAME`.

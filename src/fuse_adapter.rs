@@ -404,6 +404,9 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// Also how `O_SYNC`/`O_DSYNC` writes reach us (the kernel fsyncs after the write).
+    /// `datasync` changes nothing: one ring holds data and metadata alike. `sync(1)` and
+    /// `syncfs(2)` never get here (docs/operations.md, "Durability").
     fn fsync(
         &self,
         _req: &Request,

@@ -84,6 +84,8 @@ enum Command {
     Umount { mountpoint: PathBuf },
     /// Hand a mount to a new daemon (e.g. an upgraded binary): checkpoint, hand over, serve on.
     Restart { mountpoint: PathBuf },
+    /// Emergency flush (power failing): ring, volume and mirror agent to disk now; prints the time taken.
+    Flush { mountpoint: PathBuf },
     /// Check a volume offline: exit 0 clean, 1 problems found, 2 unreadable.
     Fsck { voldir: PathBuf },
     /// Print the state log ring in words and what recovery would do.
@@ -206,6 +208,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             );
             Ok(exit::OK)
         }
+        Command::Flush { mountpoint } => cmd::flush::flush(&mountpoint),
         Command::Fsck { voldir } => Ok(cmd::fsck::fsck(&voldir)),
         Command::Status {
             target,

@@ -122,9 +122,11 @@ fn an_open_file_keeps_working_across_ten_daemon_kills() {
     );
     // The supervisor writes its state once the new daemon reports ready, which can be a
     // moment after daemon.pid names it.
-    wait_for(READY_TIMEOUT, "supervisor.state to count 10 restarts", || {
-        supervisor_state(&v)["restarts"] == 10
-    });
+    wait_for(
+        READY_TIMEOUT,
+        "supervisor.state to count 10 restarts",
+        || supervisor_state(&v)["restarts"] == 10,
+    );
     let state = supervisor_state(&v);
     assert_eq!(state["last_restart_cause"], "signal 9 (SIGKILL)", "{state}");
     assert!(state["last_pause_ms"].as_u64().is_some(), "{state}");

@@ -38,6 +38,14 @@ pub struct FsStatus {
     /// those executed (their op had not been applied).
     pub resent_answered: u64,
     pub resent_executed: u64,
+    /// What an fsync waits for (`-o fsync=`): local, mirror or both.
+    pub fsync_policy: &'static str,
+    /// The highest seq the mirror agent reported on its disk (None: no mirror, or nothing
+    /// reported yet).
+    pub mirror_durable_seq: Option<u64>,
+    /// Ops answered success without the synchronous mirror's acknowledgement (the agent
+    /// was lost while they waited), since mount.
+    pub ops_unprotected: u64,
 }
 
 impl Fs {
@@ -85,6 +93,13 @@ impl Fs {
             mirror: sh.replica.get().map(|r| r.info()),
             resent_answered: counters.resent_answered.load(Ordering::Relaxed),
             resent_executed: counters.resent_executed.load(Ordering::Relaxed),
+            fsync_policy: self.config.fsync.name(),
+            mirror_durable_seq: sh
+                .replica
+                .get()
+                .and_then(|r| r.durable_through())
+                .map(|s| s.0),
+            ops_unprotected: counters.unprotected.load(Ordering::Relaxed),
         }
     }
 }
