@@ -31,6 +31,15 @@ impl Rng {
     }
 }
 
+/// Asserts that a `raid-sim` command exited 0 (showing its output when not); its stdout.
+#[track_caller]
+pub fn stdout_of_success(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    stdout
+}
+
 pub fn quiet() -> RaidOptions {
     RaidOptions {
         background: false,
