@@ -119,6 +119,26 @@ pub fn faulty() -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidOptions) {
     (plan, o)
 }
 
+/// A new array in `dir` (`disks` members, no spare) whose I/O goes through the returned
+/// fault plan.
+pub fn create_faulty(
+    dir: &Path,
+    disks: u32,
+    chunk: u64,
+    size: u64,
+) -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidVolume) {
+    let (plan, o) = faulty();
+    let vol = create(dir, disks, chunk, size, 0, &o);
+    (plan, vol)
+}
+
+/// The array in `dir` opened with its I/O going through the returned fault plan.
+pub fn open_faulty(dir: &Path) -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidVolume) {
+    let (plan, o) = faulty();
+    let vol = raid_sim::open_raid(dir, &o).unwrap();
+    (plan, vol)
+}
+
 /// Scrubs without repairing and asserts that nothing was found; `what` names the case.
 pub fn assert_scrub_clean(vol: &RaidVolume, what: &str) {
     let rep = vol.scrub(false, |_, _| {}).expect("scrub");
