@@ -40,16 +40,14 @@ for n in "$files" "$dirs" "$ls_files"; do
 done
 [ "$dirs" -le "$files" ] || { echo "--dirs must not exceed --files" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "bench-scale.sh needs root (drop_caches, mounts)" >&2; exit 2; }
-for tool in jq fusermount3 xargs; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install fuse3 jq)" >&2; exit 2; }
-done
-
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+. "$repo/scripts/lib.sh"   # require_tools, build_release, release_work
+require_tools "fuse3 jq" jq fusermount3 xargs
+
 cd "$repo"
 if [ -n "$build" ]; then
     echo "== building release"
-    cargo build --release --bin smlogfs 2>&1 | tail -1
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "build failed (--no-build uses the binary already built)" >&2; exit 1; }
+    build_release "build failed (--no-build uses the binary already built)" --bin smlogfs
 fi
 target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
 [ -x "$target_dir/release/smlogfs" ] || { echo "no binary at $target_dir/release/smlogfs" >&2; exit 1; }
@@ -62,18 +60,7 @@ smlogfs="$work/bin/smlogfs"
 declare -A R
 
 cleanup() {
-    local m pidf pid
-    while read -r _ m _; do
-        case "$m" in "$work"/*) fusermount3 -u -z "$m" 2>/dev/null || true ;; esac
-    done </proc/mounts
-    for pidf in "$work"/*.vol/supervisor.pid "$work"/*.vol/daemon.pid; do
-        [ -f "$pidf" ] || continue
-        pid="$(head -1 "$pidf")"
-        [ -n "$pid" ] || continue
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$work/bin/smlogfs "; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    done
+    release_work "$work" smlogfs
     if [ -z "$keep" ]; then rm -rf "$work"; else echo "kept $work"; fi
 }
 trap cleanup EXIT
@@ -81,7 +68,6 @@ trap 'exit 130' INT TERM
 
 # --- helpers -------------------------------------------------------------------------------
 
-. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone, crash_volume
 
 daemon_pid() { head -1 "$1/daemon.pid" 2>/dev/null; }
 ms_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }'; }

@@ -63,18 +63,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh needs root (drop_caches, mounts)" >&2; exit 2; }
-for tool in fio fs_mark dbench jq fusermount3; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install fuse3 fio fsmark dbench jq)" >&2; exit 2; }
-done
-
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+. "$repo/scripts/lib.sh"   # require_tools, build_release, release_work, wait_for_line, crash_volume
+require_tools "fuse3 fio fsmark dbench jq" fio fs_mark dbench jq fusermount3
+
 cd "$repo"
 if [ -n "$build" ]; then
     echo "== building release (workspace)"
-    cargo build --release --workspace 2>&1 | tail -1
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "build failed (--no-build uses the binaries already built)" >&2; exit 1; }
-    cargo build --release --example passthrough 2>&1 | tail -1
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "building examples/passthrough failed" >&2; exit 1; }
+    build_release "build failed (--no-build uses the binaries already built)" --workspace
+    build_release "building examples/passthrough failed" --example passthrough
 fi
 target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
 for b in smlogfs mirror-agent raid-sim examples/passthrough; do
@@ -103,20 +100,9 @@ mirror_port=""
 mirror_flags=()
 
 cleanup() {
-    local m pidf pid
-    # Every FUSE mount under the work directory (targets, recovery, takeover), lazily.
-    while read -r _ m _; do
-        case "$m" in "$work"/*) fusermount3 -u -z "$m" 2>/dev/null || true ;; esac
-    done </proc/mounts
-    # Daemons of our volumes still running (a pid file can outlive its daemon: check the name).
-    for pidf in "$work"/*.vol/supervisor.pid "$work"/*.vol/daemon.pid; do
-        [ -f "$pidf" ] || continue
-        pid="$(head -1 "$pidf")"
-        [ -n "$pid" ] || continue
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -Eq "^$work/bin/(smlogfs|passthrough) "; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    done
+    # Every FUSE mount under the work directory (targets, recovery, takeover), and the
+    # daemons of our volumes and the passthrough still running.
+    release_work "$work" "smlogfs|passthrough"
     if [ -n "$agent_pid" ]; then
         kill -9 "$agent_pid" 2>/dev/null || true
         wait "$agent_pid" 2>/dev/null || true
@@ -127,8 +113,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- targets -----------------------------------------------------------------------------
-
-. "$repo/scripts/lib.sh"   # pid_gone, wait_pid_gone, crash_volume
 
 daemon_pid() { head -1 "$1/daemon.pid" 2>/dev/null; }
 
@@ -152,14 +136,10 @@ start_agent() {
     mkdir -p "$work/agent"
     "$agent_bin" --listen "127.0.0.1:$mirror_port" --dir "$work/agent" >"$work/agent.log" 2>&1 &
     agent_pid=$!
-    for _ in $(seq 1 500); do
-        if grep -q "listening" "$work/agent.log" 2>/dev/null; then
-            echo "== mirror-agent pid $agent_pid on 127.0.0.1:$mirror_port, dir $work/agent"
-            return 0
-        fi
-        kill -0 "$agent_pid" 2>/dev/null || break
-        sleep 0.02
-    done
+    if wait_for_line "$agent_pid" "$work/agent.log" "listening"; then
+        echo "== mirror-agent pid $agent_pid on 127.0.0.1:$mirror_port, dir $work/agent"
+        return 0
+    fi
     echo "mirror-agent did not start:" >&2
     cat "$work/agent.log" >&2
     return 1
@@ -172,16 +152,11 @@ dir_of() { # the directory a workload runs in
 # The passthrough's pid and log live in $work/passthrough.vol like a volume's daemon.pid and
 # daemon.log (so daemon_pid, sample_rss and cleanup treat it alike); it serves .vol/backing.
 mount_passthrough() {
-    local vol="$work/passthrough.vol" line pid
+    local vol="$work/passthrough.vol" pid
     "$passthrough_bin" "$vol/backing" "$work/passthrough.mnt" >"$vol/daemon.out" 2>>"$vol/daemon.log" &
     pid=$!
     echo "$pid" >"$vol/daemon.pid"
-    for _ in $(seq 1 500); do
-        line="$(head -1 "$vol/daemon.out" 2>/dev/null)"
-        case "$line" in passthrough:\ mounted*) return 0 ;; esac
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
+    wait_for_line "$pid" "$vol/daemon.out" "^passthrough: mounted" && return 0
     echo "the passthrough did not mount:" >&2
     cat "$vol/daemon.log" >&2
     return 1

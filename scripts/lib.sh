@@ -43,3 +43,51 @@ crash_volume() {
     for pid in $pids; do kill -9 "$pid" 2>/dev/null || true; done
     for pid in $pids; do wait_pid_gone "$pid" "${2:-30}" || return 1; done
 }
+
+# Releases what a benchmark left under WORK: lazily unmounts every FUSE mount below it, then
+# kill -9s each process named in WORK/*.vol/supervisor.pid or daemon.pid that still runs one of
+# WORK/bin/PROGRAMS (an extended regex such as "smlogfs|passthrough"): a pid file can outlive
+# its process, and the pid may then belong to another.
+release_work() {
+    local work="$1" programs="$2" m pidf pid
+    while read -r _ m _; do
+        case "$m" in "$work"/*) fusermount3 -u -z "$m" 2>/dev/null || true ;; esac
+    done </proc/mounts
+    for pidf in "$work"/*.vol/supervisor.pid "$work"/*.vol/daemon.pid; do
+        [ -f "$pidf" ] || continue
+        pid="$(head -1 "$pidf")"
+        [ -n "$pid" ] || continue
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -Eq "^$work/bin/($programs) "; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+# Waits up to 10 s for a line matching the extended regex PATTERN in FILE, written by PID as
+# it starts; fails as soon as PID exits, or when the time is up.
+wait_for_line() {
+    local pid="$1" file="$2" pattern="$3" i
+    for ((i = 0; i < 500; i++)); do
+        if grep -Eq "$pattern" "$file" 2>/dev/null; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.02
+    done
+    return 1
+}
+
+# Exits 2, naming the first TOOL not on PATH and the PACKAGES that install it (apt-get).
+require_tools() {
+    local packages="$1" tool
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install $packages)" >&2; exit 2; }
+    done
+}
+
+# cargo build --release ARGS..., showing its last line; exits 1 saying FAILED when it fails.
+build_release() {
+    local failed="$1"
+    shift
+    cargo build --release "$@" 2>&1 | tail -1
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "$failed" >&2; exit 1; }
+}

@@ -45,11 +45,10 @@ done
 [[ "$seconds" =~ ^[0-9]+$ && "$workers" =~ ^[0-9]+$ ]] || usage
 [ -z "$kill_every" ] || [[ "$kill_every" =~ ^[0-9]+([.][0-9]+)?$ ]] || usage
 [ -d "$mnt" ] || { echo "$mnt is not a directory" >&2; exit 2; }
-for tool in setfattr getfattr tar sha256sum shuf timeout; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install attr coreutils tar)" >&2; exit 2; }
-done
-
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+. "$repo/scripts/lib.sh"   # require_tools, pid_gone, crash_volume
+require_tools "attr coreutils tar" setfattr getfattr tar sha256sum shuf timeout
+
 smlogfs="${SMLOGFS:-$(command -v smlogfs || echo "$repo/target/release/smlogfs")}"
 if [ -n "$kill_every" ]; then
     [ -x "$smlogfs" ] || { echo "smlogfs binary not found at $smlogfs (set SMLOGFS)" >&2; exit 2; }
@@ -69,8 +68,6 @@ if ! mkdir "$work"; then
 fi
 
 log() { echo "$(date +%T) $*"; }
-
-. "$repo/scripts/lib.sh"   # pid_gone, crash_volume
 
 # A small tree for cp -r and tar: files of several sizes, a subdirectory, a symlink.
 make_template() {
@@ -139,19 +136,17 @@ worker() {
     local deadline=$((SECONDS + seconds)) n=0
     while [ "$SECONDS" -lt "$deadline" ]; do
         n=$((n + 1))
-        local kind policy desc targets=() mount_cmd shadow_cmd
+        local kind policy desc targets=() mount_cmd shadow_cmd step=""
         local r=$((RANDOM % 100)) e f d
         # Keep each worker's tree under about 48 MiB: prune with rm -r when it is larger.
         if [ $((n % 16)) -eq 0 ] && [ "$(du -sm "$S" | cut -f1)" -gt 48 ]; then r=55; fi
         case $r in
         [0-9])
             kind=cp policy=undo targets=("c$n")
-            mount_cmd="cp -r '$state/template' '$W/c$n'"
-            shadow_cmd="cp -r '$state/template' '$S/c$n'" ;;
+            step="cp -r '$state/template' '{root}/c$n'" ;;
         1[0-7])
             kind=tar policy=undo targets=("t$n")
-            mount_cmd="mkdir '$W/t$n' && tar -C '$state/template' -cf - . | tar -C '$W/t$n' -xf -"
-            shadow_cmd="mkdir '$S/t$n' && tar -C '$state/template' -cf - . | tar -C '$S/t$n' -xf -" ;;
+            step="mkdir '{root}/t$n' && tar -C '$state/template' -cf - . | tar -C '{root}/t$n' -xf -" ;;
         1[89] | 2[0-7])
             kind=dd-new policy=undo targets=("b$n")
             head -c $(((RANDOM % 40 + 1) * 16384)) /dev/urandom >"$state/blobs/w$K"
@@ -166,66 +161,61 @@ worker() {
             off=$(((RANDOM * 32768 + RANDOM) % (size + 4096)))
             head -c "$len" /dev/urandom >"$state/blobs/w$K"
             kind=dd-overwrite policy=atomic targets=("$f")
-            mount_cmd="dd if='$state/blobs/w$K' of='$W/$f' bs=$len count=1 seek=$off oflag=seek_bytes conv=notrunc status=none"
-            shadow_cmd="dd if='$state/blobs/w$K' of='$S/$f' bs=$len count=1 seek=$off oflag=seek_bytes conv=notrunc status=none" ;;
+            step="dd if='$state/blobs/w$K' of='{root}/$f' bs=$len count=1 seek=$off oflag=seek_bytes conv=notrunc status=none" ;;
         4[0-9])
             e="$(pick)"
             [ -n "$e" ] || continue
             d="$(dirname "$e")"
             kind=mv policy=atomic targets=("$e" "$d/m$n")
-            mount_cmd="mv '$W/$e' '$W/$d/m$n'"
-            shadow_cmd="mv '$S/$e' '$S/$d/m$n'" ;;
+            step="mv '{root}/$e' '{root}/$d/m$n'" ;;
         5[0-4])
             e="$(pick ! -type d)"
             [ -n "$e" ] || continue
             kind=rm policy=atomic targets=("$e")
-            mount_cmd="rm -f '$W/$e'"
-            shadow_cmd="rm -f '$S/$e'" ;;
+            step="rm -f '{root}/$e'" ;;
         5[5-8])
             e="$(pick -type d)"
             [ -n "$e" ] || continue
             kind=rm-r policy=redo targets=("$e")
-            mount_cmd="rm -rf '$W/$e'"
-            shadow_cmd="rm -rf '$S/$e'" ;;
+            step="rm -rf '{root}/$e'" ;;
         59 | 6[0-5])
             f="$(pick -type f)"
             [ -n "$f" ] || continue
             kind=ln policy=atomic targets=("$f" "h$n")
-            mount_cmd="ln '$W/$f' '$W/h$n'"
-            shadow_cmd="ln '$S/$f' '$S/h$n'" ;;
+            step="ln '{root}/$f' '{root}/h$n'" ;;
         6[6-9])
             kind=ln-s policy=atomic targets=("s$n")
-            mount_cmd="ln -s 'target-$n' '$W/s$n'"
-            shadow_cmd="ln -s 'target-$n' '$S/s$n'" ;;
+            step="ln -s 'target-$n' '{root}/s$n'" ;;
         7[0-6])
             e="$(pick ! -type l)"
             [ -n "$e" ] || continue
             local mode
             if [ -d "$S/$e" ]; then mode=$((RANDOM % 2 ? 755 : 750)); else mode=$((RANDOM % 2 ? 644 : 600)); fi
             kind=chmod policy=atomic targets=("$e")
-            mount_cmd="chmod $mode '$W/$e'"
-            shadow_cmd="chmod $mode '$S/$e'" ;;
+            step="chmod $mode '{root}/$e'" ;;
         7[7-9])
             e="$(pick -type d)"
             [ -n "$e" ] || continue
             kind=chmod-R policy=redo targets=("$e")
-            mount_cmd="chmod -R u+rwX,g+r,o-w '$W/$e'"
-            shadow_cmd="chmod -R u+rwX,g+r,o-w '$S/$e'" ;;
+            step="chmod -R u+rwX,g+r,o-w '{root}/$e'" ;;
         8[0-9])
             f="$(pick -type f)"
             [ -n "$f" ] || continue
             local sz=$(((RANDOM * 32768 + RANDOM) % 400000))
             kind=truncate policy=atomic targets=("$f")
-            mount_cmd="truncate -s $sz '$W/$f'"
-            shadow_cmd="truncate -s $sz '$S/$f'" ;;
+            step="truncate -s $sz '{root}/$f'" ;;
         *)
             e="$(pick ! -type l)"
             [ -n "$e" ] || continue
             local val="v$n-$RANDOM" an="user.k$((RANDOM % 4))"
             kind=setfattr policy=atomic targets=("$e")
-            mount_cmd="setfattr -n $an -v '$val' '$W/$e'"
-            shadow_cmd="setfattr -n $an -v '$val' '$S/$e'" ;;
+            step="setfattr -n $an -v '$val' '{root}/$e'" ;;
         esac
+        # Most steps are written once, with {root} for the tree: on the mount, on the shadow.
+        if [ -n "$step" ]; then
+            mount_cmd="${step//"{root}"/"$W"}"
+            shadow_cmd="${step//"{root}"/"$S"}"
+        fi
         desc="w$K step $n $kind ${targets[*]}"
         # Do not start a step while a kill/remount is under way; the epoch read here is the
         # one the step started in.

@@ -211,6 +211,26 @@ impl Passthrough {
         FileHandle(fh)
     }
 
+    /// Creates the entry `name` in `parent` by running `make` on its backing path, then
+    /// remembers it and returns its attributes (mknod, mkdir, symlink).
+    fn new_child(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(&Path) -> Res<()>,
+    ) -> Res<FileAttr> {
+        self.alive()?;
+        let (path, rel) = self.child(parent.0, name)?;
+        make(&path)?;
+        self.remember(rel)
+    }
+
+    /// Forgets `fh` (release, releasedir); its file closes once no request holds it.
+    fn drop_handle(&self, fh: FileHandle) {
+        let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
+        handles.remove(&fh.0);
+    }
+
     fn open_file(&self, path: &Path, flags: i32, create: Option<u32>) -> Res<File> {
         let mut o = OpenOptions::new();
         let access = flags & libc::O_ACCMODE;

@@ -407,12 +407,7 @@ impl<'a> Session<'a> {
                 Message::Append { entries } => {
                     let store = self.writer_only("Append", &store)?;
                     let mut s = store::lock(store);
-                    if self.epoch < s.epoch() {
-                        return Err(Hangup::Fenced {
-                            ours: self.epoch,
-                            current: s.epoch(),
-                        });
-                    }
+                    self.not_fenced(s.epoch())?;
                     if let Some(held) = s.append(&entries).map_err(from_store)? {
                         self.pending_ack = Some(held);
                     }
@@ -423,24 +418,13 @@ impl<'a> Session<'a> {
                 Message::Checkpoint { through_seq } => {
                     let store = self.writer_only("Checkpoint", &store)?;
                     let mut s = store::lock(store);
-                    if self.epoch < s.epoch() {
-                        return Err(Hangup::Fenced {
-                            ours: self.epoch,
-                            current: s.epoch(),
-                        });
-                    }
+                    self.not_fenced(s.epoch())?;
                     s.checkpoint(through_seq).map_err(from_store)?;
                     self.pending_ack = s.held_through();
                 }
                 Message::Sync { through_seq } => {
                     let store = self.writer_only("Sync", &store)?;
-                    let current = store::lock(store).epoch();
-                    if self.epoch < current {
-                        return Err(Hangup::Fenced {
-                            ours: self.epoch,
-                            current,
-                        });
-                    }
+                    self.not_fenced(store::lock(store).epoch())?;
                     self.sync_wanted = self.sync_wanted.max(Some(through_seq));
                 }
                 Message::ReadBack { after_seq } => {
@@ -453,13 +437,7 @@ impl<'a> Session<'a> {
                     // A writer whose volume was taken over learns it at its next heartbeat,
                     // not only at its next write: it stops writing and lets the peer mount.
                     if let (Mode::Writer, Some(st)) = (self.mode, store.as_deref()) {
-                        let current = store::lock(st).epoch();
-                        if self.epoch < current {
-                            return Err(Hangup::Fenced {
-                                ours: self.epoch,
-                                current,
-                            });
-                        }
+                        self.not_fenced(store::lock(st).epoch())?;
                     }
                     self.send(
                         &volume_id,
@@ -524,6 +502,18 @@ impl<'a> Session<'a> {
         }
         self.sync_wanted = None;
         self.pending_ack = store::lock(st).held_through();
+        Ok(())
+    }
+
+    /// Refuses to go on for a connection whose epoch is below the volume's `current` one:
+    /// its node was fenced by a takeover.
+    fn not_fenced(&self, current: u64) -> Result<(), Hangup> {
+        if self.epoch < current {
+            return Err(Hangup::Fenced {
+                ours: self.epoch,
+                current,
+            });
+        }
         Ok(())
     }
 

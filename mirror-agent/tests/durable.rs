@@ -11,17 +11,10 @@ use common::*;
 use smlog_wire::{ErrorCode, Message, MirrorClient, MirrorError, Version};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
 /// Long enough that the background sync never runs during a test.
 const NO_BACKGROUND_SYNC: [&str; 2] = ["--sync-interval-ms", "600000"];
-
-fn submit_all(client: &MirrorClient, items: &[(u64, Vec<u8>)]) {
-    for (seq, bytes) in items {
-        client.submit(*seq, bytes.clone()).unwrap();
-    }
-}
 
 fn ack(through_seq: u64, durable_seq: Option<u64>) -> Option<Message> {
     Some(Message::Ack {
@@ -36,21 +29,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn durable_lags_received_until_a_sync_request_and_a_sync_waits_for_its_entries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("agent");
-    let agent = AgentProc::start(&dir, &NO_BACKGROUND_SYNC);
+    let (_tmp, agent) = AgentProc::in_tempdir(&NO_BACKGROUND_SYNC);
+    let dir = &agent.dir;
     let vol = volume(1);
     let mut raw = RawConn::connect(agent.addr);
     assert!(matches!(
         raw.hello(&vol, 1, true),
         Some(Message::Welcome { next_seq: None, .. })
     ));
-    raw.send(
-        &vol,
-        &Message::Append {
-            entries: entries("d", 1..=10),
-        },
-    );
+    raw.send_entries(&vol, entries("d", 1..=10));
     assert_eq!(
         raw.recv_no_heartbeat(WAIT),
         ack(10, None),
@@ -59,15 +46,10 @@ fn durable_lags_received_until_a_sync_request_and_a_sync_waits_for_its_entries()
 
     raw.send(&vol, &Message::Sync { through_seq: 10 });
     assert_eq!(raw.recv_no_heartbeat(WAIT), ack(10, Some(10)));
-    assert!(contains(&segment_bytes(&dir, &vol), &entry("d", 10)));
+    assert!(contains(&segment_bytes(dir, &vol), &entry("d", 10)));
 
     // Durable lags again behind what is received next.
-    raw.send(
-        &vol,
-        &Message::Append {
-            entries: entries("d", 11..=12),
-        },
-    );
+    raw.send_entries(&vol, entries("d", 11..=12));
     assert_eq!(raw.recv_no_heartbeat(WAIT), ack(12, Some(10)));
 
     // A Sync beyond what the agent holds is answered once the entries come, not before.
@@ -77,33 +59,26 @@ fn durable_lags_received_until_a_sync_request_and_a_sync_waits_for_its_entries()
         None,
         "answered a Sync for seqs the agent does not hold"
     );
-    raw.send(
-        &vol,
-        &Message::Append {
-            entries: entries("d", 13..=15),
-        },
-    );
+    raw.send_entries(&vol, entries("d", 13..=15));
     assert_eq!(raw.recv_no_heartbeat(WAIT), ack(15, Some(15)));
-    assert!(contains(&segment_bytes(&dir, &vol), &entry("d", 15)));
+    assert!(contains(&segment_bytes(dir, &vol), &entry("d", 15)));
 }
 
 #[test]
 fn the_background_sync_catches_durable_up_without_being_asked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &["--sync-interval-ms", "200"]);
+    let (_tmp, agent) = AgentProc::in_tempdir(&["--sync-interval-ms", "200"]);
     let client = MirrorClient::connect(config(vec![agent.addr], volume(2), 1)).unwrap();
-    submit_all(&client, &entries("bg", 1..=50));
-    client.wait_acked(50, WAIT).unwrap();
+    submit_acked(&client, &entries("bg", 1..=50));
     // No wait_durable: the agent reports the background sync in an Ack of its own.
-    let deadline = Instant::now() + WAIT;
-    while client.durable_through() != Some(50) {
-        assert!(
-            Instant::now() < deadline,
-            "durable through {:?}, never caught up with 50",
-            client.durable_through()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || {
+            format!(
+                "durable through {:?}, never caught up with 50",
+                client.durable_through()
+            )
+        },
+        || client.durable_through() == Some(50),
+    );
     let status = client.status();
     assert_eq!(status.durable_through, Some(50));
     assert_eq!(status.acked_through, Some(50));
@@ -111,19 +86,17 @@ fn the_background_sync_catches_durable_up_without_being_asked() {
 
 #[test]
 fn wait_durable_makes_the_agent_sync_now_and_waits_for_entries_not_sent_yet() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("agent");
-    let agent = AgentProc::start(&dir, &NO_BACKGROUND_SYNC);
+    let (_tmp, agent) = AgentProc::in_tempdir(&NO_BACKGROUND_SYNC);
+    let dir = &agent.dir;
     let vol = volume(3);
     let client = MirrorClient::connect(config(vec![agent.addr], vol, 1)).unwrap();
-    submit_all(&client, &entries("w", 1..=200));
-    client.wait_acked(200, WAIT).unwrap();
+    submit_acked(&client, &entries("w", 1..=200));
     assert_eq!(client.durable_through(), None, "synced without being asked");
 
     client.wait_durable(200, WAIT).unwrap();
     assert_eq!(client.durable_through(), Some(200));
     assert_eq!(client.status().durable_through, Some(200));
-    assert!(contains(&segment_bytes(&dir, &vol), &entry("w", 200)));
+    assert!(contains(&segment_bytes(dir, &vol), &entry("w", 200)));
     // Already durable: no round trip needed, and it still says yes.
     client.wait_durable(150, Duration::ZERO).unwrap();
 
@@ -135,7 +108,7 @@ fn wait_durable_makes_the_agent_sync_now_and_waits_for_entries_not_sent_yet() {
         waiter.join().unwrap().unwrap();
     });
     assert!(client.durable_through() >= Some(210));
-    assert!(contains(&segment_bytes(&dir, &vol), &entry("w", 210)));
+    assert!(contains(&segment_bytes(dir, &vol), &entry("w", 210)));
 
     // One that never comes times out, saying how far the agent is.
     match client.wait_durable(300, Duration::from_millis(300)) {
@@ -161,38 +134,25 @@ fn with_fsync_every_ack_is_durable_at_once() {
         raw.hello(&vol, 1, true),
         Some(Message::Welcome { .. })
     ));
-    raw.send(
-        &vol,
-        &Message::Append {
-            entries: entries("f", 1..=5),
-        },
-    );
+    raw.send_entries(&vol, entries("f", 1..=5));
     assert_eq!(raw.recv_no_heartbeat(WAIT), ack(5, Some(5)));
-    raw.send(
-        &vol,
-        &Message::Append {
-            entries: entries("f", 6..=9),
-        },
-    );
+    raw.send_entries(&vol, entries("f", 6..=9));
     assert_eq!(raw.recv_no_heartbeat(WAIT), ack(9, Some(9)));
     drop(raw);
 
     let client = MirrorClient::connect(config(vec![agent.addr], vol, 1)).unwrap();
-    submit_all(&client, &entries("f", 10..=40));
-    client.wait_acked(40, WAIT).unwrap();
+    submit_acked(&client, &entries("f", 10..=40));
     assert_eq!(client.durable_through(), Some(40));
 }
 
 #[test]
 fn a_fenced_client_cannot_wait_for_durability() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &NO_BACKGROUND_SYNC);
+    let (_tmp, agent) = AgentProc::in_tempdir(&NO_BACKGROUND_SYNC);
     let old = config(vec![agent.addr], volume(5), 1);
     let mut new = config(vec![agent.addr], volume(5), 2);
     new.node = "node-b".into();
     let owner = MirrorClient::connect(old).unwrap();
-    submit_all(&owner, &entries("o", 1..=20));
-    owner.wait_acked(20, WAIT).unwrap();
+    submit_acked(&owner, &entries("o", 1..=20));
     assert_eq!(MirrorClient::raise_epoch(&new, 2).unwrap(), 2);
     match owner.wait_durable(20, WAIT) {
         Err(MirrorError::Fenced {
@@ -253,8 +213,7 @@ fn an_agent_that_only_speaks_version_1_is_refused_at_connect() {
 
 #[test]
 fn a_version_1_client_is_served_in_version_1() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &NO_BACKGROUND_SYNC);
+    let (_tmp, agent) = AgentProc::in_tempdir(&NO_BACKGROUND_SYNC);
     let vol = volume(7);
     let mut raw = RawConn::connect(agent.addr);
     raw.send_as(

@@ -6,20 +6,10 @@ use common::*;
 use smlog_wire::{MirrorClient, MirrorError};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn submit_all(client: &MirrorClient, items: &[(u64, Vec<u8>)]) {
-    for (seq, bytes) in items {
-        client.submit(*seq, bytes.clone()).unwrap();
-    }
-}
-
 #[test]
 fn append_ack_read_back_round_trip() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
-    let cfg = config(vec![agent.addr], volume(1), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
+    let (cfg, client) = agent.writer(volume(1));
     // Seqs start anywhere; sizes vary from a few bytes to ~700.
     let items = entries("a", 1_000_000..=1_001_999);
     submit_all(&client, &items);
@@ -40,21 +30,18 @@ fn append_ack_read_back_round_trip() {
 
 #[test]
 fn heartbeats_measure_a_round_trip() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
     let client = MirrorClient::connect(config(vec![agent.addr], volume(1), 1)).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while client.status().rtt_us == 0 {
-        assert!(Instant::now() < deadline, "no heartbeat echo measured");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || "no heartbeat echo measured".into(),
+        || client.status().rtt_us != 0,
+    );
     assert!(client.status().rtt_us < 1_000_000);
 }
 
 #[test]
 fn entries_survive_an_agent_kill_and_restart_on_the_same_dir() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&[]);
     let cfg = config(vec![agent.addr], volume(2), 1);
     let items = entries("r", 1..=500);
     {
@@ -63,27 +50,19 @@ fn entries_survive_an_agent_kill_and_restart_on_the_same_dir() {
         client.wait_acked(500, WAIT).unwrap();
     }
     agent.restart(); // SIGKILL, then start again on the same port and DIR
-    assert_eq!(MirrorClient::read_back(&cfg, 0).unwrap(), items);
+    assert_eq!(read_all(&cfg), items);
     // A new connection learns what the agent holds and continues after it.
     let client = MirrorClient::connect(cfg.clone()).unwrap();
     assert_eq!(client.acked_through(), Some(500));
-    let more = entries("r", 501..=600);
-    submit_all(&client, &more);
-    client.wait_acked(600, WAIT).unwrap();
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("r", 1..=600)
-    );
+    submit_acked(&client, &entries("r", 501..=600));
+    assert_eq!(read_all(&cfg), entries("r", 1..=600));
 }
 
 #[test]
 fn a_live_client_rides_out_an_agent_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
-    let cfg = config(vec![agent.addr], volume(3), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
-    submit_all(&client, &entries("w", 1..=100));
-    client.wait_acked(100, WAIT).unwrap();
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&[]);
+    let (cfg, client) = agent.writer(volume(3));
+    submit_acked(&client, &entries("w", 1..=100));
     agent.kill();
     // While the agent is down, entries queue and are not acknowledged.
     submit_all(&client, &entries("w", 101..=200));
@@ -95,16 +74,12 @@ fn a_live_client_rides_out_an_agent_restart() {
     agent.restart();
     client.wait_acked(200, WAIT).unwrap();
     assert!(client.status().reconnects >= 1);
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("w", 1..=200)
-    );
+    assert_eq!(read_all(&cfg), entries("w", 1..=200));
 }
 
 #[test]
 fn two_volumes_are_never_mixed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&[]);
     let cfg_a = config(vec![agent.addr], volume(10), 1);
     let cfg_b = config(vec![agent.addr], volume(11), 1);
     // Same seqs, different bytes, written at the same time.
@@ -123,23 +98,11 @@ fn two_volumes_are_never_mixed() {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(
-        MirrorClient::read_back(&cfg_a, 0).unwrap(),
-        entries("vol-a", 1..=1000)
-    );
-    assert_eq!(
-        MirrorClient::read_back(&cfg_b, 0).unwrap(),
-        entries("vol-b", 1..=1000)
-    );
+    assert_eq!(read_all(&cfg_a), entries("vol-a", 1..=1000));
+    assert_eq!(read_all(&cfg_b), entries("vol-b", 1..=1000));
     agent.restart();
-    assert_eq!(
-        MirrorClient::read_back(&cfg_a, 0).unwrap(),
-        entries("vol-a", 1..=1000)
-    );
-    assert_eq!(
-        MirrorClient::read_back(&cfg_b, 0).unwrap(),
-        entries("vol-b", 1..=1000)
-    );
+    assert_eq!(read_all(&cfg_a), entries("vol-a", 1..=1000));
+    assert_eq!(read_all(&cfg_b), entries("vol-b", 1..=1000));
     // A third volume that never wrote reads back nothing.
     assert!(
         MirrorClient::read_back(&config(vec![agent.addr], volume(12), 1), 0)
@@ -174,14 +137,9 @@ fn resent_entries_are_stored_once() {
     let mut expected = entries("first", 1..=10);
     expected.extend(entries("again", 11..=15));
     let cfg = config(vec![agent.addr], vol, 1);
-    assert_eq!(MirrorClient::read_back(&cfg, 0).unwrap(), expected);
+    assert_eq!(read_all(&cfg), expected);
     // A gap is refused with a reason, and nothing is stored.
-    raw.send(
-        &vol,
-        &smlog_wire::Message::Append {
-            entries: entries("gap", 17..=18),
-        },
-    );
+    raw.send_entries(&vol, entries("gap", 17..=18));
     let closing = raw.wait_closed(WAIT).expect("agent closes after a gap");
     assert!(
         closing.iter().any(|m| matches!(
@@ -195,13 +153,12 @@ fn resent_entries_are_stored_once() {
         )),
         "{closing:?}"
     );
-    assert_eq!(MirrorClient::read_back(&cfg, 0).unwrap(), expected);
+    assert_eq!(read_all(&cfg), expected);
 }
 
 #[test]
 fn route_failover_resends_without_loss_or_duplicates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
     let proxy = Proxy::start(agent.addr);
     let cfg = config(vec![proxy.addr, agent.addr], volume(5), 1);
     let client = MirrorClient::connect(cfg.clone()).unwrap();
@@ -210,21 +167,16 @@ fn route_failover_resends_without_loss_or_duplicates() {
     client.wait_acked(1000, WAIT).unwrap();
     // The first route fails while entries are in flight.
     proxy.cut();
-    submit_all(&client, &entries("f", 2001..=4000));
-    client.wait_acked(4000, WAIT).unwrap();
+    submit_acked(&client, &entries("f", 2001..=4000));
     let status = client.status();
     assert_eq!(status.route_in_use, Some(agent.addr));
     assert!(status.reconnects >= 1 && status.protected, "{status:?}");
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("f", 1..=4000)
-    );
+    assert_eq!(read_all(&cfg), entries("f", 1..=4000));
 }
 
 #[test]
 fn a_dead_first_route_is_skipped_at_connect() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -244,62 +196,46 @@ fn a_dead_first_route_is_skipped_at_connect() {
 
 #[test]
 fn checkpoint_drops_covered_entries_for_good() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
-    let cfg = config(vec![agent.addr], volume(7), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
-    submit_all(&client, &entries("c", 1..=100));
-    client.wait_acked(100, WAIT).unwrap();
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&[]);
+    let (cfg, client) = agent.writer(volume(7));
+    submit_acked(&client, &entries("c", 1..=100));
     client.checkpoint(60);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let back = MirrorClient::read_back(&cfg, 0).unwrap();
-        if back == entries("c", 61..=100) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "checkpoint not applied: first {:?}",
-            back.first().map(|e| e.0)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || {
+            format!(
+                "checkpoint not applied: first {:?}",
+                read_all(&cfg).first().map(|e| e.0)
+            )
+        },
+        || read_all(&cfg) == entries("c", 61..=100),
+    );
     drop(client);
     agent.restart();
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("c", 61..=100)
-    );
+    assert_eq!(read_all(&cfg), entries("c", 61..=100));
     // A checkpoint past everything held empties the volume; appends go on after it.
     let client = MirrorClient::connect(cfg.clone()).unwrap();
     submit_all(&client, &entries("c", 101..=120));
     client.checkpoint(120);
     client.submit(121, entry("c", 121)).unwrap();
     client.wait_acked(121, WAIT).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while MirrorClient::read_back(&cfg, 0).unwrap() != entries("c", 121..=121) {
-        assert!(Instant::now() < deadline, "checkpoint 120 not applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || "checkpoint 120 not applied".into(),
+        || read_all(&cfg) == entries("c", 121..=121),
+    );
 }
 
 #[test]
 fn a_raised_epoch_fences_the_old_owner_and_persists() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&[]);
     let old = config(vec![agent.addr], volume(8), 1);
     let mut new = config(vec![agent.addr], volume(8), 2);
     new.node = "node-b".into();
     let owner = MirrorClient::connect(old.clone()).unwrap();
-    submit_all(&owner, &entries("old", 1..=50));
-    owner.wait_acked(50, WAIT).unwrap();
+    submit_acked(&owner, &entries("old", 1..=50));
 
     // Takeover: the peer raises the epoch and reads the entries back.
     assert_eq!(MirrorClient::raise_epoch(&new, 2).unwrap(), 2);
-    assert_eq!(
-        MirrorClient::read_back(&new, 0).unwrap(),
-        entries("old", 1..=50)
-    );
+    assert_eq!(read_all(&new), entries("old", 1..=50));
 
     // The old owner's next append is refused, and it says why.
     owner.submit(51, entry("old", 51)).unwrap();
@@ -344,11 +280,10 @@ fn a_raised_epoch_fences_the_old_owner_and_persists() {
     // The new owner continues the log; the old owner's seq 51 never got in.
     let peer = MirrorClient::connect(new.clone()).unwrap();
     assert_eq!(peer.acked_through(), Some(50));
-    submit_all(&peer, &entries("new", 51..=60));
-    peer.wait_acked(60, WAIT).unwrap();
+    submit_acked(&peer, &entries("new", 51..=60));
     let mut expected = entries("old", 1..=50);
     expected.extend(entries("new", 51..=60));
-    assert_eq!(MirrorClient::read_back(&new, 0).unwrap(), expected);
+    assert_eq!(read_all(&new), expected);
 }
 
 #[test]
@@ -366,10 +301,7 @@ fn shared_secret_both_ways_and_clear_mismatch_errors() {
     let client = MirrorClient::connect(cfg.clone()).unwrap();
     client.submit(1, b"one".to_vec()).unwrap();
     client.wait_acked(1, WAIT).unwrap();
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        vec![(1, b"one".to_vec())]
-    );
+    assert_eq!(read_all(&cfg), vec![(1, b"one".to_vec())]);
 
     cfg.secret = Some(b"wrong horse".to_vec());
     let err = MirrorClient::connect(cfg.clone()).expect_err("wrong secret refused");
@@ -405,10 +337,8 @@ fn shared_secret_both_ways_and_clear_mismatch_errors() {
 
 #[test]
 fn connections_over_the_limit_are_refused_as_busy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &["--max-connections", "1"]);
-    let cfg = config(vec![agent.addr], volume(13), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    let (_tmp, agent) = AgentProc::in_tempdir(&["--max-connections", "1"]);
+    let (cfg, client) = agent.writer(volume(13));
     let err = MirrorClient::read_back(&cfg, 0).expect_err("second connection refused");
     assert!(err.to_string().contains("busy"), "{err}");
     assert!(agent.wait_log("at the limit of 1 connections", WAIT));
@@ -418,8 +348,7 @@ fn connections_over_the_limit_are_refused_as_busy() {
 
 #[test]
 fn client_refuses_bad_submissions() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
     let client = MirrorClient::connect(config(vec![agent.addr], volume(14), 1)).unwrap();
     client.submit(10, vec![]).unwrap();
     assert_eq!(
@@ -444,10 +373,8 @@ fn client_refuses_bad_submissions() {
 /// Measured figures (printed with --nocapture); the assertions are loose floors.
 #[test]
 fn throughput_and_latency_on_loopback() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
-    let cfg = config(vec![agent.addr], volume(15), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
+    let (cfg, client) = agent.writer(volume(15));
     let n = 20_000u64;
     let payload = vec![0x5au8; 256];
     let start = Instant::now();
@@ -508,12 +435,10 @@ fn a_black_holed_route_is_detected_by_heartbeat_timeout() {
     let proxy = Proxy::start(agent.addrs[0]);
     let cfg = config(vec![proxy.addr, agent.addrs[1]], volume(16), 1);
     let client = MirrorClient::connect(cfg.clone()).unwrap();
-    submit_all(&client, &entries("h", 1..=100));
-    client.wait_acked(100, WAIT).unwrap();
+    submit_acked(&client, &entries("h", 1..=100));
     proxy.freeze();
     let frozen_at = Instant::now();
-    submit_all(&client, &entries("h", 101..=200));
-    client.wait_acked(200, WAIT).unwrap();
+    submit_acked(&client, &entries("h", 101..=200));
     let took = frozen_at.elapsed();
     // Nothing can be acknowledged before the silence exceeds timeout_ms (1500 ms).
     assert!(
@@ -521,10 +446,7 @@ fn a_black_holed_route_is_detected_by_heartbeat_timeout() {
         "acked after {took:?} through a dead route?"
     );
     assert_eq!(client.status().route_in_use, Some(agent.addrs[1]));
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("h", 1..=200)
-    );
+    assert_eq!(read_all(&cfg), entries("h", 1..=200));
     println!("black-holed route: fail-over complete {took:?} after the route went silent");
 }
 
@@ -561,7 +483,7 @@ fn acknowledged_entries_survive_kill_9_of_the_agent_mid_stream() {
                       // Every ack the client has seen was sent before the kill.
         let acked = client.acked_through().unwrap_or(0);
         agent.restart();
-        let back = MirrorClient::read_back(&cfg, 0).unwrap();
+        let back = read_all(&cfg);
         println!(
             "kill -9 round {round}: client saw acks through {acked}, agent kept {}",
             back.len()
@@ -578,27 +500,18 @@ fn acknowledged_entries_survive_kill_9_of_the_agent_mid_stream() {
         assert_eq!(back, entries(&tag, 1..=back.len() as u64), "round {round}");
         // The client reconnects by itself and completes the log, each entry once.
         client.wait_acked(n, Duration::from_secs(30)).unwrap();
-        assert_eq!(
-            MirrorClient::read_back(&cfg, 0).unwrap(),
-            entries(&tag, 1..=n)
-        );
+        assert_eq!(read_all(&cfg), entries(&tag, 1..=n));
     }
 }
 
 #[test]
 fn fsync_mode_round_trip_and_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &["--fsync"]);
-    let cfg = config(vec![agent.addr], volume(18), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
-    submit_all(&client, &entries("s", 1..=300));
-    client.wait_acked(300, WAIT).unwrap();
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&["--fsync"]);
+    let (cfg, client) = agent.writer(volume(18));
+    submit_acked(&client, &entries("s", 1..=300));
     assert!(agent.log_text().contains("fdatasync'ed"));
     agent.restart();
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("s", 1..=300)
-    );
+    assert_eq!(read_all(&cfg), entries("s", 1..=300));
 }
 
 #[test]
@@ -606,10 +519,8 @@ fn an_agent_that_lost_acknowledged_entries_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
     let mut agent = AgentProc::start(&dir, &[]);
-    let cfg = config(vec![agent.addr], volume(19), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
-    submit_all(&client, &entries("l", 1..=50));
-    client.wait_acked(50, WAIT).unwrap();
+    let (cfg, client) = agent.writer(volume(19));
+    submit_acked(&client, &entries("l", 1..=50));
     // The agent's copy disappears (a wiped DIR) while the node is connected.
     agent.kill();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -626,7 +537,7 @@ fn an_agent_that_lost_acknowledged_entries_is_reported() {
     assert!(err.to_string().contains("resynchronise"), "{err}");
     assert!(!client.status().protected);
     // Nothing half-written was left at the agent by the refused connection.
-    assert!(MirrorClient::read_back(&cfg, 0).unwrap().is_empty());
+    assert!(read_all(&cfg).is_empty());
 }
 
 #[test]
@@ -660,32 +571,27 @@ fn volume_limit_and_readers_leave_nothing_behind() {
 
 #[test]
 fn giveback_the_original_owner_returns_under_a_newer_epoch() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = AgentProc::start(&tmp.path().join("agent"), &[]);
+    let (_tmp, agent) = AgentProc::in_tempdir(&[]);
     let a1 = config(vec![agent.addr], volume(20), 1);
     let b2 = config(vec![agent.addr], volume(20), 2);
     let a3 = config(vec![agent.addr], volume(20), 3);
     {
         let a = MirrorClient::connect(a1.clone()).unwrap();
-        submit_all(&a, &entries("a", 1..=10));
-        a.wait_acked(10, WAIT).unwrap();
+        submit_acked(&a, &entries("a", 1..=10));
     } // node A dies
     MirrorClient::raise_epoch(&b2, 2).unwrap();
     let b = MirrorClient::connect(b2.clone()).unwrap();
     assert_eq!(b.acked_through(), Some(10));
-    submit_all(&b, &entries("b", 11..=20));
-    b.wait_acked(20, WAIT).unwrap();
+    submit_acked(&b, &entries("b", 11..=20));
     // Giveback: B checkpoints everything; A comes back under epoch 3.
     b.checkpoint(20);
-    let deadline = Instant::now() + WAIT;
-    while !MirrorClient::read_back(&b2, 0).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "giveback checkpoint not applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || "giveback checkpoint not applied".into(),
+        || read_all(&b2).is_empty(),
+    );
     let a = MirrorClient::connect(a3.clone()).unwrap();
     assert_eq!(a.acked_through(), Some(20));
-    submit_all(&a, &entries("a", 21..=25));
-    a.wait_acked(25, WAIT).unwrap();
+    submit_acked(&a, &entries("a", 21..=25));
     // B, still connected under epoch 2, can no longer write.
     b.submit(21, entry("b", 21)).unwrap();
     assert_eq!(
@@ -695,20 +601,14 @@ fn giveback_the_original_owner_returns_under_a_newer_epoch() {
             current: 3
         })
     );
-    assert_eq!(
-        MirrorClient::read_back(&a3, 0).unwrap(),
-        entries("a", 21..=25)
-    );
+    assert_eq!(read_all(&a3), entries("a", 21..=25));
 }
 
 #[test]
 fn a_checkpoint_while_the_agent_is_away_shrinks_the_resend() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agent = AgentProc::start(&tmp.path().join("agent"), &[]);
-    let cfg = config(vec![agent.addr], volume(21), 1);
-    let client = MirrorClient::connect(cfg.clone()).unwrap();
-    submit_all(&client, &entries("d", 1..=10));
-    client.wait_acked(10, WAIT).unwrap();
+    let (_tmp, mut agent) = AgentProc::in_tempdir(&[]);
+    let (cfg, client) = agent.writer(volume(21));
+    submit_acked(&client, &entries("d", 1..=10));
     agent.kill();
     // Degraded: the node goes on and checkpoints while the agent is away.
     submit_all(&client, &entries("d", 11..=100));
@@ -716,14 +616,10 @@ fn a_checkpoint_while_the_agent_is_away_shrinks_the_resend() {
     assert_eq!(client.status().unacked_entries, 20);
     agent.restart();
     client.wait_acked(100, WAIT).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while !client.status().protected {
-        assert!(Instant::now() < deadline, "{:?}", client.status());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The agent holds exactly what the checkpoint does not cover.
-    assert_eq!(
-        MirrorClient::read_back(&cfg, 0).unwrap(),
-        entries("d", 81..=100)
+    wait_until(
+        || format!("{:?}", client.status()),
+        || client.status().protected,
     );
+    // The agent holds exactly what the checkpoint does not cover.
+    assert_eq!(read_all(&cfg), entries("d", 81..=100));
 }

@@ -479,12 +479,7 @@ pub(crate) fn write_sb_to_path(
     sb: &Superblock,
     wrap: Option<&IoWrapper>,
 ) -> Result<(), VolumeError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| VolumeError::io(path, e))?;
-    let io = crate::files::wrap(path, file, wrap);
+    let io = crate::files::wrap(path, crate::files::open_rw(path)?, wrap);
     io.write_at(sb.slot_offset(), &sb.encode())
         .and_then(|_| io.sync())
         .map_err(|e| VolumeError::io(path, e))

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::array::{ArrayState, Inner, Member, OpError, RaidOptions, Spare, Stats, STRIPE_LOCKS};
 use crate::files::{
-    create_member_file, io_err, list_files, load_csums, member_name, spare_name, take_lock, wrap,
+    create_member_file, create_sized, io_err, list_files, load_csums, member_name, open_rw,
+    spare_name, take_lock, wrap,
 };
 use crate::format::{MemberState, Superblock, NO_MEMBER, PAGE_BYTES, ROLE_SPARE};
 use crate::inspect::{classify, scan, Classified};
@@ -116,23 +117,12 @@ fn create_journal_files(
     ring_bytes: u64,
     g: &Geometry,
 ) -> Result<(), VolumeError> {
-    let create = |p: &Path, len: u64| -> Result<File, VolumeError> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(p)
-            .map_err(io_err(p))?;
-        f.set_len(len).map_err(io_err(p))?;
-        Ok(f)
-    };
     let rpath = dir.join(RECORDS_FILE);
-    create(&rpath, ring_bytes)?
+    create_sized(&rpath, ring_bytes)?
         .sync_all()
         .map_err(io_err(&rpath))?;
     let jpath = dir.join(JOURNAL_FILE);
-    let jfile = create(&jpath, 0)?;
+    let jfile = create_sized(&jpath, 0)?;
     Journal::create(&jpath, &FileMember::new(jfile), array_id, ring_bytes, g)
 }
 
@@ -219,19 +209,12 @@ fn assemble(dir: &Path, ropts: &RaidOptions, lock: File) -> Result<RaidVolume, V
         let ring_bytes = ropts.journal_bytes.max(min_ring_bytes(&g));
         create_journal_files(dir, inspection.array_id, ring_bytes, &g)?;
     }
-    let open_rw = |p: &Path| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p)
-            .map_err(io_err(p))
-            .map(|f| wrap(p, f, ropts.wrap_io.as_ref()))
-    };
+    let open_wrapped = |p: &Path| open_rw(p).map(|f| wrap(p, f, ropts.wrap_io.as_ref()));
     let (journal, recovery) = Journal::open(
         &jpath,
-        open_rw(&jpath)?,
+        open_wrapped(&jpath)?,
         &rpath,
-        open_rw(&rpath)?,
+        open_wrapped(&rpath)?,
         inspection.array_id,
         &g,
         ropts.journal_sync,

@@ -84,6 +84,33 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> VolumeError + '_
     move |e| VolumeError::io(path, e)
 }
 
+/// Opens an existing file for reading and writing (a member, a spare, a single-file volume).
+pub(crate) fn open_rw(path: &Path) -> Result<File, VolumeError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// Creates a file for reading and writing, or empties an existing one, and sizes it to `len`.
+pub(crate) fn create_sized(path: &Path, len: u64) -> Result<File, VolumeError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(len).map_err(io_err(path))?;
+    Ok(file)
+}
+
+/// The length in bytes of `file`, opened from `path`.
+pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64, VolumeError> {
+    Ok(file.metadata().map_err(io_err(path))?.len())
+}
+
 pub(crate) fn take_lock(dir: &Path) -> Result<File, VolumeError> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
@@ -122,15 +149,7 @@ pub(crate) fn create_member_file(
     geometry: &Geometry,
     sb: &Superblock,
 ) -> Result<(), VolumeError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.set_len(geometry.member_bytes())
-        .map_err(io_err(path))?;
+    let file = create_sized(path, geometry.member_bytes())?;
     write_zero_csums(
         &FileMember::new(file.try_clone().map_err(io_err(path))?),
         geometry,

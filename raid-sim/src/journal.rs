@@ -413,27 +413,14 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::{create_sized, open_rw};
     use crate::journal_format::RecordRange;
     use crate::member::FileMember;
     use proptest::prelude::*;
-    use std::fs::OpenOptions;
 
     fn files(dir: &Path, ring_bytes: u64, g: &Geometry) {
-        let j = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join(JOURNAL_FILE))
-            .unwrap();
-        let r = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join(RECORDS_FILE))
-            .unwrap();
-        r.set_len(ring_bytes).unwrap();
+        let j = create_sized(&dir.join(JOURNAL_FILE), 0).unwrap();
+        create_sized(&dir.join(RECORDS_FILE), ring_bytes).unwrap();
         Journal::create(
             &dir.join(JOURNAL_FILE),
             &FileMember::new(j),
@@ -446,13 +433,7 @@ mod tests {
 
     fn open(dir: &Path, g: &Geometry) -> (Journal, Recovery) {
         let o = |n: &str| {
-            Box::new(FileMember::new(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(dir.join(n))
-                    .unwrap(),
-            )) as Box<dyn MemberIo>
+            Box::new(FileMember::new(open_rw(&dir.join(n)).unwrap())) as Box<dyn MemberIo>
         };
         Journal::open(
             &dir.join(JOURNAL_FILE),

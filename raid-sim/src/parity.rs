@@ -20,6 +20,20 @@ pub fn xor_into(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// The XOR of every row but `rows[skip]`: that row as the others say it should be (a data
+/// block rebuilt, or the parity recomputed).
+pub fn xor_except(rows: &[&[u8]], skip: usize) -> Vec<u8> {
+    let others: Vec<&[u8]> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, r)| *r)
+        .collect();
+    let mut out = vec![0u8; rows.first().map_or(0, |r| r.len())];
+    xor_many(&mut out, &others);
+    out
+}
+
 /// `dst = src[0] ^ src[1] ^ …` in one pass over the output (better cache use than
 /// repeated `xor_into`). `dst` is overwritten.
 pub fn xor_many(dst: &mut [u8], srcs: &[&[u8]]) {
@@ -66,6 +80,11 @@ mod tests {
                 if i != missing { xor_into(&mut rebuilt, d); }
             }
             prop_assert_eq!(&rebuilt, &data[missing]);
+            // The stripe with parity as a row: leaving out any row, the rest rebuild it.
+            let mut stripe: Vec<&[u8]> = refs.clone();
+            stripe.push(&parity);
+            prop_assert_eq!(&xor_except(&stripe, missing), &data[missing]);
+            prop_assert_eq!(&xor_except(&stripe, n), &parity);
             // read-modify-write gives the same parity as recomputing
             let new: Vec<u8> = data[missing].iter().map(|b| b.wrapping_add(1)).collect();
             let mut rmw = parity.clone();

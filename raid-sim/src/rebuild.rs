@@ -1,14 +1,13 @@
 //! Rebuild of a failed member onto a spare or a replacement, stripe by stripe with
 //! checkpoints in the superblocks, while the volume serves I/O.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::array::{lock_write, Inner, Member};
-use crate::files::{create_member_file, member_name, wrap};
+use crate::files::{create_member_file, file_len, member_name, open_rw, wrap};
 use crate::format::{block_crc, MemberState, Superblock};
 use crate::parity::xor_many;
 use crate::volume::{VolumeError, BLOCK_BYTES};
@@ -102,16 +101,8 @@ impl Inner {
                 slot.clone()
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&target_path)
-            .map_err(|e| VolumeError::io(&target_path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| VolumeError::io(&target_path, e))?
-            .len();
-        if len < g.member_bytes() {
+        let file = open_rw(&target_path)?;
+        if file_len(&file, &target_path)? < g.member_bytes() {
             file.set_len(g.member_bytes())
                 .map_err(|e| VolumeError::io(&target_path, e))?;
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::array::{lock_write, Inner, Member};
 use crate::files::in_use;
 use crate::format::block_crc;
-use crate::parity::xor_many;
+use crate::parity::{xor_except, xor_many};
 use crate::volume::{VolumeError, BLOCK_BYTES};
 
 pub const SCRUB_REPORT_FILE: &str = "raid.scrub-report";
@@ -166,14 +166,7 @@ impl Inner {
                             continue;
                         }
                         let p = g.parity_member(s);
-                        let data_rows: Vec<&[u8]> = rows
-                            .iter()
-                            .enumerate()
-                            .filter(|(m, _)| *m as u32 != p)
-                            .map(|(_, r)| *r)
-                            .collect();
-                        let mut par = vec![0u8; bs];
-                        xor_many(&mut par, &data_rows);
+                        let par = xor_except(&rows, p as usize);
                         let mem = &bufs[p as usize].as_ref().expect("not degraded").0;
                         let ok =
                             repair && self.rewrite_block(mem, s, range.start as u64, &par).is_ok();
@@ -183,14 +176,7 @@ impl Inner {
                     }
                     1 => {
                         let m = bad[0];
-                        let others: Vec<&[u8]> = rows
-                            .iter()
-                            .enumerate()
-                            .filter(|(o, _)| *o as u32 != m)
-                            .map(|(_, r)| *r)
-                            .collect();
-                        let mut r = vec![0u8; bs];
-                        xor_many(&mut r, &others);
+                        let r = xor_except(&rows, m as usize);
                         let mem = &bufs[m as usize].as_ref().expect("not degraded").0;
                         self.stats.csum_mismatches.fetch_add(1, Ordering::Relaxed);
                         if block_crc(&r) == mem.csums[first + blk].load(Ordering::Acquire) {

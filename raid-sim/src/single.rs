@@ -1,11 +1,12 @@
 //! A volume made of one backing file: the simplest `BlockVolume`, used by tests and by
 //! `smlogfs mkfs --disks 1`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::files::{create_sized, file_len, open_rw};
 use crate::volume::{BlockVolume, VolumeError, BLOCK_BYTES};
 
 pub(crate) const FILE_NAME: &str = "disk.img";
@@ -33,15 +34,7 @@ impl SingleFileVolume {
                 ),
             });
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| VolumeError::io(&path, e))?;
-        file.set_len(capacity_bytes)
-            .map_err(|e| VolumeError::io(&path, e))?;
+        let file = create_sized(&path, capacity_bytes)?;
         Ok(SingleFileVolume {
             path,
             file,
@@ -52,15 +45,8 @@ impl SingleFileVolume {
 
     pub fn open(dir: &Path) -> Result<Self, VolumeError> {
         let path = dir.join(FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| VolumeError::io(&path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| VolumeError::io(&path, e))?
-            .len();
+        let file = open_rw(&path)?;
+        let len = file_len(&file, &path)?;
         let capacity_bytes = len - len % BLOCK_BYTES;
         Ok(SingleFileVolume {
             path,

@@ -140,13 +140,7 @@ fn hundred_flipped_chunks_are_all_detected_and_repaired() {
     // `raid-sim scrub` finds no damage left.
     drop(vol);
     let out = raid_sim_scrub(dir.path());
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = stdout_of_success(&out);
     assert!(
         report.contains(": 0 finding(s), 0 repaired, 0 unrepaired"),
         "damage left after reads: {report}"
@@ -181,9 +175,8 @@ fn hundred_flipped_chunks_are_all_detected_and_repaired() {
         damaged.insert((m, file_of(m), at));
     }
     let out = raid_sim_scrub(dir.path());
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = stdout_of_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{report}{stderr}");
     assert!(
         report.contains(": 100 finding(s), 100 repaired, 0 unrepaired"),
         "{report}"
@@ -217,8 +210,7 @@ fn hundred_flipped_chunks_are_all_detected_and_repaired() {
         "the scrub's log must name each repair: {stderr}"
     );
     let out = raid_sim_scrub(dir.path());
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{report}");
+    let report = stdout_of_success(&out);
     assert!(report.contains(": 0 finding(s)"), "{report}");
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     assert_reads(&vol, &model);

@@ -43,8 +43,7 @@ fn missing_member_reads_and_writes_continue() {
 fn read_errors_fail_the_member_and_bump_events() {
     let dir = tempfile::tempdir().unwrap();
     let model = fresh_array(dir.path(), 0xfeed);
-    let (plan, o) = faulty();
-    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    let (plan, vol) = open_faulty(dir.path());
     let before = vol.events();
     plan.add(FaultRule::new(
         &member_name(2),
@@ -70,8 +69,7 @@ fn read_errors_fail_the_member_and_bump_events() {
 fn write_errors_fail_the_member_and_data_stays_readable() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = fresh_array(dir.path(), 0xfeed);
-    let (plan, o) = faulty();
-    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    let (plan, vol) = open_faulty(dir.path());
     plan.add(FaultRule::new(
         &member_name(0),
         FaultOp::Write,
@@ -276,8 +274,7 @@ fn fenced_volume_refuses_writes_and_releases_its_lock() {
 fn torn_member_write_fails_the_member_not_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = fresh_array(dir.path(), 0xfeed);
-    let (plan, o) = faulty();
-    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    let (plan, vol) = open_faulty(dir.path());
     let g = vol.geometry();
     let stripe = 7;
     let m = g.data_member(stripe, 1);
@@ -471,8 +468,7 @@ fn random_damage_never_panics_assembly() {
 fn bit_flips_on_the_read_path_are_caught() {
     let dir = tempfile::tempdir().unwrap();
     let model = fresh_array(dir.path(), 0xfeed);
-    let (plan, o) = faulty();
-    let vol = raid_sim::open_raid(dir.path(), &o).unwrap();
+    let (plan, vol) = open_faulty(dir.path());
     let g = vol.geometry();
     let at = g.member_offset(4, 0);
     let m = g.data_member(4, 0);

@@ -261,9 +261,8 @@ fn rebuild_killed_under_the_binary_resumes_under_the_binary() {
         &["replace", d, "--member", "3", "--checkpoint-stripes", "4"],
         "info",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = stdout_of_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
         stdout.contains("member 3 rebuilt; the array is clean"),
         "{stdout}"
@@ -296,8 +295,7 @@ fn rebuild_killed_under_the_binary_resumes_under_the_binary() {
 
     // The block damaged before the resume was left alone: scrub finds it (and only it).
     let out = raid_sim(&["scrub", d], "warn");
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{report}");
+    let report = stdout_of_success(&out);
     assert!(
         report.contains(": 1 finding(s), 1 repaired, 0 unrepaired")
             && report.contains("member 3 (")
@@ -305,8 +303,7 @@ fn rebuild_killed_under_the_binary_resumes_under_the_binary() {
         "a resumed rebuild leaves stripe 0 as the killed run wrote it: {report}"
     );
     let out = raid_sim(&["scrub", d], "warn");
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{report}");
+    let report = stdout_of_success(&out);
     assert!(report.contains(": 0 finding(s)"), "{report}");
     let vol = raid_sim::open_raid(dir.path(), &quiet()).unwrap();
     assert!(!vol.is_degraded());

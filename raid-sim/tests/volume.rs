@@ -43,8 +43,7 @@ fn random_writes_read_back_and_survive_reopen() {
 #[test]
 fn full_stripe_write_needs_no_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let (plan, o) = faulty();
-    let vol = create(dir.path(), 5, 8 << 10, 1 << 20, 0, &o);
+    let (plan, vol) = create_faulty(dir.path(), 5, 8 << 10, 1 << 20);
     let g = vol.geometry();
     plan.add(FaultRule::new(".img", FaultOp::Read, FaultAction::Eio).range(8192, g.csum_start()));
     let mut rng = Rng(7);

@@ -72,8 +72,7 @@ fn crash_between_data_and_parity_then_member_loss_reads_back_correct() {
 #[test]
 fn torn_journal_record_is_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let (plan, o) = faulty();
-    let vol = create(dir.path(), 3, 8 << 10, 1 << 20, 0, &o);
+    let (plan, vol) = create_faulty(dir.path(), 3, 8 << 10, 1 << 20);
     let mut rng = Rng(4);
     let model = fill(&vol, &mut rng);
     vol.flush().unwrap();
@@ -97,8 +96,7 @@ fn torn_journal_record_is_not_replayed() {
 #[test]
 fn lost_records_fall_back_to_dirty_region_resync() {
     let dir = tempfile::tempdir().unwrap();
-    let (plan, o) = faulty();
-    let vol = create(dir.path(), 4, 8 << 10, 1 << 20, 0, &o);
+    let (plan, vol) = create_faulty(dir.path(), 4, 8 << 10, 1 << 20);
     let g = vol.geometry();
     let mut rng = Rng(21);
     let model = fill(&vol, &mut rng);
@@ -135,8 +133,7 @@ fn lost_records_fall_back_to_dirty_region_resync() {
 fn crash_at_random_points_leaves_every_block_old_or_new() {
     for seed in 0..12u64 {
         let dir = tempfile::tempdir().unwrap();
-        let (plan, o) = faulty();
-        let vol = create(dir.path(), 4, 8 << 10, 1 << 20, 0, &o);
+        let (plan, vol) = create_faulty(dir.path(), 4, 8 << 10, 1 << 20);
         let g = vol.geometry();
         let mut rng = Rng(1000 + seed);
         let mut model = fill(&vol, &mut rng);

@@ -125,10 +125,8 @@ impl Filesystem for Passthrough {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.alive().and_then(|()| {
-            let (path, rel) = self.child(parent.0, name)?;
-            sys::mknod(&path, mode & !umask, rdev)?;
-            self.remember(rel)
+        let r = self.new_child(parent, name, |path| {
+            Ok(sys::mknod(path, mode & !umask, rdev)?)
         });
         entry(reply, r);
     }
@@ -142,14 +140,13 @@ impl Filesystem for Passthrough {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.alive().and_then(|()| {
-            let (path, rel) = self.child(parent.0, name)?;
+        let r = self.new_child(parent, name, |path| {
             let mode = mode & !umask & 0o7777;
-            fs::DirBuilder::new().mode(mode).create(&path)?;
-            if fs::metadata(&path)?.mode() & 0o7777 != mode {
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            fs::DirBuilder::new().mode(mode).create(path)?;
+            if fs::metadata(path)?.mode() & 0o7777 != mode {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
             }
-            self.remember(rel)
+            Ok(())
         });
         entry(reply, r);
     }
@@ -173,10 +170,8 @@ impl Filesystem for Passthrough {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.alive().and_then(|()| {
-            let (path, rel) = self.child(parent.0, link_name)?;
-            std::os::unix::fs::symlink(target, &path)?;
-            self.remember(rel)
+        let r = self.new_child(parent, link_name, |path| {
+            Ok(std::os::unix::fs::symlink(target, path)?)
         });
         entry(reply, r);
     }
@@ -285,8 +280,7 @@ impl Filesystem for Passthrough {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
-        handles.remove(&fh.0);
+        self.drop_handle(fh);
         reply.ok();
     }
 
@@ -342,8 +336,7 @@ impl Filesystem for Passthrough {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
-        handles.remove(&fh.0);
+        self.drop_handle(fh);
         reply.ok();
     }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use smlog_wire::conn::{write_frame, write_frame_as, FrameReader};
-use smlog_wire::{Frame, Message, MirrorConfig, Version, VolumeId};
+use smlog_wire::{Frame, Message, MirrorClient, MirrorConfig, Version, VolumeId};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -40,6 +40,21 @@ impl AgentProc {
             log,
             extra,
         }
+    }
+
+    /// An agent on the `agent` subdirectory of a new temporary directory, which lives as
+    /// long as the returned guard.
+    pub fn in_tempdir(extra: &[&str]) -> (tempfile::TempDir, AgentProc) {
+        let tmp = tempfile::tempdir().unwrap();
+        let agent = AgentProc::start(&tmp.path().join("agent"), extra);
+        (tmp, agent)
+    }
+
+    /// The test config (epoch 1) for `vol` on this agent, and a writer connected with it.
+    pub fn writer(&self, vol: VolumeId) -> (MirrorConfig, MirrorClient) {
+        let cfg = config(vec![self.addr], vol, 1);
+        let client = MirrorClient::connect(cfg.clone()).unwrap();
+        (cfg, client)
     }
 
     /// SIGKILL, as a crash would.
@@ -187,6 +202,38 @@ pub fn entries(tag: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<
     seqs.map(|s| (s, entry(tag, s))).collect()
 }
 
+/// How long a test waits for the agent to answer, acknowledge or apply something.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Submits every entry in order; the client queues them, nothing waits for the agent.
+pub fn submit_all(client: &MirrorClient, items: &[(u64, Vec<u8>)]) {
+    for (seq, bytes) in items {
+        client.submit(*seq, bytes.clone()).unwrap();
+    }
+}
+
+/// Submits `items` and waits until the agent has acknowledged the last of them.
+pub fn submit_acked(client: &MirrorClient, items: &[(u64, Vec<u8>)]) {
+    submit_all(client, items);
+    let (last, _) = items.last().expect("at least one entry to submit");
+    client.wait_acked(*last, WAIT).unwrap();
+}
+
+/// Everything the agent holds for `cfg`'s volume, read back over a connection of its own.
+pub fn read_all(cfg: &MirrorConfig) -> Vec<(u64, Vec<u8>)> {
+    MirrorClient::read_back(cfg, 0).unwrap()
+}
+
+/// Polls `cond` every 20 ms for up to `WAIT`; panics with `what()` when it never holds.
+#[track_caller]
+pub fn wait_until(what: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A hand-driven connection for hostile and protocol-level tests.
 pub struct RawConn {
     pub stream: TcpStream,
@@ -293,8 +340,13 @@ impl RawConn {
 
     /// Sends an append of `entries` and returns the agent's answer.
     pub fn append(&mut self, vol: &VolumeId, entries: Vec<(u64, Vec<u8>)>) -> Option<Message> {
+        self.send_entries(vol, entries);
+        self.recv(WAIT)
+    }
+
+    /// Sends an append of `entries` without waiting for an answer.
+    pub fn send_entries(&mut self, vol: &VolumeId, entries: Vec<(u64, Vec<u8>)>) {
         self.send(vol, &Message::Append { entries });
-        self.recv(Duration::from_secs(10))
     }
 
     /// Hello without a secret; returns the agent's answer.

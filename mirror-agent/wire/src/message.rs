@@ -180,8 +180,7 @@ impl Message {
             } => {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 let flags = next_seq.is_some() as u8 | (checkpoint_through.is_some() as u8) << 1;
-                out.push(flags);
-                out.extend_from_slice(&[0u8; 7]);
+                encode_flags(flags, out);
                 out.extend_from_slice(&next_seq.unwrap_or(0).to_le_bytes());
                 out.extend_from_slice(&checkpoint_through.unwrap_or(0).to_le_bytes());
             }
@@ -198,8 +197,7 @@ impl Message {
                         durable_seq.is_none_or(|d| d <= *through_seq),
                         "durable_seq beyond through_seq"
                     );
-                    out.push(durable_seq.is_some() as u8);
-                    out.extend_from_slice(&[0u8; 7]);
+                    encode_flags(durable_seq.is_some() as u8, out);
                     out.extend_from_slice(&durable_seq.unwrap_or(0).to_le_bytes());
                 } else {
                     assert!(durable_seq.is_none(), "a version 1 Ack has no durable_seq");
@@ -300,28 +298,21 @@ impl Message {
             },
             FrameKind::Welcome => {
                 let epoch = r.u64("epoch")?;
-                let flags = r.u8("flags")?;
-                if flags & !0b11 != 0 {
-                    return Err(r.malformed("unknown Welcome flags"));
-                }
-                let reserved: [u8; 7] = r.array("reserved")?;
-                if reserved != [0; 7] {
-                    return Err(r.malformed("reserved bytes set"));
-                }
-                // A value flagged absent must be zero, like reserved bytes: then every
-                // Welcome the decoder accepts is the one encoding of its message.
-                let next_seq = r.u64("next_seq")?;
-                if flags & 1 == 0 && next_seq != 0 {
-                    return Err(r.malformed("next_seq not zero while flagged absent"));
-                }
-                let checkpoint = r.u64("checkpoint_through")?;
-                if flags & 2 == 0 && checkpoint != 0 {
-                    return Err(r.malformed("checkpoint_through not zero while flagged absent"));
-                }
+                let flags = r.flags(0b11, "unknown Welcome flags")?;
+                let next_seq = r.optional_u64(
+                    "next_seq",
+                    flags & 1 != 0,
+                    "next_seq not zero while flagged absent",
+                )?;
+                let checkpoint_through = r.optional_u64(
+                    "checkpoint_through",
+                    flags & 2 != 0,
+                    "checkpoint_through not zero while flagged absent",
+                )?;
                 Message::Welcome {
                     epoch,
-                    next_seq: (flags & 1 != 0).then_some(next_seq),
-                    checkpoint_through: (flags & 2 != 0).then_some(checkpoint),
+                    next_seq,
+                    checkpoint_through,
                 }
             }
             FrameKind::Append => {
@@ -337,22 +328,16 @@ impl Message {
             FrameKind::Ack => {
                 let through_seq = r.u64("through_seq")?;
                 let durable_seq = if version.has_durable_acks() {
-                    let flags = r.u8("flags")?;
-                    if flags & !1 != 0 {
-                        return Err(r.malformed("unknown Ack flags"));
-                    }
-                    let reserved: [u8; 7] = r.array("reserved")?;
-                    if reserved != [0; 7] {
-                        return Err(r.malformed("reserved bytes set"));
-                    }
-                    let durable = r.u64("durable_seq")?;
-                    if flags & 1 == 0 && durable != 0 {
-                        return Err(r.malformed("durable_seq not zero while flagged absent"));
-                    }
-                    if flags & 1 != 0 && durable > through_seq {
+                    let flags = r.flags(1, "unknown Ack flags")?;
+                    let durable = r.optional_u64(
+                        "durable_seq",
+                        flags & 1 != 0,
+                        "durable_seq not zero while flagged absent",
+                    )?;
+                    if durable.is_some_and(|d| d > through_seq) {
                         return Err(r.malformed("durable_seq beyond through_seq"));
                     }
-                    (flags & 1 != 0).then_some(durable)
+                    durable
                 } else {
                     None
                 };
@@ -595,6 +580,12 @@ fn truncate_utf8(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// A flags byte and the seven reserved (zero) bytes after it, as Welcome and Ack have them.
+fn encode_flags(flags: u8, out: &mut Vec<u8>) {
+    out.push(flags);
+    out.extend_from_slice(&[0u8; 7]);
+}
+
 /// A bounds-checked cursor over a body; every read returns `Malformed` instead of panicking.
 struct BodyReader<'a> {
     kind: &'static str,
@@ -617,11 +608,7 @@ impl<'a> BodyReader<'a> {
 
     fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if self.remaining() < n {
-            return Err(WireError::Malformed {
-                kind: self.kind,
-                what,
-                at: self.at,
-            });
+            return Err(self.malformed(what));
         }
         let out = &self.body[self.at..self.at + n];
         self.at += n;
@@ -648,6 +635,36 @@ impl<'a> BodyReader<'a> {
 
     fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A flags byte and the seven reserved bytes after it (Welcome, Ack): refuses a flag
+    /// outside `known`, saying `unknown`, and a reserved byte that is set.
+    fn flags(&mut self, known: u8, unknown: &'static str) -> Result<u8, WireError> {
+        let flags = self.u8("flags")?;
+        if flags & !known != 0 {
+            return Err(self.malformed(unknown));
+        }
+        let reserved: [u8; 7] = self.array("reserved")?;
+        if reserved != [0; 7] {
+            return Err(self.malformed("reserved bytes set"));
+        }
+        Ok(flags)
+    }
+
+    /// A u64 that counts only when `present`. Flagged absent it must be zero (else
+    /// `nonzero`), like reserved bytes: then every body the decoder accepts is the one
+    /// encoding of its message.
+    fn optional_u64(
+        &mut self,
+        what: &'static str,
+        present: bool,
+        nonzero: &'static str,
+    ) -> Result<Option<u64>, WireError> {
+        let value = self.u64(what)?;
+        if !present && value != 0 {
+            return Err(self.malformed(nonzero));
+        }
+        Ok(present.then_some(value))
     }
 
     fn utf8(&mut self, n: usize, what: &'static str) -> Result<String, WireError> {

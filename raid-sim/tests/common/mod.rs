@@ -31,6 +31,15 @@ impl Rng {
     }
 }
 
+/// Asserts that a `raid-sim` command exited 0 (showing its output when not); its stdout.
+#[track_caller]
+pub fn stdout_of_success(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    stdout
+}
+
 pub fn quiet() -> RaidOptions {
     RaidOptions {
         background: false,
@@ -108,6 +117,26 @@ pub fn faulty() -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidOptions) {
         ..quiet()
     };
     (plan, o)
+}
+
+/// A new array in `dir` (`disks` members, no spare) whose I/O goes through the returned
+/// fault plan.
+pub fn create_faulty(
+    dir: &Path,
+    disks: u32,
+    chunk: u64,
+    size: u64,
+) -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidVolume) {
+    let (plan, o) = faulty();
+    let vol = create(dir, disks, chunk, size, 0, &o);
+    (plan, vol)
+}
+
+/// The array in `dir` opened with its I/O going through the returned fault plan.
+pub fn open_faulty(dir: &Path) -> (std::sync::Arc<raid_sim::member::FaultPlan>, RaidVolume) {
+    let (plan, o) = faulty();
+    let vol = raid_sim::open_raid(dir, &o).unwrap();
+    (plan, vol)
 }
 
 /// Scrubs without repairing and asserts that nothing was found; `what` names the case.

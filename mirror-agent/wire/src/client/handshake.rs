@@ -56,6 +56,11 @@ pub(super) fn read_frame(
     }
 }
 
+/// A frame the agent had no business sending at this point of the exchange (`during`).
+pub(super) fn unexpected(message: &Message, during: &str) -> MirrorError {
+    MirrorError::Protocol(format!("unexpected {:?} frame {during}", message.kind()))
+}
+
 /// Turns an agent's Error frame into our error.
 pub(super) fn refusal(
     cfg: &MirrorConfig,
@@ -190,12 +195,7 @@ pub(super) fn open_session(
             Message::Error { code, a, b, reason } => {
                 return Err(refusal(cfg, route, code, a, b, reason))
             }
-            other => {
-                return Err(MirrorError::Protocol(format!(
-                    "unexpected {:?} frame during the handshake",
-                    other.kind()
-                )))
-            }
+            other => return Err(unexpected(&other, "during the handshake")),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::error::{ErrorCode, WireError};
 use crate::format::*;
 use crate::message::{Message, Mode};
 use driver::{drive, install, Shared, State};
-use handshake::{io_error, open_any, read_frame, refusal, Session};
+use handshake::{io_error, open_any, read_frame, refusal, unexpected, Session};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -246,32 +246,15 @@ impl MirrorClient {
 
     /// Waits until `seq` is acknowledged, the client fails for good, or `timeout` passes.
     pub fn wait_acked(&self, seq: u64, timeout: Duration) -> Result<(), MirrorError> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if st.acked.is_some_and(|a| a >= seq) {
-                return Ok(());
-            }
-            if let Some(e) = &st.fatal {
-                return Err(e.clone());
-            }
-            if st.closing {
-                return Err(MirrorError::Closed);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(MirrorError::Timeout {
-                    seq,
-                    acked_through: st.acked,
-                });
-            }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_state(
+            timeout,
+            |st| st.acked.is_some_and(|a| a >= seq),
+            |_| {},
+            |st| MirrorError::Timeout {
+                seq,
+                acked_through: st.acked,
+            },
+        )
     }
 
     /// The highest seq the agent reported durable: every seq up to it is on the agent's
@@ -286,10 +269,37 @@ impl MirrorClient {
     /// Fails like `wait_acked`: on a final error (fenced, …), when the client is closed, or
     /// with `DurableTimeout` after `timeout`. A seq not submitted yet is waited for.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> Result<(), MirrorError> {
+        self.wait_state(
+            timeout,
+            |st| st.durable.is_some_and(|d| d >= seq),
+            |st| {
+                if st.sync_wanted.is_none_or(|w| w < seq) {
+                    st.sync_wanted = Some(seq);
+                    self.shared.work.notify_one();
+                }
+            },
+            |st| MirrorError::DurableTimeout {
+                seq,
+                durable_through: st.durable,
+                acked_through: st.acked,
+            },
+        )
+    }
+
+    /// The wait both `wait_acked` and `wait_durable` do: until `reached`, a final error,
+    /// `close`, or `timeout` (then the error `timed_out` makes). `ask` runs under the lock
+    /// after the failure checks and before each sleep, to request what is waited for.
+    fn wait_state(
+        &self,
+        timeout: Duration,
+        reached: impl Fn(&State) -> bool,
+        mut ask: impl FnMut(&mut State),
+        timed_out: impl FnOnce(&State) -> MirrorError,
+    ) -> Result<(), MirrorError> {
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
         loop {
-            if st.durable.is_some_and(|d| d >= seq) {
+            if reached(&st) {
                 return Ok(());
             }
             if let Some(e) = &st.fatal {
@@ -298,17 +308,10 @@ impl MirrorClient {
             if st.closing {
                 return Err(MirrorError::Closed);
             }
-            if st.sync_wanted.is_none_or(|w| w < seq) {
-                st.sync_wanted = Some(seq);
-                self.shared.work.notify_one();
-            }
+            ask(&mut st);
             let now = Instant::now();
             if now >= deadline {
-                return Err(MirrorError::DurableTimeout {
-                    seq,
-                    durable_through: st.durable,
-                    acked_through: st.acked,
-                });
+                return Err(timed_out(&st));
             }
             st = self
                 .shared
@@ -380,19 +383,12 @@ impl MirrorClient {
         cfg: &MirrorConfig,
         after_seq: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, MirrorError> {
-        let (_, session) = open_any(cfg, Mode::Reader, 0)?;
         let Session {
             stream,
             mut reader,
             route,
             ..
-        } = session;
-        write_frame(
-            &mut &stream,
-            &cfg.volume_id,
-            &Message::ReadBack { after_seq },
-        )
-        .map_err(|e| io_error(route, "send ReadBack", e))?;
+        } = open_and_send(cfg, &Message::ReadBack { after_seq })?;
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         loop {
             let frame = read_frame(&stream, &mut reader, route)?;
@@ -446,12 +442,7 @@ impl MirrorClient {
                 Message::Error { code, a, b, reason } => {
                     return Err(refusal(cfg, route, code, a, b, reason))
                 }
-                other => {
-                    return Err(MirrorError::Protocol(format!(
-                        "unexpected {:?} frame during read-back",
-                        other.kind()
-                    )))
-                }
+                other => return Err(unexpected(&other, "during read-back")),
             }
         }
     }
@@ -460,19 +451,12 @@ impl MirrorClient {
     /// From then on the agent refuses appends from connections of lower epochs.
     /// Returns the agent's epoch afterwards; `Fenced` if the agent already has a higher one.
     pub fn raise_epoch(cfg: &MirrorConfig, new_epoch: u64) -> Result<u64, MirrorError> {
-        let (_, session) = open_any(cfg, Mode::Reader, 0)?;
         let Session {
             stream,
             mut reader,
             route,
             ..
-        } = session;
-        write_frame(
-            &mut &stream,
-            &cfg.volume_id,
-            &Message::RaiseEpoch { epoch: new_epoch },
-        )
-        .map_err(|e| io_error(route, "send RaiseEpoch", e))?;
+        } = open_and_send(cfg, &Message::RaiseEpoch { epoch: new_epoch })?;
         loop {
             match read_frame(&stream, &mut reader, route)?.message {
                 Message::EpochRaised { epoch } => {
@@ -490,15 +474,19 @@ impl MirrorClient {
                         e => e,
                     });
                 }
-                other => {
-                    return Err(MirrorError::Protocol(format!(
-                        "unexpected {:?} frame after RaiseEpoch",
-                        other.kind()
-                    )))
-                }
+                other => return Err(unexpected(&other, "after RaiseEpoch")),
             }
         }
     }
+}
+
+/// Opens a reader connection on the first route that answers and sends it `request`: how
+/// `read_back` and `raise_epoch` begin, before each reads its own answer.
+fn open_and_send(cfg: &MirrorConfig, request: &Message) -> Result<Session, MirrorError> {
+    let (_, session) = open_any(cfg, Mode::Reader, 0)?;
+    write_frame(&mut &session.stream, &cfg.volume_id, request)
+        .map_err(|e| io_error(session.route, &format!("send {:?}", request.kind()), e))?;
+    Ok(session)
 }
 
 impl std::fmt::Debug for MirrorClient {
