@@ -30,7 +30,7 @@
 //!    8    8 seq              exactly previous seq + 1
 //!   16    8 op_id            seq of the op's Accepted entry
 //!   24    8 pass             the ring pass (lap or mount session) that wrote it
-//!   32    8 volume_tag       the two halves of the volume id, xored
+//!   32    8 volume_tag       two crc32c of the volume id (see `volume_tag`)
 //!   40    1 kind             EntryKind
 //!   41    1 state            op state (see core::state)
 //!   42    2 reserved         0
@@ -149,12 +149,13 @@ const _: () = assert!((ENTRY_HEADER_BYTES as u64).is_multiple_of(ENTRY_ALIGN));
 const _: () = assert!((V1_ENTRY_HEADER_BYTES as u64).is_multiple_of(ENTRY_ALIGN));
 const _: () = assert!(MIN_RING_BYTES > HEADER_AREA_BYTES + 2 * MAX_PAYLOAD_BYTES as u64);
 
-/// What binds an entry to its volume: the two halves of the volume id, xored. Another
-/// volume's entries (a copy of its ring inside a file) carry another tag.
+/// What binds an entry to its volume: crc32c of the volume id (high half) and crc32c of
+/// "smlogfs ring" followed by the volume id (low half). Another volume's entries (a copy of
+/// its ring inside a file) carry another tag.
 pub fn volume_tag(volume_id: &[u8; 16]) -> u64 {
-    let lo = u64::from_le_bytes(volume_id[..8].try_into().expect("8 bytes"));
-    let hi = u64::from_le_bytes(volume_id[8..].try_into().expect("8 bytes"));
-    lo ^ hi
+    let high = crc32c::crc32c(volume_id) as u64;
+    let low = crc32c::crc32c_append(crc32c::crc32c(b"smlogfs ring"), volume_id) as u64;
+    high << 32 | low
 }
 
 /// What an entry records.

@@ -124,7 +124,6 @@ impl Drop for StateLog {
     }
 }
 
-
 impl StateLog {
     /// Creates a new ring file of `ring_bytes`, zero-filled, with a fresh header.
     /// `progress` is called with bytes written so far.
@@ -256,7 +255,11 @@ impl StateLog {
     /// Starts the background commit: every `interval`, when something was appended since
     /// the last flush, `before` runs and then the ring is flushed (as `flush`). Bounds what
     /// a power cut can take from a workload that never calls fsync. Once per log.
-    pub fn start_committer(&self, interval: Duration, before: BeforeCommit) -> Result<(), LogError> {
+    pub fn start_committer(
+        &self,
+        interval: Duration,
+        before: BeforeCommit,
+    ) -> Result<(), LogError> {
         let mut slot = self.committer.lock().unwrap_or_else(|p| p.into_inner());
         assert!(slot.is_none(), "the committer is started once");
         let (stop, stopped) = mpsc::channel::<()>();
@@ -313,7 +316,6 @@ impl StateLog {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
-
 
     /// Bytes an entry with `payload_bytes` of payload needs, worst case (wrap filler included).
     pub fn worst_case_bytes(&self, payload_bytes: usize) -> u64 {

@@ -38,7 +38,10 @@ impl ScannedEntry {
     pub fn from_bytes(bytes: &[u8]) -> Option<ScannedEntry> {
         let (header, header_bytes) = match EntryHeader::decode_checked(bytes) {
             Some(h) => (h, ENTRY_HEADER_BYTES),
-            None => (EntryHeader::decode_checked_v1(bytes)?, V1_ENTRY_HEADER_BYTES),
+            None => (
+                EntryHeader::decode_checked_v1(bytes)?,
+                V1_ENTRY_HEADER_BYTES,
+            ),
         };
         if header.len as usize != bytes.len() {
             return None;
@@ -295,9 +298,9 @@ fn find_dropped(area: &[u8], gap: &Walk, tag: u64) -> Option<Dropped> {
     while skipped < free {
         let pos = (gap.pos + skipped) % area_len;
         if area_len - pos >= ENTRY_HEADER_BYTES as u64 {
-            if let Some(h) = EntryHeader::decode_checked(&area[pos as usize..]).filter(|h| {
-                h.volume_tag == tag && h.seq > gap.expected && h.pass >= gap.base_pass
-            }) {
+            if let Some(h) = EntryHeader::decode_checked(&area[pos as usize..])
+                .filter(|h| h.volume_tag == tag && h.seq > gap.expected && h.pass >= gap.base_pass)
+            {
                 return Some(follow_dropped(area, pos, skipped, free, h, tag));
             }
         }

@@ -360,7 +360,11 @@ fn ring_copies_inside_payloads_are_never_entries() {
         std::fs::write(&path, &cut).unwrap();
         let scanned = StateLog::scan_file(&path).unwrap();
         assert_eq!(scanned.next_seq, c.seq.0, "walk stops at the copy's entry");
-        assert_ne!(scanned.end, ScanEnd::Clean, "the later entries are counted as dropped");
+        assert_ne!(
+            scanned.end,
+            ScanEnd::Clean,
+            "the later entries are counted as dropped"
+        );
         // The same position holding an entry with the expected seq and a later pass, but
         // another volume's (as a copy of that volume's ring could hold): not taken either.
         let foreign = EntryHeader {
@@ -389,7 +393,9 @@ fn a_dropped_tail_is_never_resurrected_by_the_next_session() {
         append(&log, &payload(i, 100)).unwrap();
     }
     log.flush().unwrap();
-    let ghosts: Vec<Appended> = (0..10).map(|i| append(&log, &payload(50 + i, 5000)).unwrap()).collect();
+    let ghosts: Vec<Appended> = (0..10)
+        .map(|i| append(&log, &payload(50 + i, 5000)).unwrap())
+        .collect();
     drop(log);
     // Power cut: the first unflushed entry's header is lost, the rest persisted.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -398,12 +404,16 @@ fn a_dropped_tail_is_never_resurrected_by_the_next_session() {
     std::fs::write(&path, &bytes).unwrap();
     let scanned = StateLog::scan_file(&path).unwrap();
     assert_eq!(scanned.next_seq, ghosts[0].seq.0);
-    let dropped = scanned.dropped.expect("the entries after the gap are counted");
+    let dropped = scanned
+        .dropped
+        .expect("the entries after the gap are counted");
     assert_eq!((dropped.entries, dropped.first_seq), (9, ghosts[1].seq.0));
     // Next session: the same sizes land at the same offsets with the same seqs; only the
     // first reaches the media.
     let log = StateLog::open(&path, &scanned).unwrap();
-    let again: Vec<Appended> = (0..10).map(|i| append(&log, &payload(90 + i, 5000)).unwrap()).collect();
+    let again: Vec<Appended> = (0..10)
+        .map(|i| append(&log, &payload(90 + i, 5000)).unwrap())
+        .collect();
     assert_eq!(again[3].offset, ghosts[3].offset);
     assert_eq!(again[3].seq, ghosts[3].seq);
     assert!(again[0].pass > ghosts[0].pass);
@@ -415,8 +425,15 @@ fn a_dropped_tail_is_never_resurrected_by_the_next_session() {
     cut[lost..].copy_from_slice(&bytes[lost..]);
     std::fs::write(&path, &cut).unwrap();
     let scanned = StateLog::scan_file(&path).unwrap();
-    assert_eq!(scanned.next_seq, again[1].seq.0, "no leftover of the old pass resurrected");
-    assert!(matches!(scanned.end, ScanEnd::TornTail { .. } | ScanEnd::Clean), "{:?}", scanned.end);
+    assert_eq!(
+        scanned.next_seq, again[1].seq.0,
+        "no leftover of the old pass resurrected"
+    );
+    assert!(
+        matches!(scanned.end, ScanEnd::TornTail { .. } | ScanEnd::Clean),
+        "{:?}",
+        scanned.end
+    );
 }
 
 /// The watermark advances on flush, and only then.
@@ -430,7 +447,10 @@ fn flush_records_the_watermark_in_the_header() {
     assert_eq!(log.flush().unwrap(), a.seq.0);
     let header = read_header(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(header.durable_seq, a.seq.0);
-    assert_eq!(header.durable_offset, align_up((ENTRY_HEADER_BYTES + 3) as u64));
+    assert_eq!(
+        header.durable_offset,
+        align_up((ENTRY_HEADER_BYTES + 3) as u64)
+    );
 }
 
 /// The background committer flushes within its interval, with no flush call.
@@ -450,12 +470,22 @@ fn the_committer_advances_the_watermark() {
     .unwrap();
     let a = append(&log, b"later").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while read_header(&std::fs::read(&path).unwrap()).unwrap().durable_seq < a.seq.0 {
-        assert!(std::time::Instant::now() < deadline, "no background commit in 10 s");
+    while read_header(&std::fs::read(&path).unwrap())
+        .unwrap()
+        .durable_seq
+        < a.seq.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background commit in 10 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert_eq!(log.stats().flushed_seq, a.seq.0);
-    assert!(calls.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the before-commit work ran");
+    assert!(
+        calls.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the before-commit work ran"
+    );
     drop(log); // joins the thread
 }
 
@@ -498,5 +528,8 @@ fn a_version_1_ring_is_read_but_not_appended_to() {
     assert_eq!(scanned.entries.len(), 3);
     assert_eq!(scanned.entries[2].payload, payload(3, 10));
     assert_eq!(scanned.end, ScanEnd::Clean);
-    assert!(matches!(StateLog::open(&path, &scanned), Err(LogError::OldVersion { version: 1, .. })));
+    assert!(matches!(
+        StateLog::open(&path, &scanned),
+        Err(LogError::OldVersion { version: 1, .. })
+    ));
 }
