@@ -172,6 +172,18 @@ pub fn scan(file: &[u8]) -> Result<ScanResult, ScanError> {
         RingVersion::V1 => scan_v1(&header, area),
         RingVersion::V2 => scan_v2(&header, area),
     };
+    // A walk stopped by the cut of a file found short keeps its prefix, watermark or not, as
+    // version 1 did (the cut is reported on its own; the mirror, if any, completes it).
+    if let (Some(len), ScanEnd::Corrupt { file_offset, .. }) = (truncated_len, &result.end) {
+        // The entry there reaches past the cut (its len field, when that survived the cut).
+        let at = *file_offset as usize;
+        let claimed = get_u32(file, at + ENT_LEN) as u64;
+        if *file_offset + claimed.max(header.version.entry_header_bytes() as u64) > len {
+            result.end = ScanEnd::TornTail {
+                file_offset: *file_offset,
+            };
+        }
+    }
     result.truncated_len = truncated_len;
     Ok(result)
 }
