@@ -13,15 +13,29 @@ use std::process::Command;
 use common::*;
 use smlogfs::statelog::{format::HEADER_AREA_BYTES, StateLog};
 
-/// Mount options that keep every entry in the ring (no checkpoint during the test).
-const NO_CHECKPOINT: &[&str] = &["-o", "checkpoint_ms=600000,checkpoint_fill=95"];
+/// Mount options that keep every entry in the ring (no checkpoint during the test) and
+/// flush it only on fsync (so that the tests decide what the durable watermark covers).
+const NO_CHECKPOINT: &[&str] = &["-o", "checkpoint_ms=600000,checkpoint_fill=95,commit_ms=0"];
 
-/// A crashed volume whose ring holds the creation of files f0..f{n-1}.
+/// A crashed volume whose ring holds the creation of files f0..f{n-1}, none of it flushed:
+/// damage to these entries reads as a torn tail.
 fn crashed_volume(n: usize) -> Volume {
+    crashed_volume_flushed(n, false)
+}
+
+/// `crashed_volume`, with an fsync before the crash when `flushed` (the durable watermark
+/// then covers every entry: damage to them is corruption).
+fn crashed_volume_flushed(n: usize, flushed: bool) -> Volume {
     let mut v = Volume::new(DEFAULT_MKFS);
     v.mount(NO_CHECKPOINT);
     for i in 0..n {
         fs::write(v.path(&format!("f{i}")), format!("content of file {i}")).unwrap();
+    }
+    if flushed {
+        fs::File::open(v.path(&format!("f{}", n - 1)))
+            .unwrap()
+            .sync_all()
+            .unwrap();
     }
     v.kill9();
     v
@@ -81,7 +95,7 @@ fn torn_last_entry_recovers_the_prefix_with_a_warning() {
 
 #[test]
 fn damage_in_the_middle_of_the_ring_refuses_and_changes_nothing() {
-    let v = crashed_volume(30);
+    let v = crashed_volume_flushed(30, true);
     let ring = v.voldir().join("statelog");
     let scan = StateLog::scan_file(&ring).unwrap();
     let with_payload: Vec<_> = scan

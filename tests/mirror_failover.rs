@@ -842,7 +842,8 @@ enum RingDamage {
 /// checkpoint the agent learns of: recovery must join it with the agent's entries after it),
 /// runs more ops and kills the daemon in the middle of a workload.
 fn run_then_kill_after_a_checkpoint(s: &mut Setup) -> Workload {
-    let mut w = s.mount_a_and_run(&[], 80);
+    // The ring flushed every 20 ms: the damage can be put below its durable watermark.
+    let mut w = s.mount_a_and_run(&["-o", "commit_ms=20"], 80);
     s.vol.cycle();
     w.run(s.vol.mnt(), 150);
     kill_in_the_middle(&mut s.vol, w)
@@ -870,7 +871,21 @@ fn damage_ring(voldir: &Path, how: RingDamage) -> u64 {
         "only {} ring entries after the checkpoint (seq {from_seq}): the workload did not run",
         after.len()
     );
-    let victim = after[after.len() / 2];
+    // Among the entries the ring's header says are flushed: damage after its durable
+    // watermark would read as a torn tail.
+    let durable: Vec<&ScannedEntry> = after
+        .iter()
+        .copied()
+        .filter(|e| e.header.seq <= scan.header.durable_seq)
+        .collect();
+    assert!(
+        durable.len() >= 10,
+        "only {} of the {} entries after the checkpoint are below the durable watermark (seq {})",
+        durable.len(),
+        after.len(),
+        scan.header.durable_seq
+    );
+    let victim = durable[durable.len() / 2];
     let at = HEADER_AREA_BYTES + victim.offset;
     let file = fs::OpenOptions::new().write(true).open(&ring).unwrap();
     match how {
@@ -891,6 +906,8 @@ fn damage_ring(voldir: &Path, how: RingDamage) -> u64 {
     );
     match how {
         RingDamage::Truncate => assert!(rescan.truncated_len.is_some()),
+        // Damage to flushed entries (the victim is below the ring's durable watermark) is
+        // corruption, not a torn tail.
         RingDamage::Overwrite => assert!(
             matches!(rescan.end, ScanEnd::Corrupt { .. }),
             "the overwrite does not read as damage in the middle: {:?}",
