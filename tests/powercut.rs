@@ -33,7 +33,10 @@
 //! flush was called must survive.
 //!
 //! Env: `POWER_ITERATIONS` (default 12, the CI sample; `scripts/crash-test.sh --power N` runs
-//! the long run), `POWER_FLUSH_ITERATIONS` (default 4), `POWER_SEED` (default: the clock;
+//! the long run), `POWER_VARIANTS` (only the variants whose description, as the lines print
+//! it, contains this text, e.g. `layout single mirror no`), `POWER_MOUNT_ARGS` (more
+//! `smlogfs mount` arguments for every mount, e.g. `-o sync_ring`),
+//! `POWER_FLUSH_ITERATIONS` (default 4), `POWER_SEED` (default: the clock;
 //! each iteration prints its seed), `SMLOGFS_TEST_KEEP=1` (keep the directories of a failed
 //! iteration). Each iteration prints one line starting `power-iteration` (or
 //! `flush-iteration`) with PASS or FAIL and `ops lost since fsync K`; a summary line ends
@@ -98,7 +101,11 @@ impl Variant {
     }
 
     fn mount_args(&self, host: Option<&Host>) -> Vec<String> {
-        let mut a = Vec::new();
+        let mut a: Vec<String> = std::env::var("POWER_MOUNT_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
         if self.commit_ms_zero {
             a.extend(["-o".to_string(), "commit_ms=0".to_string()]);
         }
@@ -511,10 +518,21 @@ fn power_cuts_keep_every_op_before_the_last_fsync() {
         eprintln!("power-iteration: skipped in native mode (no volume to cut under)");
         return;
     }
+    let only = std::env::var("POWER_VARIANTS").unwrap_or_default();
+    let variants: Vec<Variant> = Variant::all()
+        .into_iter()
+        .filter(|v| v.describe().contains(&only))
+        .collect();
+    assert!(
+        !variants.is_empty(),
+        "POWER_VARIANTS={only:?} matches no variant; it is a part of a description such as \
+         {:?}",
+        Variant::all()[0].describe()
+    );
     run_cuts(
         "power-iteration",
         env_number("POWER_ITERATIONS", 12),
-        &Variant::all(),
+        &variants,
         Trigger::Cut,
     );
 }
