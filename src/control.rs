@@ -7,8 +7,13 @@
 //! ```text
 //! → {"request":"status"}
 //! ← {"ok":true,"status":{ …the document `smlogfs status --json` prints… }}
-//! ← {"ok":false,"error":"unknown request \"x\" (known: status)"}
+//! → {"request":"flush"}
+//! ← {"ok":true,"flush":{"flushed_seq":N,"mirror_durable_seq":M|null,"mirror_error":…,"elapsed_ms":T}}
+//! ← {"ok":false,"error":"unknown request \"x\" (known: status, flush)"}
 //! ```
+//!
+//! `flush` is the emergency flush (`smlogfs flush`, for a UPS hook): see
+//! `Fs::flush_everything`.
 //!
 //! The status document is described in docs/operations.md ("status --json"); its fields
 //! only ever get added, never renamed (`schema` is bumped if one has to change meaning).
@@ -104,14 +109,45 @@ fn answer(stream: UnixStream, fs: &Fs, mountpoint: &Path) -> std::io::Result<()>
     BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
     let response = match parse_request(&line) {
         Ok(name) if name == "status" => json!({"ok": true, "status": live_status(fs, mountpoint)}),
+        Ok(name) if name == "flush" => match emergency_flush(fs, "smlogfs flush") {
+            Ok(report) => json!({"ok": true, "flush": report}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
         Ok(name) => {
-            json!({"ok": false, "error": format!("unknown request {name:?} (known: status)")})
+            json!({"ok": false, "error": format!("unknown request {name:?} (known: status, flush)")})
         }
         Err(e) => json!({"ok": false, "error": e}),
     };
     let mut out = serde_json::to_string(&response).expect("a JSON value serializes");
     out.push('\n');
     (&stream).write_all(out.as_bytes())
+}
+
+/// Runs the emergency flush for `why` (the request or signal) and logs what it did.
+pub fn emergency_flush(fs: &Fs, why: &str) -> Result<crate::core::FlushReport, String> {
+    match fs.flush_everything() {
+        Ok(r) => {
+            log::warn!(
+                "emergency flush ({why}) in {:.1} ms: ring through seq {}, mirror agent's disk through {}{}",
+                r.elapsed_ms,
+                r.flushed_seq,
+                r.mirror_durable_seq
+                    .map_or_else(|| "-".to_string(), |s| format!("seq {s}")),
+                r.mirror_error
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!(" ({e})"))
+            );
+            Ok(r)
+        }
+        Err(e) => {
+            let msg = format!(
+                "the emergency flush failed (errno {}); see the daemon's log",
+                e.0
+            );
+            log::error!("emergency flush ({why}): {msg}");
+            Err(msg)
+        }
+    }
 }
 
 /// `{"request":"NAME"}` or a bare `NAME`.

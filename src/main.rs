@@ -82,6 +82,8 @@ enum Command {
     Giveback { mountpoint: PathBuf },
     /// Unmount cleanly (final checkpoint) and wait for the daemon to exit.
     Umount { mountpoint: PathBuf },
+    /// Emergency flush (power failing): ring, volume and mirror agent to disk now; prints the time taken.
+    Flush { mountpoint: PathBuf },
     /// Check a volume offline: exit 0 clean, 1 problems found, 2 unreadable.
     Fsck { voldir: PathBuf },
     /// Print the state log ring in words and what recovery would do.
@@ -189,6 +191,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             cmd::mount::umount(&mountpoint)?;
             Ok(exit::OK)
         }
+        Command::Flush { mountpoint } => cmd::flush::flush(&mountpoint),
         Command::Fsck { voldir } => Ok(cmd::fsck::fsck(&voldir)),
         Command::Status {
             target,

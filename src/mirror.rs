@@ -24,7 +24,10 @@ pub enum MirrorMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnLoss {
-    /// Writes block until the agent is back; after `loss_timeout_ms` they fail with EIO.
+    /// Writes block until the agent is back. An op still unacknowledged after
+    /// `loss_timeout_ms` is answered success, unprotected (it is logged and applied: failing
+    /// it would lie), and from then on new changes wait up to `loss_timeout_ms` for the
+    /// agent before they are logged, then fail with EIO (nothing logged, no effect).
     Wait,
     /// Writes go on unprotected; the agent is resynchronised when it returns.
     Degrade,
@@ -95,7 +98,16 @@ pub struct Mirror {
     /// Set once the link failed for good (fenced, auth, gap): the node stops writing.
     fatal: AtomicBool,
     warned_unprotected: AtomicBool,
+    /// `wait` policy: an op outlived `loss_timeout_ms` without an acknowledgement; new
+    /// changes are refused before they are logged until the agent protects the node again.
+    refusing: AtomicBool,
+    /// What the link was opened for, to read back from the agent after a fence.
+    volume_id: [u8; 16],
+    epoch: u64,
 }
+
+/// How often `admit` looks whether the agent is back.
+const ADMIT_POLL: Duration = Duration::from_millis(20);
 
 impl Mirror {
     pub fn connect(
@@ -116,6 +128,9 @@ impl Mirror {
             options,
             fatal: AtomicBool::new(false),
             warned_unprotected: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            volume_id,
+            epoch,
         })
     }
 
@@ -141,7 +156,7 @@ impl Mirror {
             // later entry can be acknowledged. Say so at once instead of timing out every op.
             return match self.options.on_loss {
                 OnLoss::Degrade => Ok(()),
-                OnLoss::Wait => Err(ReplicaError::Failed(
+                OnLoss::Wait => Err(self.start_refusing(
                     "the mirror link failed for good (see the error above); remount to resynchronise the agent"
                         .into(),
                 )),
@@ -177,11 +192,11 @@ impl Mirror {
                         "the volume was taken over (our epoch {ours}, current {current})"
                     )))
                 }
-                Err(e) if e.is_fatal() => return Err(ReplicaError::Failed(e.to_string())),
+                Err(e) if e.is_fatal() => return Err(self.start_refusing(e.to_string())),
                 Err(e) => match self.options.on_loss {
                     OnLoss::Wait => {
                         if Instant::now() >= deadline {
-                            return Err(ReplicaError::Failed(format!(
+                            return Err(self.start_refusing(format!(
                                 "no acknowledgement from the mirror agent within {} ms: {e}",
                                 self.options.loss_timeout_ms
                             )));
@@ -199,6 +214,105 @@ impl Mirror {
                 },
             }
         }
+    }
+
+    /// An op gave up waiting for its acknowledgement (`why`): under `wait`, later changes
+    /// are refused before they are logged until the agent is back (`admit`).
+    fn start_refusing(&self, why: String) -> ReplicaError {
+        if self.options.on_loss == OnLoss::Wait && !self.refusing.swap(true, Ordering::AcqRel) {
+            log::error!(
+                "mirror: {why}; new changes wait up to {} ms for the agent ({}) before they are \
+                 logged, then fail with EIO",
+                self.options.loss_timeout_ms,
+                self.options.routes_text()
+            );
+        }
+        ReplicaError::Failed(why)
+    }
+
+    /// `Replica::admit`: while refusing (`wait` policy, an op outlived the timeout), a new
+    /// change waits up to `loss_timeout_ms` for the agent to protect the node again.
+    fn admit_op(&self) -> Result<(), ReplicaError> {
+        if self.options.mode == MirrorMode::Async || self.options.on_loss == OnLoss::Degrade {
+            return Ok(());
+        }
+        if let Some(why) = self.fenced_why() {
+            return Err(ReplicaError::Fenced(why));
+        }
+        if !self.refusing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.options.loss_timeout_ms);
+        loop {
+            if !self.fatal.load(Ordering::Acquire) && self.client.status().protected {
+                if self.refusing.swap(false, Ordering::AcqRel) {
+                    log::warn!("mirror: the agent is back: changes are accepted again");
+                }
+                return Ok(());
+            }
+            if let Some(why) = self.fenced_why() {
+                return Err(ReplicaError::Fenced(why));
+            }
+            if Instant::now() >= deadline {
+                return Err(ReplicaError::Failed(format!(
+                    "the mirror agent ({}) has been unreachable for more than {} ms \
+                     (--on-mirror-loss wait): the change was refused before it was logged",
+                    self.options.routes_text(),
+                    self.options.loss_timeout_ms
+                )));
+            }
+            std::thread::sleep(ADMIT_POLL);
+        }
+    }
+
+    /// `Replica::wait_durable`: as long as the policy waits for an acknowledgement.
+    fn wait_on_disk(&self, seq: u64) -> Result<(), ReplicaError> {
+        if let Some(why) = self.fenced_why() {
+            return Err(ReplicaError::Fenced(why));
+        }
+        let protected = !self.fatal.load(Ordering::Acquire) && self.client.status().protected;
+        let wait_ms = match self.options.on_loss {
+            // Known to be away: do not wait out the detection timeout on every fsync.
+            OnLoss::Degrade if !protected => {
+                return Err(ReplicaError::Failed(
+                    "the mirror agent is unreachable".into(),
+                ))
+            }
+            OnLoss::Degrade => self.options.timeout_ms,
+            OnLoss::Wait => self.options.loss_timeout_ms,
+        };
+        match self
+            .client
+            .wait_durable(seq, Duration::from_millis(wait_ms))
+        {
+            Ok(()) => Ok(()),
+            Err(MirrorError::Fenced { ours, current }) => Err(ReplicaError::Fenced(format!(
+                "the volume was taken over (our epoch {ours}, current {current})"
+            ))),
+            Err(e) => Err(ReplicaError::Failed(e.to_string())),
+        }
+    }
+
+    /// `Replica::holds_applied`: reads the agent's copy from `applied` on (a reader may
+    /// read a volume whose epoch moved on) and looks for our `Applied` entry there.
+    fn read_back_applied(&self, applied: u64, op_id: u64) -> Result<bool, String> {
+        if self.client.acked_through().is_some_and(|a| a >= applied) {
+            return Ok(true);
+        }
+        let cfg = self.options.client_config(self.volume_id, self.epoch);
+        let entries = MirrorClient::read_back(&cfg, applied - 1).map_err(|e| e.to_string())?;
+        let Some((_, bytes)) = entries.iter().find(|(s, _)| *s == applied) else {
+            return Ok(false);
+        };
+        // Another node's entry may carry the same seq (the new owner numbers on from what
+        // the agent held): only an `Applied` entry of our op counts.
+        Ok(
+            crate::statelog::EntryHeader::decode_checked(bytes).is_some_and(|h| {
+                h.kind == crate::statelog::EntryKind::Op
+                    && h.op_id == op_id
+                    && h.state == crate::statelog::OpState::Applied as u8
+            }),
+        )
     }
 
     /// Why the agent fenced this node, once it did (the volume was taken over).
@@ -273,6 +387,27 @@ impl Replica for Mirror {
 
     fn checkpoint(&self, covers: Seq) {
         self.client.checkpoint(covers.0);
+    }
+
+    fn admit(&self) -> Result<(), ReplicaError> {
+        self.admit_op()
+    }
+
+    fn request_durable(&self, seq: Seq) {
+        // A zero timeout only records the wish and wakes the driver, which sends `Sync`.
+        let _ = self.client.wait_durable(seq.0, Duration::ZERO);
+    }
+
+    fn wait_durable(&self, seq: Seq) -> Result<(), ReplicaError> {
+        self.wait_on_disk(seq.0)
+    }
+
+    fn durable_through(&self) -> Option<Seq> {
+        self.client.durable_through().map(Seq)
+    }
+
+    fn holds_applied(&self, applied: Seq, op_id: Seq) -> Result<bool, String> {
+        self.read_back_applied(applied.0, op_id.0)
     }
 
     fn info(&self) -> ReplicaInfo {

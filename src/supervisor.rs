@@ -17,6 +17,11 @@
 //! Daemon → supervisor, one line each on the daemon's stdout: `init RECORD` (what the kernel
 //! offered at FUSE_INIT, passed to later daemons in [`INIT_ENV`]), `ready`, `error MESSAGE`.
 //!
+//! SIGTERM and SIGPWR to the supervisor go to its daemon, which does what they ask
+//! (emergency flush; SIGTERM then unmounts, the daemon exits 0 and the supervisor with it).
+//! The supervisor blocks both before it starts a daemon, so that a daemon inherits them
+//! blocked and never dies of one before its signal thread takes them.
+//!
 //! The supervisor's own death is the crash of old: the connection dies with the last
 //! descriptor, and `smlogfs mount` cleans the dead mount up and recovers.
 
@@ -154,7 +159,35 @@ pub fn run(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
     result
 }
 
+/// The daemon now running (0: none), for the signal forwarder.
+static DAEMON_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Passes SIGTERM and SIGPWR on to the daemon now running (see the module comment).
+fn forward_stop_signals() {
+    let Some(set) = crate::cmd::mount::block_stop_signals() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = set.wait() else { return };
+            let pid = DAEMON_PID.load(std::sync::atomic::Ordering::Acquire);
+            if pid == 0 {
+                log::warn!("{}: no daemon runs right now; ignored", sig.as_str());
+                continue;
+            }
+            log::info!("{}: passing it on to daemon pid {pid}", sig.as_str());
+            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
+                log::warn!("passing {} on to daemon pid {pid}: {e}", sig.as_str());
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the signal thread ({e}): SIGTERM/SIGPWR are ignored");
+    }
+}
+
 fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
+    forward_stop_signals();
     let (first, handle) = fuser::resume::mount_device(&plan.mnt, &plan.mount_options, plan.acl)
         .map_err(|e| {
             CliError::new(
@@ -280,8 +313,9 @@ fn start_daemon(
 ) -> Result<Run, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(exit::DAEMON, format!("cannot find own binary: {e}")))?;
-    // Copies without close-on-exec: the daemon inherits exactly these. The supervisor is
-    // single-threaded, so no other child can inherit them meanwhile.
+    // Copies without close-on-exec: the daemon inherits exactly these. No other thread of
+    // the supervisor starts processes (the signal thread only sends signals), so no other
+    // child can inherit them meanwhile.
     let copies: Vec<OwnedFd> = fds
         .iter()
         .map(nix::unistd::dup)
@@ -313,6 +347,7 @@ fn start_daemon(
     let mut child = spawned
         .map_err(|e| CliError::new(exit::DAEMON, format!("cannot start the daemon: {e}")))?;
     let pid = child.id();
+    DAEMON_PID.store(pid, std::sync::atomic::Ordering::Release);
     let mut run = Run {
         pid,
         ready_at: None,
@@ -355,6 +390,7 @@ fn start_daemon(
     run.status = child
         .wait()
         .map_err(|e| CliError::new(exit::DAEMON, format!("waiting for daemon pid {pid}: {e}")))?;
+    DAEMON_PID.store(0, std::sync::atomic::Ordering::Release);
     run.ended_at = Instant::now();
     Ok(run)
 }

@@ -2,6 +2,7 @@
 //! documented exit code (docs/operations.md) and a one-line message.
 
 pub mod failover;
+pub mod flush;
 pub mod fsck;
 pub mod inspect;
 pub mod mkfs;

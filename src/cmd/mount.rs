@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{exit, live_daemon, open_error, process_alive, CliError, VolumeLock};
-use crate::core::{Fs, FsConfig};
+use crate::core::{Fs, FsConfig, FsyncPolicy};
 use crate::fuse_adapter::FuseAdapter;
 use crate::progress::Progress;
 use crate::supervisor;
@@ -64,6 +64,14 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
         };
         match key {
             "writeback_cache" => p.writeback_cache = true,
+            "fsync" => {
+                p.fs.fsync = value.and_then(FsyncPolicy::parse).ok_or_else(|| {
+                    CliError::new(
+                        exit::USAGE,
+                        format!("-o {opt}: expected fsync=local, fsync=mirror or fsync=both"),
+                    )
+                })?
+            }
             "sync_ring" => p.fs.sync_every_op = true,
             "checkpoint_ms" => p.fs.checkpoint_interval_ms = num(value)?,
             "checkpoint_fill" => p.fs.checkpoint_fill_percent = num(value)?.clamp(1, 95),
@@ -81,7 +89,7 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
                 return Err(CliError::new(
                     exit::USAGE,
                     format!(
-                        "-o {opt}: unknown option (known: writeback_cache, sync_ring, checkpoint_ms=N, \
+                        "-o {opt}: unknown option (known: writeback_cache, sync_ring, fsync=local|mirror|both, checkpoint_ms=N, \
                          checkpoint_fill=PERCENT, threads=N, read_ahead_kb=N, ro, noatime, nosuid, nodev, noexec)"
                     ),
                 ))
@@ -89,6 +97,18 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
         }
     }
     Ok(p)
+}
+
+/// `fsync=mirror` promises the agent's disk: without an agent it could only mean the local
+/// disk, which the user did not ask for.
+fn check_fsync(parsed: &Parsed, mirrored: bool) -> Result<(), CliError> {
+    if parsed.fs.fsync == FsyncPolicy::Mirror && !mirrored {
+        return Err(CliError::new(
+            exit::USAGE,
+            "-o fsync=mirror needs a mirror agent: add --mirror HOST:PORT, or use fsync=local",
+        ));
+    }
+    Ok(())
 }
 
 /// Sets the mount's readahead once the kernel has finished its handshake with us (its INIT
@@ -278,10 +298,10 @@ fn check_volume(voldir: &Path) -> Result<PathBuf, CliError> {
 /// The checks of a mount that change nothing: options, volume, FUSE, mountpoint. A
 /// takeover runs them before it raises the epoch, so that a mistyped command fences nobody.
 pub fn preflight(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
-    parse_options(&o.options)?;
+    let parsed = parse_options(&o.options)?;
     check_volume(voldir)?;
     check_fuse_available()?;
-    o.mirror.options()?;
+    check_fsync(&parsed, o.mirror.options()?.is_some())?;
     prepare_mountpoint(mnt)?;
     Ok(())
 }
@@ -320,6 +340,7 @@ fn acquire_lock(
 
 pub fn mount(voldir: &Path, mnt: &Path, o: &MountOptions) -> Result<(), CliError> {
     let parsed = parse_options(&o.options)?;
+    check_fsync(&parsed, o.mirror.options()?.is_some())?;
     let voldir = check_volume(voldir)?;
     if let Some(connection) = handed_connection()? {
         // Started by the supervisor: the mount exists; recover and serve it.
@@ -567,6 +588,8 @@ fn serve(
     takeover: bool,
     connection: Connection,
 ) -> Result<(), CliError> {
+    // Before any thread starts (they inherit the mask): only `watch_signals` takes them.
+    let stop_signals = block_stop_signals();
     let lock = match &connection {
         // A restarted daemon's predecessor is dead and reaped (its lock released), but give
         // a slow exit of its threads a moment.
@@ -664,6 +687,9 @@ fn serve(
     if parsed.read_ahead_kb > 0 && !resumed {
         set_read_ahead(mnt, parsed.read_ahead_kb);
     }
+    if let Some(set) = stop_signals {
+        watch_signals(set, fs.clone(), mnt.to_path_buf());
+    }
     let run = session.run();
     fs.stop_checkpointer();
     let _ = checkpointer.join();
@@ -691,6 +717,71 @@ fn serve(
         mnt.display()
     );
     Ok(())
+}
+
+/// The signals that ask for an emergency flush: SIGPWR (a UPS says power is failing) and
+/// SIGTERM (systemd stopping the service; the mount then ends). Blocked in every thread, so
+/// that one thread takes them with `sigwait` and may do anything (a handler could not).
+fn stop_signal_set() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGPWR);
+    set
+}
+
+/// Blocks the stop signals in this thread (and the threads it starts from now on).
+pub(crate) fn block_stop_signals() -> Option<nix::sys::signal::SigSet> {
+    let set = stop_signal_set();
+    match set.thread_block() {
+        Ok(()) => Some(set),
+        Err(e) => {
+            log::warn!("cannot block SIGTERM/SIGPWR ({e}): they end the daemon without a flush");
+            None
+        }
+    }
+}
+
+/// Takes SIGPWR and SIGTERM for the daemon: both flush the ring, the volume and the agent
+/// at once and log how long it took; SIGTERM then unmounts, which ends the session and with
+/// it the daemon (final checkpoint, exit 0, and the supervisor follows).
+fn watch_signals(set: nix::sys::signal::SigSet, fs: Arc<Fs>, mnt: PathBuf) {
+    use nix::sys::signal::Signal;
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            loop {
+                let sig = match set.wait() {
+                    Ok(sig) => sig,
+                    Err(e) => {
+                        log::error!(
+                            "waiting for SIGTERM/SIGPWR failed ({e}); they are ignored from now on"
+                        );
+                        return;
+                    }
+                };
+                let _ = crate::control::emergency_flush(&fs, sig.as_str());
+                if sig != Signal::SIGTERM || stopping {
+                    continue;
+                }
+                stopping = true;
+                log::warn!(
+                    "SIGTERM: unmounting {} (final checkpoint follows)",
+                    mnt.display()
+                );
+                if let Err(e) = fusermount_unmount(&mnt, false) {
+                    // Open files keep it busy: detach it now; the session ends when they close.
+                    log::warn!("{}; detaching the mount instead (lazy unmount)", e.msg);
+                    if let Err(e) = fusermount_unmount(&mnt, true) {
+                        log::error!("SIGTERM: cannot unmount: {}", e.msg);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the signal thread ({e}): SIGTERM/SIGPWR are ignored");
+    }
 }
 
 /// `smlogfs umount MOUNTPOINT`: unmounts and waits for the daemon's final checkpoint.

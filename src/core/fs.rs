@@ -30,7 +30,58 @@ pub struct FsConfig {
     pub sync_every_op: bool,
     /// Large block-aligned writes go straight to fresh volume blocks (see `direct`).
     pub direct_writes: bool,
+    /// Where an fsync puts what it covers (`-o fsync=`).
+    pub fsync: FsyncPolicy,
 }
+
+/// Which stable storage an fsync waits for (`-o fsync=local|mirror|both`; see
+/// docs/operations.md, "Durability"). Without a mirror every policy means the local disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// The ring msync'ed (and the volume flushed for direct writes) on this host.
+    Local,
+    /// The agent reports the entries on its disk (durable, not only received); the local
+    /// flush only when the agent cannot answer in time.
+    Mirror,
+    /// Both, run together: the default, the one that survives the loss of either disk and a
+    /// power cut of both hosts.
+    Both,
+}
+
+impl FsyncPolicy {
+    pub fn parse(s: &str) -> Option<FsyncPolicy> {
+        match s {
+            "local" => Some(FsyncPolicy::Local),
+            "mirror" => Some(FsyncPolicy::Mirror),
+            "both" => Some(FsyncPolicy::Both),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FsyncPolicy::Local => "local",
+            FsyncPolicy::Mirror => "mirror",
+            FsyncPolicy::Both => "both",
+        }
+    }
+}
+
+/// What an emergency flush (`smlogfs flush`, SIGPWR, SIGTERM) did, for its report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FlushReport {
+    /// Every entry through this seq is msync'ed in the local ring.
+    pub flushed_seq: u64,
+    /// The agent reported every entry through this seq on its disk (None: no mirror, or it
+    /// did not answer within `EMERGENCY_MIRROR_WAIT`; `mirror_error` says why).
+    pub mirror_durable_seq: Option<u64>,
+    pub mirror_error: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// How long an emergency flush waits for the agent's disk: a UPS gives minutes, but a
+/// stop must not hang on an unreachable agent.
+const EMERGENCY_MIRROR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Default for FsConfig {
     fn default() -> Self {
@@ -39,6 +90,7 @@ impl Default for FsConfig {
             checkpoint_fill_percent: 50,
             sync_every_op: false,
             direct_writes: true,
+            fsync: FsyncPolicy::Both,
         }
     }
 }
@@ -220,39 +272,119 @@ impl Fs {
         &self.sh.log
     }
 
-    /// Makes every logged entry durable: on the replica when a synchronous one protects the
-    /// node, else on local media (msync of the ring). A fenced node's fsync fails (EROFS):
-    /// what it holds is no longer the volume's.
+    /// Makes every entry logged so far durable, where the fsync policy says: the local
+    /// ring (msync, after the volume flush that direct writes' data needs), the agent's
+    /// disk (it reports the seqs durable), or both at once. A fenced node's fsync fails
+    /// (EROFS): what it holds is no longer the volume's.
     pub fn fsync(&self) -> FsResult<()> {
         if self.sh.lock().is_fenced() {
             return Err(Errno::EROFS);
         }
-        if let Some(replica) = self.sh.replica.get() {
+        let seq = Seq(self.sh.log.stats().next_seq - 1);
+        let replica = self.sh.replica.get();
+        if let Some(replica) = replica {
             if let Some(why) = replica.fenced() {
                 return Err(self.replica_failed(ReplicaError::Fenced(why)));
             }
-            if replica.protected() {
-                let seq = Seq(self.sh.log.stats().next_seq - 1);
-                match replica.wait(seq) {
-                    Ok(()) => return Ok(()),
-                    Err(e @ ReplicaError::Fenced(_)) => return Err(self.replica_failed(e)),
-                    // Not protected after all: the local flush below makes it durable here.
-                    Err(ReplicaError::Failed(_)) => {}
+        }
+        let remote = replica.filter(|_| self.config.fsync != FsyncPolicy::Local);
+        let mut local_done = false;
+        if let Some(replica) = remote {
+            // The agent syncs while we flush here.
+            replica.request_durable(seq);
+        }
+        if remote.is_none() || self.config.fsync == FsyncPolicy::Both {
+            self.flush_local("fsync")?;
+            local_done = true;
+        }
+        if let Some(replica) = remote {
+            match replica.wait_durable(seq) {
+                Ok(()) => {}
+                Err(e @ ReplicaError::Fenced(_)) => return Err(self.replica_failed(e)),
+                Err(ReplicaError::Failed(why)) if local_done => {
+                    log::warn!(
+                        "fsync through seq {}: on the local disk only, the agent did not report it on its disk: {why}",
+                        seq.0
+                    );
+                }
+                Err(ReplicaError::Failed(why)) => {
+                    // Still stable storage, here: fsync keeps its promise with the local disk.
+                    log::warn!(
+                        "fsync through seq {}: the agent did not report it on its disk ({why}); flushing locally instead",
+                        seq.0
+                    );
+                    self.flush_local("fsync")?;
                 }
             }
         }
-        // Direct writes' data before the ring entries that point at it.
+        Ok(())
+    }
+
+    /// The local half of an fsync: the volume (direct writes' data, before the ring entries
+    /// that point at it), then the ring. Returns the seq now durable in the ring.
+    pub(super) fn flush_local(&self, what: &str) -> FsResult<u64> {
         let landed = self.direct_landed.load(Ordering::Acquire);
         if landed > self.direct_flushed.load(Ordering::Acquire) {
             self.sh.vol.flush().map_err(|e| {
-                log::error!("fsync: flushing the volume: {e}");
+                log::error!("{what}: flushing the volume: {e}");
                 Errno::EIO
             })?;
             self.direct_flushed.fetch_max(landed, Ordering::AcqRel);
         }
-        self.sh.log.flush().map(|_| ()).map_err(|e| {
-            log::error!("fsync: {e}");
+        self.sh.log.flush().map_err(|e| {
+            log::error!("{what}: {e}");
             Errno::EIO
+        })
+    }
+
+    /// The emergency flush (power failing, or the service stopping): the ring, the volume
+    /// and the agent at once, whatever the fsync policy, and how long it took. The agent
+    /// is waited for at most `EMERGENCY_MIRROR_WAIT`.
+    pub fn flush_everything(&self) -> FsResult<FlushReport> {
+        let started = std::time::Instant::now();
+        let seq = Seq(self.sh.log.stats().next_seq - 1);
+        let replica = self.sh.replica.get();
+        if let Some(replica) = replica {
+            replica.request_durable(seq);
+        }
+        // The volume always: a checkpoint's writes in the page cache count too.
+        self.sh.vol.flush().map_err(|e| {
+            log::error!("emergency flush: flushing the volume: {e}");
+            Errno::EIO
+        })?;
+        self.direct_flushed
+            .fetch_max(self.direct_landed.load(Ordering::Acquire), Ordering::AcqRel);
+        let flushed_seq = self.flush_local("emergency flush")?;
+        let (mut mirror_durable_seq, mut mirror_error) = (None, None);
+        if let Some(replica) = replica {
+            let deadline = started + EMERGENCY_MIRROR_WAIT;
+            loop {
+                let durable = replica.durable_through();
+                if durable.is_some_and(|d| d >= seq) {
+                    break;
+                }
+                if let Some(why) = replica.fenced() {
+                    mirror_error = Some(format!("fenced: {why}"));
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    mirror_error = Some(format!(
+                        "the agent reported seq {} on its disk within {} ms, wanted {}",
+                        durable.map_or("none".into(), |d| d.0.to_string()),
+                        EMERGENCY_MIRROR_WAIT.as_millis(),
+                        seq.0
+                    ));
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            mirror_durable_seq = replica.durable_through().map(|d| d.0);
+        }
+        Ok(FlushReport {
+            flushed_seq,
+            mirror_durable_seq,
+            mirror_error,
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
     }
 

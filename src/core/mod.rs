@@ -28,7 +28,7 @@ pub mod types;
 
 pub use checkpoint::CheckpointReport;
 pub use error::{ApplyError, FsError, Poison};
-pub use fs::{Fs, FsConfig};
+pub use fs::{FlushReport, Fs, FsConfig, FsyncPolicy};
 pub use read::{Caller, DirEntry, StatFs};
 pub use recovery::{recover, recover_on, ring_path_of, Recovered, RecoveryReport};
 pub use replica::{Replica, ReplicaError, ReplicaInfo, ReplicaLink};

@@ -1,8 +1,10 @@
 //! The op pipeline: every changing op goes through the same states. Built under the core
 //! lock, logged `Accepted` (with the op), applied in memory, for a direct write its data
 //! lands in its volume blocks, logged `Applied`, acknowledged by the replica in sync mode,
-//! then answered. What a replica failure means for the caller is decided here, once
-//! (`replica_failed`).
+//! then answered. What a replica failure means for the caller is decided here, once:
+//! before the op is logged (`Replica::admit`, `replica_failed`), and after it was applied
+//! (`unacknowledged`), where an error is only answered if the op's effect cannot survive
+//! ("Answers never lie" in docs/design.md).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -50,6 +52,10 @@ impl Fs {
         answer: impl FnOnce(&FsState, &FsOp) -> FsResult<T>,
     ) -> FsResult<T> {
         let sh = &self.sh;
+        if let Some(replica) = sh.replica.get() {
+            // Nothing is logged yet: a refusal here has no effect to lie about.
+            replica.admit().map_err(|e| self.replica_failed(e))?;
+        }
         let mut checkpoints_forced = 0;
         loop {
             let mut core = sh.lock();
@@ -178,22 +184,30 @@ impl Fs {
                 let acked = replica.wait(applied.seq);
                 lock_ignoring_poison(waiting).remove(&applied.seq.0);
                 if let Err(e) = acked {
-                    return Err(self.replica_failed(e));
+                    self.unacknowledged(e, accepted.seq, applied.seq)?;
                 }
             }
             if fill >= self.config.checkpoint_fill_percent {
                 self.request_checkpoint();
             }
             if self.config.sync_every_op {
-                self.fsync()?;
+                // The op is applied: a failed msync poisons nothing here, and the caller
+                // learns of it at its fsync; answering EIO would hide an op that survives.
+                if let Err(e) = self.flush_local("sync_ring") {
+                    log::error!(
+                        "sync_ring: op {} answered, not msync'ed: errno {}",
+                        accepted.seq,
+                        e.0
+                    );
+                }
             }
             return result;
         }
     }
 
-    /// The one place that decides what a replica failure means: a fence stops all writes
-    /// for good (EROFS, and the node lets go of the volume); any other failure fails the
-    /// caller with EIO.
+    /// What a replica failure before an op is logged means: a fence stops all writes for
+    /// good (EROFS, and the node lets go of the volume); any other failure fails the caller
+    /// with EIO. Only for refusals that leave no trace (and fsync, which has no effect).
     pub(super) fn replica_failed(&self, e: ReplicaError) -> Errno {
         match e {
             ReplicaError::Fenced(why) => {
@@ -203,6 +217,63 @@ impl Fs {
             ReplicaError::Failed(why) => {
                 log::error!("mirror: {why}; answering EIO");
                 Errno::EIO
+            }
+        }
+    }
+}
+
+impl Fs {
+    /// The replica did not acknowledge an op that is logged and applied (`accepted`,
+    /// `applied` its entries). Its effect is in the local ring, so recovery here replays it:
+    /// the caller is told success unless the effect provably cannot survive.
+    ///
+    /// * The link failed or the policy's wait ran out: success, unprotected (counted and
+    ///   logged); the entry is resent when the agent returns. Under `wait`, the replica
+    ///   refuses new changes from now on, before they are logged (`Replica::admit`).
+    /// * Fenced: the node that took the volume over recovers from the agent's copy only, so
+    ///   the op survives exactly when the agent stored its `Applied` entry before the epoch
+    ///   was raised. Read back (before the fence releases the volume lock, so that the new
+    ///   owner cannot have moved the agent's checkpoint past it): held → success; not held →
+    ///   EROFS; cannot tell → EIO, the one answer that says "unknown", logged with the seq.
+    fn unacknowledged(&self, e: ReplicaError, accepted: Seq, applied: Seq) -> FsResult<()> {
+        let replica = self
+            .sh
+            .replica
+            .get()
+            .expect("only a replica fails to acknowledge");
+        match e {
+            ReplicaError::Failed(why) => {
+                self.sh.counters.unprotected.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "op {}: answered success UNPROTECTED (it is applied and in the local ring; \
+                     the agent gets it when it returns): {why}",
+                    accepted.0
+                );
+                Ok(())
+            }
+            ReplicaError::Fenced(why) => {
+                let held = replica.holds_applied(applied, accepted);
+                self.fence(&why);
+                match held {
+                    Ok(true) => {
+                        log::warn!(
+                            "op {}: the agent holds it although the node was fenced: the new owner \
+                             replays it, answered success",
+                            accepted.0
+                        );
+                        Ok(())
+                    }
+                    Ok(false) => Err(Errno::EROFS),
+                    Err(detail) => {
+                        log::error!(
+                            "op {} (Applied seq {}): fenced, and the agent could not be read back \
+                             ({detail}): whether the new owner has it is unknown; answering EIO",
+                            accepted.0,
+                            applied.0
+                        );
+                        Err(Errno::EIO)
+                    }
+                }
             }
         }
     }

@@ -28,6 +28,33 @@ pub trait Replica: Send + Sync {
     fn checkpoint(&self, covers: Seq);
     /// The link as `status` shows it.
     fn info(&self) -> ReplicaInfo;
+    /// Called before a new op is logged: refuses it (the caller gets EIO, and nothing was
+    /// logged, so nothing survives) while the replica's policy says changes must not go on
+    /// without it. Refusing here is the only way a mirror loss may fail a change: once
+    /// logged, an op's effect can survive (see "Answers never lie" in docs/design.md).
+    fn admit(&self) -> Result<(), ReplicaError> {
+        Ok(())
+    }
+    /// Asks the replica to put everything through `seq` on its disk; returns at once (an
+    /// fsync starts the replica's sync before the local flush, so that both run together).
+    fn request_durable(&self, _seq: Seq) {}
+    /// Waits, as the replica's policy says, until everything through `seq` is on the
+    /// replica's disk (not only in its memory).
+    fn wait_durable(&self, _seq: Seq) -> Result<(), ReplicaError> {
+        Err(ReplicaError::Failed(
+            "this replica does not report what is on its disk".into(),
+        ))
+    }
+    /// The highest seq the replica reported on its disk.
+    fn durable_through(&self) -> Option<Seq> {
+        None
+    }
+    /// After a fence: whether the replica holds the `Applied` entry `applied` of op
+    /// `op_id` (then the node that took the volume over replays the op). Err when it cannot
+    /// tell.
+    fn holds_applied(&self, _applied: Seq, _op_id: Seq) -> Result<bool, String> {
+        Err("this replica cannot be read back".into())
+    }
 }
 
 /// How to reach a replica: read its copy back (recovery) and connect to it (mount).

@@ -73,6 +73,9 @@ pub(super) struct OpCounters {
     pub applied: AtomicU64,
     /// Accepted but failed (never applied, discarded by recovery).
     pub failed: AtomicU64,
+    /// Ops answered success without the synchronous replica's acknowledgement (it was lost
+    /// while they waited; see `Fs::unacknowledged`).
+    pub unprotected: AtomicU64,
     /// Applied ops covered by a completed checkpoint.
     pub committed: AtomicU64,
     /// Seqs of the `Applied` entries of ops applied in memory whose caller waits for the

@@ -33,6 +33,14 @@ pub struct FsStatus {
     pub dirty_blocks: u64,
     /// None without a mirror.
     pub mirror: Option<ReplicaInfo>,
+    /// What an fsync waits for (`-o fsync=`): local, mirror or both.
+    pub fsync_policy: &'static str,
+    /// The highest seq the mirror agent reported on its disk (None: no mirror, or nothing
+    /// reported yet).
+    pub mirror_durable_seq: Option<u64>,
+    /// Ops answered success without the synchronous mirror's acknowledgement (the agent
+    /// was lost while they waited), since mount.
+    pub ops_unprotected: u64,
 }
 
 impl Fs {
@@ -78,6 +86,13 @@ impl Fs {
             inodes: core.state.inode_count() as u64,
             dirty_blocks: core.state.dirty_block_count() as u64,
             mirror: sh.replica.get().map(|r| r.info()),
+            fsync_policy: self.config.fsync.name(),
+            mirror_durable_seq: sh
+                .replica
+                .get()
+                .and_then(|r| r.durable_through())
+                .map(|s| s.0),
+            ops_unprotected: counters.unprotected.load(Ordering::Relaxed),
         }
     }
 }
