@@ -74,6 +74,7 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
             }
             "sync_ring" => p.fs.sync_every_op = true,
             "checkpoint_ms" => p.fs.checkpoint_interval_ms = num(value)?,
+            "commit_ms" => p.fs.commit_ms = num(value)?,
             "checkpoint_fill" => p.fs.checkpoint_fill_percent = num(value)?.clamp(1, 95),
             "threads" => p.threads = num(value)?.clamp(1, 16) as usize,
             "read_ahead_kb" => p.read_ahead_kb = num(value)?.min(1 << 20),
@@ -90,7 +91,7 @@ fn parse_options(list: &[String]) -> Result<Parsed, CliError> {
                     exit::USAGE,
                     format!(
                         "-o {opt}: unknown option (known: writeback_cache, sync_ring, fsync=local|mirror|both, checkpoint_ms=N, \
-                         checkpoint_fill=PERCENT, threads=N, read_ahead_kb=N, ro, noatime, nosuid, nodev, noexec)"
+                         commit_ms=N, checkpoint_fill=PERCENT, threads=N, read_ahead_kb=N, ro, noatime, nosuid, nodev, noexec)"
                     ),
                 ))
             }

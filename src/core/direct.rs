@@ -104,6 +104,8 @@ mod tests {
             len: 0,
             seq: 41,
             op_id: 41,
+            pass: 3,
+            volume_tag: 9,
             kind: EntryKind::Op,
             state: OpState::Accepted as u8,
         };

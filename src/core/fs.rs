@@ -32,6 +32,9 @@ pub struct FsConfig {
     pub direct_writes: bool,
     /// Where an fsync puts what it covers (`-o fsync=`).
     pub fsync: FsyncPolicy,
+    /// The ring is flushed in the background at least this often (0: only on fsync), which
+    /// bounds what a power cut takes from a workload that never calls fsync.
+    pub commit_ms: u64,
 }
 
 /// Which stable storage an fsync waits for (`-o fsync=local|mirror|both`; see
@@ -91,6 +94,7 @@ impl Default for FsConfig {
             sync_every_op: false,
             direct_writes: true,
             fsync: FsyncPolicy::Both,
+            commit_ms: 1000,
         }
     }
 }
@@ -107,8 +111,8 @@ pub struct Fs {
     fence_done: AtomicBool,
     /// Direct writes: how many landed on the volume, and how many of those a volume flush
     /// made durable.
-    pub(super) direct_landed: AtomicU64,
-    direct_flushed: AtomicU64,
+    pub(super) direct_landed: Arc<AtomicU64>,
+    direct_flushed: Arc<AtomicU64>,
 }
 
 impl Fs {
@@ -211,9 +215,12 @@ impl Fs {
             recovery: r.report,
             on_fenced: Mutex::new(None),
             fence_done: AtomicBool::new(false),
-            direct_landed: AtomicU64::new(0),
-            direct_flushed: AtomicU64::new(0),
+            direct_landed: Arc::default(),
+            direct_flushed: Arc::default(),
         };
+        if fs.config.commit_ms > 0 {
+            fs.start_background_commit()?;
+        }
         if rebuilt {
             // Put what was recovered from the replica on the volume before serving.
             fs.checkpoint()?;
@@ -261,6 +268,28 @@ impl Fs {
             self.sh.replica.set(replica).is_ok(),
             "one replica per mounted file system"
         );
+        Ok(())
+    }
+
+    /// Flushes the ring every `commit_ms` from the state log's own thread (no core lock
+    /// held), direct writes' volume blocks first as `fsync` does.
+    fn start_background_commit(&self) -> Result<(), FsError> {
+        let (vol, landed, flushed) = (
+            self.sh.vol.clone(),
+            self.direct_landed.clone(),
+            self.direct_flushed.clone(),
+        );
+        let before = Box::new(move || {
+            let now = landed.load(Ordering::Acquire);
+            if now > flushed.load(Ordering::Acquire) {
+                vol.flush()
+                    .map_err(|e| format!("flushing the volume: {e}"))?;
+                flushed.fetch_max(now, Ordering::AcqRel);
+            }
+            Ok(())
+        });
+        let interval = std::time::Duration::from_millis(self.config.commit_ms);
+        self.sh.log.start_committer(interval, before)?;
         Ok(())
     }
 

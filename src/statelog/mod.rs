@@ -1,8 +1,10 @@
 //! The state log: a memory-mapped ring of checksummed entries chained by seq.
 //!
-//! Exports: `StateLog` (append, flush, reclaim, and an append hook that sees every entry in
-//! seq order), `scan` of a ring file after a crash, and the entry format with the states an
-//! entry records (`OpState`, `CheckpointState`). The log does not know what payloads mean.
+//! Exports: `StateLog` (append, flush with a durable watermark, a background committer,
+//! reclaim, and an append hook that sees every entry in seq order), `scan` of a ring file
+//! after a crash (a torn tail after the watermark is recovered up to the gap; damage before
+//! it is corruption), and the entry format with the states an entry records (`OpState`,
+//! `CheckpointState`). The log does not know what payloads mean.
 
 pub mod format;
 mod mmap;
@@ -10,11 +12,11 @@ mod ring;
 mod scan;
 
 pub use format::{
-    CheckpointState, EntryHeader, EntryKind, EntryState, OpState, Seq, ENTRY_HEADER_BYTES,
-    MAX_PAYLOAD_BYTES, MIN_RING_BYTES,
+    CheckpointState, EntryHeader, EntryKind, EntryState, OpState, RingVersion, Seq,
+    ENTRY_HEADER_BYTES, MAX_PAYLOAD_BYTES, MIN_RING_BYTES,
 };
-pub use ring::{AppendHook, Appended, HookedEntry, RingStats, StateLog};
-pub use scan::{read_header, scan, ScanEnd, ScanError, ScanResult, ScannedEntry};
+pub use ring::{AppendHook, Appended, BeforeCommit, HookedEntry, RingStats, StateLog};
+pub use scan::{read_header, scan, Dropped, ScanEnd, ScanError, ScanResult, ScannedEntry};
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,13 @@ pub enum LogError {
     },
     #[error("an entry of {payload_bytes} payload bytes exceeds the limit of {MAX_PAYLOAD_BYTES}")]
     TooLarge { payload_bytes: usize },
+    #[error(
+        "state log {path} is ring version {version}, which this smlogfs recovers but does not \
+         append to (mount replaces it with a new ring; fsck and inspect read it as it is)"
+    )]
+    OldVersion { path: PathBuf, version: u32 },
+    #[error("state log {path}: {detail}; the ring refuses further flushes until remounted")]
+    Failed { path: PathBuf, detail: String },
 }
 
 impl LogError {

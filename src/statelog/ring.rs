@@ -1,9 +1,18 @@
 //! The live ring: appends, flushes, reclaims. One writer at a time (internally locked).
+//!
+//! Durability protocol: a flush makes the data pages durable (fdatasync, outside the ring
+//! lock), then writes the durable watermark into the header and msyncs the header page.
+//! Every entry is written with the ring's current pass: one above everything the ring has
+//! used (the header's pass floor) at open, and one more at every wrap. The floor is made
+//! durable before any entry of a new pass is written, so a pass is never used twice and
+//! leftovers of an earlier pass never continue a later walk (see `scan`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::format::*;
@@ -19,6 +28,8 @@ pub struct Appended {
     pub offset: u64,
     /// Ring position before the entry (monotonic byte count, wrap filler included).
     pub position: u64,
+    /// The pass the entry was written in (what a reclaim records for the tail).
+    pub pass: u64,
 }
 
 /// Figures for `status` and tests.
@@ -35,7 +46,11 @@ struct Ring {
     map: RingMap,
     area_len: u64,
     volume_id: [u8; 16],
+    volume_tag: u64,
     generation: u64,
+    /// Pass of the entries written now; the header's pass floor is kept equal to it.
+    pass: u64,
+    tail_pass: u64,
     /// Area offset of the next entry.
     head: u64,
     /// Monotonic positions: used bytes = head_pos - tail_pos.
@@ -46,10 +61,12 @@ struct Ring {
     next_seq: u64,
     /// Entries written by the current append (seq, file offset, length), for the hook.
     written: Vec<(u64, usize, usize)>,
-    /// Position and seq up to which the area has been msync'ed.
+    /// Position, area offset and seq up to which the area is durable (the watermark).
     flushed_pos: u64,
     flushed_head: u64,
     flushed_seq: u64,
+    /// Set by a failed flush or header write: the ring refuses to flush again (fail stop).
+    failed: Option<String>,
 }
 
 /// One entry as the append hook sees it.
@@ -67,11 +84,44 @@ pub type AppendHook = Box<dyn Fn(HookedEntry<'_>) + Send + Sync>;
 
 /// The state log: a memory-mapped ring of checksummed, seq-chained entries.
 pub struct StateLog {
+    inner: Arc<Inner>,
+    /// The background commit thread, when started; stopped and joined on drop.
+    committer: Mutex<Option<Committer>>,
+}
+
+/// What the committer thread shares with the log.
+struct Inner {
     path: PathBuf,
+    /// The ring file, for fdatasync outside the ring lock.
+    file: File,
     ring: Mutex<Ring>,
     /// Signalled when a reclaim frees space.
     space: Condvar,
     hook: std::sync::OnceLock<AppendHook>,
+}
+
+struct Committer {
+    /// Dropping it tells the thread to stop.
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// Work the committer does before each flush of the ring (the core flushes the direct
+/// writes' volume blocks, which ring entries point at). An error skips that flush.
+pub type BeforeCommit = Box<dyn Fn() -> Result<(), String> + Send>;
+
+impl Drop for StateLog {
+    fn drop(&mut self) {
+        let committer = self
+            .committer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = committer {
+            drop(c.stop);
+            let _ = c.thread.join();
+        }
+    }
 }
 
 impl StateLog {
@@ -111,11 +161,16 @@ impl StateLog {
             progress(done);
         }
         let header = RingHeader {
+            version: RingVersion::CURRENT,
             ring_bytes,
             volume_id,
             generation: 1,
             tail_offset: 0,
             tail_seq: first_seq,
+            tail_pass: 0,
+            pass_floor: 0,
+            durable_seq: first_seq - 1,
+            durable_offset: 0,
         };
         use std::os::unix::fs::FileExt;
         f.write_all_at(&header.encode(), 0).map_err(io)?;
@@ -136,9 +191,18 @@ impl StateLog {
     }
 
     /// Opens the ring for appending after `scanned` (the caller has decided the scan is
-    /// acceptable). A file found short is extended back to its full size with zeroes.
+    /// acceptable). A file found short is extended back to its full size with zeroes. What
+    /// the scan accepted is made durable and becomes the watermark before anything is
+    /// appended, and the writer takes a pass above every pass the ring has used.
     pub fn open(path: &Path, scanned: &ScanResult) -> Result<StateLog, LogError> {
         let io = |e| LogError::io(path, e);
+        let version = scanned.header.version;
+        if !version.is_writable() {
+            return Err(LogError::OldVersion {
+                path: path.to_path_buf(),
+                version: version as u32,
+            });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -149,37 +213,86 @@ impl StateLog {
         if len < ring_bytes {
             file.set_len(ring_bytes).map_err(io)?;
         }
+        // The scan read the page cache: entries a kill -9 left unflushed are recovered and
+        // must not be lost to a power cut once later entries are appended after them.
+        file.sync_data().map_err(io)?;
         let map = RingMap::map(&file).map_err(io)?;
         let area_len = ring_bytes - HEADER_AREA_BYTES;
-        let ring = Ring {
+        let h = &scanned.header;
+        let mut ring = Ring {
             map,
             area_len,
-            volume_id: scanned.header.volume_id,
-            generation: scanned.header.generation,
+            volume_id: h.volume_id,
+            volume_tag: volume_tag(&h.volume_id),
+            generation: h.generation,
+            pass: scanned.head_pass.max(h.pass_floor) + 1,
+            tail_pass: h.tail_pass,
             head: scanned.head_offset,
             head_pos: scanned.used_bytes,
             tail_pos: 0,
-            tail_offset: scanned.header.tail_offset,
-            tail_seq: scanned.header.tail_seq,
+            tail_offset: h.tail_offset,
+            tail_seq: h.tail_seq,
             next_seq: scanned.next_seq,
             written: Vec::new(),
             flushed_pos: scanned.used_bytes,
             flushed_head: scanned.head_offset,
             flushed_seq: scanned.next_seq - 1,
+            failed: None,
         };
+        ring.write_header().map_err(io)?;
         Ok(StateLog {
-            path: path.to_path_buf(),
-            ring: Mutex::new(ring),
-            space: Condvar::new(),
-            hook: std::sync::OnceLock::new(),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                file,
+                ring: Mutex::new(ring),
+                space: Condvar::new(),
+                hook: std::sync::OnceLock::new(),
+            }),
+            committer: Mutex::new(None),
         })
+    }
+
+    /// Starts the background commit: every `interval`, when something was appended since
+    /// the last flush, `before` runs and then the ring is flushed (as `flush`). Bounds what
+    /// a power cut can take from a workload that never calls fsync. Once per log.
+    pub fn start_committer(
+        &self,
+        interval: Duration,
+        before: BeforeCommit,
+    ) -> Result<(), LogError> {
+        let mut slot = self.committer.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(slot.is_none(), "the committer is started once");
+        let (stop, stopped) = mpsc::channel::<()>();
+        let inner = self.inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("ring-commit".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(interval) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if !inner.has_unflushed() {
+                    continue;
+                }
+                if let Err(why) = before() {
+                    log::error!("background commit: {why}; the ring is not flushed this time");
+                    continue;
+                }
+                if let Err(e) = inner.flush() {
+                    log::error!("background commit stopped: {e}");
+                    return;
+                }
+            })
+            .map_err(|e| LogError::io(&self.inner.path, e))?;
+        *slot = Some(Committer { stop, thread });
+        Ok(())
     }
 
     /// Installs the hook that sees every later entry (once; a second call is a programmer
     /// error).
     pub fn set_append_hook(&self, hook: AppendHook) {
         assert!(
-            self.hook.set(hook).is_ok(),
+            self.inner.hook.set(hook).is_ok(),
             "the state log's append hook is installed once"
         );
     }
@@ -189,7 +302,7 @@ impl StateLog {
     /// with the filler written before it.
     fn run_hook(&self, ring: &mut Ring, seq: Option<u64>, side: &[&[u8]]) {
         let written = std::mem::take(&mut ring.written);
-        if let Some(hook) = self.hook.get() {
+        if let Some(hook) = self.inner.hook.get() {
             for (at, start, len) in written {
                 hook(HookedEntry {
                     seq: Seq(at),
@@ -201,16 +314,12 @@ impl StateLog {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Ring> {
-        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+        &self.inner.path
     }
 
     /// Bytes an entry with `payload_bytes` of payload needs, worst case (wrap filler included).
     pub fn worst_case_bytes(&self, payload_bytes: usize) -> u64 {
-        let ring = self.lock();
+        let ring = self.inner.lock();
         align_up((ENTRY_HEADER_BYTES + payload_bytes) as u64) + ring.wrap_cost_bound()
     }
 
@@ -240,51 +349,55 @@ impl StateLog {
         if payload_bytes > MAX_PAYLOAD_BYTES {
             return Err(LogError::TooLarge { payload_bytes });
         }
-        let mut ring = self.lock();
-        let appended = ring.append(
-            state.kind(),
-            op_id.map(|s| s.0),
-            state.byte(),
-            parts,
-            reserve_bytes,
-        );
+        let mut ring = self.inner.lock();
+        let appended = ring
+            .append(
+                state.kind(),
+                op_id.map(|s| s.0),
+                state.byte(),
+                parts,
+                reserve_bytes,
+            )
+            .map_err(|e| LogError::io(&self.inner.path, e))?;
         self.run_hook(&mut ring, appended.map(|a| a.seq.0), side);
         Ok(appended)
     }
 
     /// Blocks until at least `bytes` are free or `timeout` passes.
     pub fn wait_for_space(&self, bytes: u64, timeout: Duration) {
-        let ring = self.lock();
+        let ring = self.inner.lock();
         let _unused = self
+            .inner
             .space
             .wait_timeout_while(ring, timeout, |r| r.free_bytes() < bytes)
             .unwrap_or_else(|p| p.into_inner());
     }
 
-    /// msyncs everything appended so far. Returns the seq now durable on local media.
+    /// Makes everything appended so far durable and records it as the watermark. Returns
+    /// the seq now durable on local media.
     pub fn flush(&self) -> Result<u64, LogError> {
-        let mut ring = self.lock();
-        ring.flush().map_err(|e| LogError::io(&self.path, e))
+        self.inner.flush()
     }
 
     /// Releases every entry before `to` (an earlier append's position): the tail moves there.
     pub fn reclaim(&self, to: Appended) -> Result<(), LogError> {
-        let mut ring = self.lock();
+        let mut ring = self.inner.lock();
         if to.position < ring.tail_pos {
             return Ok(());
         }
         ring.tail_pos = to.position;
         ring.tail_offset = to.offset;
         ring.tail_seq = to.seq.0;
+        ring.tail_pass = to.pass;
         ring.write_header()
-            .map_err(|e| LogError::io(&self.path, e))?;
+            .map_err(|e| LogError::io(&self.inner.path, e))?;
         drop(ring);
-        self.space.notify_all();
+        self.inner.space.notify_all();
         Ok(())
     }
 
     pub fn stats(&self) -> RingStats {
-        let ring = self.lock();
+        let ring = self.inner.lock();
         RingStats {
             area_bytes: ring.area_len,
             used_bytes: ring.head_pos - ring.tail_pos,
@@ -295,7 +408,51 @@ impl StateLog {
     }
 
     pub fn volume_id(&self) -> [u8; 16] {
-        self.lock().volume_id
+        self.inner.lock().volume_id
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has_unflushed(&self) -> bool {
+        let ring = self.lock();
+        ring.head_pos > ring.flushed_pos
+    }
+
+    /// The data pages first, without the ring lock (appends go on meanwhile; fdatasync of
+    /// the file covers the pages stored through the mapping), then the watermark for what
+    /// was appended before it started.
+    fn flush(&self) -> Result<u64, LogError> {
+        let (pos, head, seq) = {
+            let ring = self.lock();
+            if let Some(why) = &ring.failed {
+                return Err(LogError::Failed {
+                    path: self.path.clone(),
+                    detail: why.clone(),
+                });
+            }
+            if ring.head_pos == ring.flushed_pos {
+                return Ok(ring.flushed_seq);
+            }
+            (ring.head_pos, ring.head, ring.next_seq - 1)
+        };
+        let synced = self.file.sync_data();
+        let mut ring = self.lock();
+        if let Err(e) = synced {
+            ring.failed = Some(format!("flushing the ring failed: {e}"));
+            return Err(LogError::io(&self.path, e));
+        }
+        if pos > ring.flushed_pos {
+            ring.flushed_pos = pos;
+            ring.flushed_head = head;
+            ring.flushed_seq = seq;
+            ring.write_header()
+                .map_err(|e| LogError::io(&self.path, e))?;
+        }
+        Ok(ring.flushed_seq)
     }
 }
 
@@ -316,7 +473,7 @@ impl Ring {
         state: u8,
         parts: &[&[u8]],
         reserve_bytes: u64,
-    ) -> Option<Appended> {
+    ) -> std::io::Result<Option<Appended>> {
         let payload_bytes: usize = parts.iter().map(|p| p.len()).sum();
         let len = ENTRY_HEADER_BYTES + payload_bytes;
         let need = align_up(len as u64);
@@ -324,7 +481,7 @@ impl Ring {
         // Filler needed before this entry when it does not fit at the end of the area.
         let filler = if need <= to_end { 0 } else { to_end };
         if filler + need + reserve_bytes > self.free_bytes() {
-            return None;
+            return Ok(None);
         }
         if filler > 0 {
             if filler >= ENTRY_HEADER_BYTES as u64 {
@@ -334,12 +491,14 @@ impl Ring {
             }
             self.head_pos += filler;
             self.head = 0;
+            self.next_pass()?;
         }
         let seq = self.next_seq;
         let appended = Appended {
             seq: Seq(seq),
             offset: self.head,
             position: self.head_pos,
+            pass: self.pass,
         };
         self.write_entry(kind, seq, op_id.unwrap_or(seq), state, parts);
         self.next_seq += 1;
@@ -347,8 +506,16 @@ impl Ring {
         self.head += need;
         if self.head == self.area_len {
             self.head = 0;
+            self.next_pass()?;
         }
-        Some(appended)
+        Ok(Some(appended))
+    }
+
+    /// A new lap starts at area offset 0: a new pass, recorded as the floor before any entry
+    /// of it is written.
+    fn next_pass(&mut self) -> std::io::Result<()> {
+        self.pass += 1;
+        self.write_header()
     }
 
     fn write_entry(&mut self, kind: EntryKind, seq: u64, op_id: u64, state: u8, parts: &[&[u8]]) {
@@ -357,6 +524,8 @@ impl Ring {
             len: (ENTRY_HEADER_BYTES + payload_bytes) as u32,
             seq,
             op_id,
+            pass: self.pass,
+            volume_tag: self.volume_tag,
             kind,
             state,
         };
@@ -374,42 +543,33 @@ impl Ring {
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<u64> {
-        let base = HEADER_AREA_BYTES as usize;
-        let pending = self.head_pos - self.flushed_pos;
-        if pending >= self.area_len {
-            self.map.flush_range(base, self.area_len as usize)?;
-        } else if pending > 0 {
-            let from = self.flushed_head;
-            if from + pending <= self.area_len {
-                self.map
-                    .flush_range(base + from as usize, pending as usize)?;
-            } else {
-                let first = self.area_len - from;
-                self.map.flush_range(base + from as usize, first as usize)?;
-                self.map.flush_range(base, (pending - first) as usize)?;
-            }
-        }
-        self.flushed_pos = self.head_pos;
-        self.flushed_head = self.head;
-        self.flushed_seq = self.next_seq - 1;
-        Ok(self.flushed_seq)
-    }
-
-    /// Writes the header into the slot not holding the newest one, then msyncs it.
+    /// Writes the header into the slot not holding the newest one, then msyncs it. A
+    /// failure is sticky: what the header says on the media is no longer known.
     fn write_header(&mut self) -> std::io::Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(std::io::Error::other(why.clone()));
+        }
         self.generation += 1;
         let header = RingHeader {
+            version: RingVersion::CURRENT,
             ring_bytes: self.area_len + HEADER_AREA_BYTES,
             volume_id: self.volume_id,
             generation: self.generation,
             tail_offset: self.tail_offset,
             tail_seq: self.tail_seq,
+            tail_pass: self.tail_pass,
+            pass_floor: self.pass,
+            durable_seq: self.flushed_seq,
+            durable_offset: self.flushed_head,
         };
         let slot = (self.generation % 2) * HEADER_SLOT_BYTES;
         let encoded = header.encode();
         let start = slot as usize;
         self.map.bytes_mut()[start..start + encoded.len()].copy_from_slice(&encoded);
-        self.map.flush_range(start, HEADER_SLOT_BYTES as usize)
+        let synced = self.map.flush_range(start, HEADER_SLOT_BYTES as usize);
+        if let Err(e) = &synced {
+            self.failed = Some(format!("writing the ring header failed: {e}"));
+        }
+        synced
     }
 }

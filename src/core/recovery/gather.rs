@@ -8,7 +8,7 @@ use crate::core::replica::ReplicaLink;
 use crate::core::superblock::Superblock;
 use crate::core::types::Epoch;
 use crate::core::FsError;
-use crate::statelog::{ScanEnd, ScanResult, ScannedEntry, Seq, StateLog};
+use crate::statelog::{RingVersion, ScanEnd, ScanResult, ScannedEntry, Seq, StateLog};
 
 /// Where recovery's entries came from.
 pub(super) struct Gathered {
@@ -47,42 +47,20 @@ pub(super) fn gather_entries(
             } => Err(FsError::Corrupt {
                 what: "state log",
                 at: format!("{} byte {}", ring_path.display(), file_offset),
-                detail: format!(
-                    "an entry is damaged but valid entries follow it (seq {later_seq} at byte \
-                     {later_file_offset}); acknowledged operations after the damage would be lost. \
-                     Recover from the mirror (smlogfs recover VOLDIR --mirror HOST:PORT) or restore \
-                     the ring from a copy; nothing was changed"
-                ),
+                detail: corrupt_detail(&scan, later_seq, later_file_offset),
             }),
             _ => Ok(scan),
         },
         Err(e) => Err(e.into()),
     };
     if let Ok(scan) = &local {
-        if let ScanEnd::TornTail { file_offset } = scan.end {
-            log::warn!(
-                "state log {}: torn entry at byte {} (a write cut short by the crash); recovering \
-                 the {} entries before it",
-                ring_path.display(),
-                file_offset,
-                scan.entries.len()
-            );
-            report.torn_tail_at = Some(file_offset);
-        }
-        if let Some(len) = scan.truncated_len {
-            log::warn!(
-                "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
-                ring_path.display(),
-                len,
-                scan.header.ring_bytes
-            );
-        }
+        warn_about_the_end(ring_path, scan, report);
     }
     let Some(mirror) = mirror else {
         let scan = local?;
         return Ok(Gathered {
             entries: scan.entries.clone(),
-            scan: Some(scan),
+            scan: continued(ring_path, scan.clone()),
             from_mirror: 0,
         });
     };
@@ -128,7 +106,7 @@ pub(super) fn gather_entries(
             if extra.is_empty() {
                 return Ok(Gathered {
                     entries: scan.entries.clone(),
-                    scan: Some(scan),
+                    scan: continued(ring_path, scan.clone()),
                     from_mirror: 0,
                 });
             }
@@ -167,5 +145,78 @@ pub(super) fn gather_entries(
                 scan: None,
             })
         }
+    }
+}
+
+/// The scan, when the ring can be appended to as it is; None (rebuild it after the recovered
+/// entries) for a ring of an older version, which is read once and then replaced.
+fn continued(ring_path: &Path, scan: ScanResult) -> Option<ScanResult> {
+    if scan.header.version.is_writable() {
+        return Some(scan);
+    }
+    log::warn!(
+        "state log {} is ring version {}: its {} entries are recovered with the old rules and \
+         the ring is replaced by a version {} ring",
+        ring_path.display(),
+        scan.header.version as u32,
+        scan.entries.len(),
+        RingVersion::CURRENT as u32
+    );
+    None
+}
+
+/// Why a scan that stopped at damage refuses the mount: what was lost, how we know.
+fn corrupt_detail(scan: &ScanResult, later_seq: u64, later_file_offset: u64) -> String {
+    let cut = scan
+        .truncated_len
+        .map(|len| format!(" (the file is cut short at {len} bytes)"))
+        .unwrap_or_default();
+    let how = if scan.header.version.has_watermark() {
+        format!(
+            "entry seq {} is damaged or missing{cut}, but the ring header says entries through \
+             seq {later_seq} (up to byte {later_file_offset}) were flushed to the media",
+            scan.next_seq
+        )
+    } else {
+        format!(
+            "an entry is damaged{cut} but valid entries follow it (seq {later_seq} at byte \
+             {later_file_offset})"
+        )
+    };
+    format!(
+        "{how}; acknowledged operations after the damage would be lost. Recover from the mirror \
+         (smlogfs recover VOLDIR --mirror HOST:PORT) or restore the ring from a copy; nothing \
+         was changed"
+    )
+}
+
+/// Warns about a torn tail (what it dropped) and a ring file found short.
+fn warn_about_the_end(ring_path: &Path, scan: &ScanResult, report: &mut RecoveryReport) {
+    if let ScanEnd::TornTail { file_offset } = scan.end {
+        let dropped = match scan.dropped {
+            Some(d) => format!(
+                "; {} later entries (seq {}..={}, {} bytes after the gap) never reached the media \
+                 in order and are dropped",
+                d.entries, d.first_seq, d.last_seq, d.bytes
+            ),
+            None => String::new(),
+        };
+        log::warn!(
+            "state log {}: torn entry at byte {} after the durable watermark (seq {}): writes cut \
+             short by the crash; recovering the {} entries before it{dropped}",
+            ring_path.display(),
+            file_offset,
+            scan.header.durable_seq,
+            scan.entries.len()
+        );
+        report.torn_tail_at = Some(file_offset);
+    }
+    if let Some(len) = scan.truncated_len {
+        log::warn!(
+            "state log {} is {} bytes, shorter than its {} bytes: recovered the entries before the cut",
+            ring_path.display(),
+            len,
+            scan.header.ring_bytes
+        );
     }
 }
