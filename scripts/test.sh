@@ -22,7 +22,10 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "== the build failed" >&2
     exit 1
 fi
-stage "unit, property, real-mount and crash tests" \
+# This stage includes the power-cut sample (tests/powercut.rs: POWER_ITERATIONS cuts, 12 by
+# default, over every layout x mirror x commit_ms variant, and the emergency flush); the long
+# run is scripts/crash-test.sh --power 1000.
+stage "unit, property, real-mount, crash and power-cut tests" \
     cargo test --release --workspace --no-fail-fast -- --test-threads=2
 stage "fsx on a mounted file" bash scripts/fsx.sh 100000
 stage "the demo (README's first command)" bash scripts/demo.sh

@@ -11,12 +11,14 @@
 //! `fsck` reports clean.
 //!
 //! [`netns`] makes a second host for the mirror tests: a network namespace and a
-//! `mirror-agent` inside it. No test binary uses all of this module, hence the `dead_code`
+//! `mirror-agent` inside it. [`powercut`] mounts the power-cut simulator
+//! (examples/passthrough) under a volume directory. No test binary uses all of this module, hence the `dead_code`
 //! allow, which covers the submodules too.
 #![allow(dead_code)]
 
 pub mod model;
 pub mod netns;
+pub mod powercut;
 
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -98,6 +100,21 @@ impl Volume {
             native,
             keep: false,
             root: Some(root),
+        }
+    }
+
+    /// A volume made elsewhere, for example in a directory on a mount of the power-cut
+    /// simulator ([`powercut`]): the caller owns VOLDIR and MNT. Dropping it unmounts MNT and
+    /// kills the daemon like any volume but removes nothing.
+    pub fn at(voldir: PathBuf, mnt: PathBuf) -> Volume {
+        Volume {
+            voldir,
+            mnt,
+            mount_args: Vec::new(),
+            mounted: false,
+            native: false,
+            keep: false,
+            root: None,
         }
     }
 

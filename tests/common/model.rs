@@ -825,17 +825,24 @@ impl Workload {
     /// the unacknowledged rest of a short write) as in flight and returns the errno (EIO for
     /// a short write).
     pub fn execute(&mut self, mount: &Path, op: Op) -> Result<(), i32> {
+        self.execute_recorded(mount, op).0
+    }
+
+    /// `execute`, also returning what it recorded in the model: the op, the acknowledged
+    /// first part of a short write, or nothing. A test that must know the order of the
+    /// acknowledged ops (which prefix of them a power cut kept) keeps these.
+    pub fn execute_recorded(&mut self, mount: &Path, op: Op) -> (Result<(), i32>, Option<Op>) {
         let started = Instant::now();
         match exec(&mount.join(WORK_DIR), &op) {
             Ok(()) => {
                 self.max_op = self.max_op.max(started.elapsed());
                 self.model.apply(&op);
                 self.acked += 1;
-                Ok(())
+                (Ok(()), Some(op))
             }
             Err(Failed::Errno(errno)) => {
                 self.inflight = Some(InFlight { op, errno });
-                Err(errno)
+                (Err(errno), None)
             }
             Err(Failed::Short(n)) => {
                 let (done, rest) = op.split_at(n).expect("only writes are short");
@@ -845,7 +852,7 @@ impl Workload {
                     op: rest,
                     errno: libc::EIO,
                 });
-                Err(libc::EIO)
+                (Err(libc::EIO), Some(done))
             }
         }
     }
@@ -1188,4 +1195,94 @@ fn entry_diff(w: &Entry, g: &Entry) -> String {
         ));
     }
     what.join("; ")
+}
+
+// ----- power cuts: which prefix of the acknowledged ops survived -----
+
+/// What a power cut kept of the ops acknowledged after the last durability point: the tree
+/// equals the model at that point followed by the first `kept` of them, and then perhaps the
+/// op that was in flight (`inflight` says how it was found).
+#[derive(Clone, Debug)]
+pub struct Survived {
+    pub kept: usize,
+    pub inflight: &'static str,
+}
+
+impl Model {
+    /// Compares the tree under `mount`/w with this model (the state every op acknowledged
+    /// before the last durability point — a returned fsync — must have left) followed by each
+    /// prefix of `after`, the ops acknowledged since, in order; after all of them, also with
+    /// the op in flight applied or torn at its first page. Ok holds the longest prefix that
+    /// matches and the model it gives; the acknowledged ops lost are `after.len() - kept`.
+    /// A tree that matches no prefix lost a durable op, holds one twice or holds something
+    /// no op wrote: the mismatch shows the differences from this model and from the last
+    /// state.
+    pub fn verify_prefix(
+        &self,
+        mount: &Path,
+        after: &[Op],
+        inflight: Option<&Op>,
+    ) -> Result<(Model, Survived), Mismatch> {
+        let got = scan(&mount.join(WORK_DIR)).map_err(|e| Mismatch::unreadable(mount, e))?;
+        let mut state = self.clone();
+        let mut found = None;
+        let mut lines_at_base = Vec::new();
+        for kept in 0..=after.len() {
+            if kept > 0 {
+                state.apply(&after[kept - 1]);
+            }
+            let lines = diff(&state.snapshot(), &got);
+            if lines.is_empty() {
+                found = Some((state.clone(), kept));
+            } else if kept == 0 {
+                lines_at_base = lines;
+            }
+        }
+        if let Some(op) = inflight {
+            let mut applied = state.clone();
+            applied.apply(op);
+            if diff(&applied.snapshot(), &got).is_empty() {
+                return Ok((
+                    applied,
+                    Survived {
+                        kept: after.len(),
+                        inflight: "in-flight op applied",
+                    },
+                ));
+            }
+            if let Some(torn) = state.torn_at_first_page(op) {
+                if diff(&torn.snapshot(), &got).is_empty() {
+                    return Ok((
+                        torn,
+                        Survived {
+                            kept: after.len(),
+                            inflight: "in-flight op applied up to its first page boundary",
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some((model, kept)) = found {
+            let inflight = if inflight.is_some() {
+                "in-flight op not applied"
+            } else {
+                "no op in flight"
+            };
+            return Ok((model, Survived { kept, inflight }));
+        }
+        let mut lines = vec!["compared with the state at the last durability point:".to_string()];
+        lines.extend(lines_at_base.into_iter().take(10).map(|l| format!("  {l}")));
+        lines.push(format!(
+            "compared with the state after all {} ops acknowledged since:",
+            after.len()
+        ));
+        let at_end = diff(&state.snapshot(), &got);
+        lines.extend(at_end.into_iter().take(10).map(|l| format!("  {l}")));
+        let what = format!(
+            "matches no prefix of the {} ops acknowledged after the last durability point \
+             (a durable op lost, an op applied twice, or bytes no op wrote)",
+            after.len()
+        );
+        Err(Mismatch::new(mount, &what, lines))
+    }
 }
