@@ -45,15 +45,13 @@ impl Message {
                 if node_len > MAX_NODE_BYTES {
                     return Err(r.malformed("node name longer than MAX_NODE_BYTES"));
                 }
-                let heartbeat_ms = r.u32("heartbeat_ms")?;
-                let client_nonce = r.array("client_nonce")?;
-                let node = r.utf8(node_len, "node name")?;
+                // Fields are read in the order written, which is the body's order.
                 Message::Hello {
                     epoch,
                     mode,
-                    heartbeat_ms,
-                    client_nonce,
-                    node,
+                    heartbeat_ms: r.u32("heartbeat_ms")?,
+                    client_nonce: r.array("client_nonce")?,
+                    node: r.utf8(node_len, "node name")?,
                 }
             }
             FrameKind::Challenge => Message::Challenge {
