@@ -101,20 +101,7 @@ impl Replica for FakeReplica {
     fn checkpoint(&self, _covers: Seq) {}
 
     fn info(&self) -> ReplicaInfo {
-        ReplicaInfo {
-            routes: "fake".into(),
-            route_in_use: None,
-            connected: true,
-            protected: self.protected(),
-            mode: "sync".into(),
-            on_loss: "wait".into(),
-            unacked_entries: 0,
-            acked_through: None,
-            resync_through: None,
-            rtt_us: 0,
-            reconnects: 0,
-            last_error: None,
-        }
+        common::fake_replica_info("fake", true, self.protected())
     }
 }
 

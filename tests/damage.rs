@@ -97,15 +97,8 @@ fn torn_last_entry_recovers_the_prefix_with_a_warning() {
 fn damage_in_the_middle_of_the_ring_refuses_and_changes_nothing() {
     let v = crashed_volume_flushed(30, true);
     let ring = v.voldir().join("statelog");
-    let scan = StateLog::scan_file(&ring).unwrap();
-    let with_payload: Vec<_> = scan
-        .entries
-        .iter()
-        .filter(|e| e.payload.len() > 16)
-        .collect();
-    let victim = with_payload[with_payload.len() / 2];
-    let at = HEADER_AREA_BYTES + victim.offset + 40;
-    flip(&ring, at);
+    let entry_at = middle_entry_at(&ring);
+    flip(&ring, entry_at + 40);
     let before = volume_checksums(v.voldir());
     let out = mount_output(&v);
     let text = describe(&out);
@@ -118,7 +111,6 @@ fn damage_in_the_middle_of_the_ring_refuses_and_changes_nothing() {
         text.contains(&ring.display().to_string()),
         "message names the ring file: {text}"
     );
-    let entry_at = HEADER_AREA_BYTES + victim.offset;
     assert!(
         text.contains(&format!("byte {entry_at}")),
         "message names byte {entry_at}: {text}"

@@ -546,20 +546,7 @@ impl smlogfs::core::Replica for ScriptedReplica {
     fn checkpoint(&self, _covers: smlogfs::core::Seq) {}
 
     fn info(&self) -> smlogfs::core::ReplicaInfo {
-        smlogfs::core::ReplicaInfo {
-            routes: "scripted".into(),
-            route_in_use: None,
-            connected: false,
-            protected: false,
-            mode: "sync".into(),
-            on_loss: "wait".into(),
-            unacked_entries: 0,
-            acked_through: None,
-            resync_through: None,
-            rtt_us: 0,
-            reconnects: 0,
-            last_error: None,
-        }
+        common::fake_replica_info("scripted", false, false)
     }
 
     fn admit(&self) -> Result<(), smlogfs::core::ReplicaError> {
@@ -603,6 +590,22 @@ fn in_process(replica: Arc<ScriptedReplica>) -> (Volume, smlogfs::core::Fs, Arc<
 
 const ROOT_CALLER: smlogfs::core::Caller = smlogfs::core::Caller { uid: 0, gid: 0 };
 
+/// Creates the regular file `name` in the root directory, as root; the errno on failure.
+fn create_in_root(fs: &smlogfs::core::Fs, name: &[u8]) -> Result<(), i32> {
+    let root = smlogfs::core::Ino(1);
+    fs.mknod(
+        None,
+        ROOT_CALLER,
+        root,
+        name,
+        libc::S_IFREG | 0o644,
+        0,
+        None,
+    )
+    .map(drop)
+    .map_err(|e| e.0)
+}
+
 /// Fenced while the op waited: success when the agent holds its `Applied` entry (the new
 /// owner replays it), EROFS when it provably does not, EIO when nobody can tell. The core
 /// asks about this op's own entries, and the node is fenced in every case.
@@ -620,16 +623,8 @@ fn a_fenced_ops_answer_follows_what_the_agent_holds() {
             asked: Default::default(),
         });
         let (_vol, fs, hook) = in_process(replica.clone());
-        let r = fs.mknod(
-            None,
-            ROOT_CALLER,
-            smlogfs::core::Ino(1),
-            b"f",
-            libc::S_IFREG | 0o644,
-            0,
-            None,
-        );
-        assert_eq!(r.err().map(|e| e.0), want, "held {held:?}");
+        let r = create_in_root(&fs, b"f");
+        assert_eq!(r.err(), want, "held {held:?}");
         let last = fs.ring_stats().next_seq - 1;
         assert_eq!(
             *replica.asked.lock().unwrap(),
@@ -638,17 +633,7 @@ fn a_fenced_ops_answer_follows_what_the_agent_holds() {
         );
         assert!(hook.load(Ordering::Acquire), "held {held:?}: not fenced");
         assert_eq!(
-            fs.mknod(
-                None,
-                ROOT_CALLER,
-                smlogfs::core::Ino(1),
-                b"g",
-                libc::S_IFREG | 0o644,
-                0,
-                None
-            )
-            .err()
-            .map(|e| e.0),
+            create_in_root(&fs, b"g").err(),
             Some(libc::EROFS),
             "held {held:?}: a change after the fence"
         );
@@ -666,33 +651,12 @@ fn a_lost_acknowledgement_is_success_and_a_refusal_logs_nothing() {
         asked: Default::default(),
     });
     let (_vol, fs, hook) = in_process(replica.clone());
-    fs.mknod(
-        None,
-        ROOT_CALLER,
-        smlogfs::core::Ino(1),
-        b"f",
-        libc::S_IFREG | 0o644,
-        0,
-        None,
-    )
-    .expect("a logged op whose acknowledgement failed");
+    create_in_root(&fs, b"f").expect("a logged op whose acknowledgement failed");
     assert_eq!(fs.status().ops_unprotected, 1);
     replica.refuse.store(true, Ordering::Release);
     let before = fs.ring_stats().next_seq;
-    let r = fs.mknod(
-        None,
-        ROOT_CALLER,
-        smlogfs::core::Ino(1),
-        b"g",
-        libc::S_IFREG | 0o644,
-        0,
-        None,
-    );
-    assert_eq!(
-        r.err().map(|e| e.0),
-        Some(libc::EIO),
-        "refused at admission"
-    );
+    let r = create_in_root(&fs, b"g");
+    assert_eq!(r.err(), Some(libc::EIO), "refused at admission");
     assert_eq!(fs.ring_stats().next_seq, before, "a refused op was logged");
     assert!(!hook.load(Ordering::Acquire), "fenced without a fence");
 }

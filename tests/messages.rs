@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use smlogfs::statelog::{format::HEADER_AREA_BYTES, StateLog};
 
 /// Exit status of a refusal for damage (docs/operations.md, "Exit codes").
 const CORRUPT: i32 = 7;
@@ -64,14 +63,7 @@ fn assert_one_sentence_refusal(out: &Output, ring: &Path) -> String {
 fn damage_in_the_ring_is_refused_saying_nothing_was_changed_once() {
     let v = crashed_volume(30);
     let ring = v.voldir().join("statelog");
-    let scan = StateLog::scan_file(&ring).unwrap();
-    let with_payload: Vec<_> = scan
-        .entries
-        .iter()
-        .filter(|e| e.payload.len() > 16)
-        .collect();
-    let victim = with_payload[with_payload.len() / 2];
-    let at = (HEADER_AREA_BYTES + victim.offset + 40) as usize;
+    let at = (middle_entry_at(&ring) + 40) as usize;
     let mut bytes = fs::read(&ring).unwrap();
     bytes[at] ^= 0x5a;
     fs::write(&ring, bytes).unwrap();

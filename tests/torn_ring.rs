@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -15,6 +15,14 @@ use smlogfs::statelog::{format::HEADER_AREA_BYTES, read_header, StateLog};
 
 /// No checkpoint during the test (the entries stay in the ring).
 const KEEP_ENTRIES: &str = "checkpoint_ms=600000,checkpoint_fill=95";
+
+/// A fresh volume mounted with `KEEP_ENTRIES` and then `extra` options, and its ring file.
+fn mounted_keeping_entries(extra: &str) -> (Volume, PathBuf) {
+    let mut v = Volume::new(DEFAULT_MKFS);
+    v.mount(&["-o", &format!("{KEEP_ENTRIES}{extra}")]);
+    let ring = v.voldir().join("statelog");
+    (v, ring)
+}
 
 /// Writes `data` to `path` in 4 KiB writes (small writes go through the ring).
 fn write_small(path: &Path, data: &[u8]) {
@@ -44,17 +52,13 @@ fn window_of(ring: &Path, back: usize, align: u64, len: usize) -> Vec<u8> {
 #[test]
 fn files_holding_copies_of_state_logs_change_nothing() {
     // Another volume with many entries: its seqs run past everything the first one logs.
-    let mut other = Volume::new(DEFAULT_MKFS);
-    other.mount(&["-o", KEEP_ENTRIES]);
+    let (mut other, other_ring) = mounted_keeping_entries("");
     for i in 0..1500 {
         fs::write(other.path(&format!("o{i}")), b"x").unwrap();
     }
     other.kill9();
-    let other_ring = other.voldir().join("statelog");
 
-    let mut v = Volume::new(DEFAULT_MKFS);
-    v.mount(&["-o", KEEP_ENTRIES]);
-    let ring = v.voldir().join("statelog");
+    let (mut v, ring) = mounted_keeping_entries("");
     fs::write(v.path("seed"), b"some entries of our own").unwrap();
     let mut written = Vec::new();
     let aligns: Vec<u64> = (0..64).chain([100, 1000, 4095, 4097]).collect();
@@ -80,9 +84,7 @@ fn files_holding_copies_of_state_logs_change_nothing() {
 
 #[test]
 fn a_ring_torn_after_its_watermark_mounts_with_a_warning() {
-    let mut v = Volume::new(DEFAULT_MKFS);
-    v.mount(&["-o", &format!("{KEEP_ENTRIES},commit_ms=0")]);
-    let ring = v.voldir().join("statelog");
+    let (mut v, ring) = mounted_keeping_entries(",commit_ms=0");
     write_small(&v.path("durable"), &[7u8; 10_000]);
     fs::File::open(v.path("durable"))
         .unwrap()
@@ -124,10 +126,8 @@ fn a_ring_torn_after_its_watermark_mounts_with_a_warning() {
 
 #[test]
 fn the_background_commit_moves_the_watermark_without_fsync() {
-    let mut v = Volume::new(DEFAULT_MKFS);
     // Only on fsync: the watermark stays behind (the control for the check below).
-    v.mount(&["-o", &format!("{KEEP_ENTRIES},commit_ms=0")]);
-    let ring = v.voldir().join("statelog");
+    let (mut v, ring) = mounted_keeping_entries(",commit_ms=0");
     fs::write(v.path("a"), b"not flushed").unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let (durable, last) = watermark_and_last(&ring);

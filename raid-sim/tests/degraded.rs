@@ -8,6 +8,21 @@ use raid_sim::format::{MemberState, Superblock, SB_BYTES};
 use raid_sim::member::{FaultAction, FaultOp, FaultPlan, FaultRule};
 use raid_sim::{inspect, member_name, BlockVolume, RaidOptions, VolumeError};
 
+/// The start of each fault test: a fresh array filled from seed 0xfeed, opened over a
+/// fault plan. Gives the directory (keep it alive), the model of its contents, the plan and
+/// the volume.
+fn fresh_faulty_array() -> (
+    tempfile::TempDir,
+    Vec<u8>,
+    std::sync::Arc<FaultPlan>,
+    raid_sim::RaidVolume,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh_array(dir.path(), 0xfeed);
+    let (plan, vol) = open_faulty(dir.path());
+    (dir, model, plan, vol)
+}
+
 /// A deleted member: reads reconstruct, writes go on, the state survives a reopen.
 #[test]
 fn missing_member_reads_and_writes_continue() {
@@ -41,9 +56,7 @@ fn missing_member_reads_and_writes_continue() {
 /// failed and the survivors' superblocks carry a higher event counter.
 #[test]
 fn read_errors_fail_the_member_and_bump_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = fresh_array(dir.path(), 0xfeed);
-    let (plan, vol) = open_faulty(dir.path());
+    let (dir, model, plan, vol) = fresh_faulty_array();
     let before = vol.events();
     plan.add(FaultRule::new(
         &member_name(2),
@@ -67,9 +80,7 @@ fn read_errors_fail_the_member_and_bump_events() {
 /// EIO on writes of one member: the write succeeds through parity, the member fails.
 #[test]
 fn write_errors_fail_the_member_and_data_stays_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut model = fresh_array(dir.path(), 0xfeed);
-    let (plan, vol) = open_faulty(dir.path());
+    let (dir, mut model, plan, vol) = fresh_faulty_array();
     plan.add(FaultRule::new(
         &member_name(0),
         FaultOp::Write,
@@ -272,9 +283,7 @@ fn fenced_volume_refuses_writes_and_releases_its_lock() {
 /// readable through parity, and after a reopen the member stays out.
 #[test]
 fn torn_member_write_fails_the_member_not_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut model = fresh_array(dir.path(), 0xfeed);
-    let (plan, vol) = open_faulty(dir.path());
+    let (dir, mut model, plan, vol) = fresh_faulty_array();
     let g = vol.geometry();
     let stripe = 7;
     let m = g.data_member(stripe, 1);
@@ -466,9 +475,7 @@ fn random_damage_never_panics_assembly() {
 /// disk) is caught by its checksum and answered from parity.
 #[test]
 fn bit_flips_on_the_read_path_are_caught() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = fresh_array(dir.path(), 0xfeed);
-    let (plan, vol) = open_faulty(dir.path());
+    let (_dir, model, plan, vol) = fresh_faulty_array();
     let g = vol.geometry();
     let at = g.member_offset(4, 0);
     let m = g.data_member(4, 0);

@@ -755,3 +755,40 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Byte offset in the ring file `ring` of an entry from the middle of the ring whose
+/// payload is over 16 bytes: a byte 40 past it lies inside the payload, so damage there is
+/// in the middle of the log, not at its torn tail.
+pub fn middle_entry_at(ring: &Path) -> u64 {
+    let scan = smlogfs::statelog::StateLog::scan_file(ring).unwrap();
+    let with_payload: Vec<_> = scan
+        .entries
+        .iter()
+        .filter(|e| e.payload.len() > 16)
+        .collect();
+    let victim = with_payload[with_payload.len() / 2];
+    smlogfs::statelog::format::HEADER_AREA_BYTES + victim.offset
+}
+
+/// What a test double of a replica reports about itself: `routes` names the double; it has
+/// no link, so no traffic, ack or error to show.
+pub fn fake_replica_info(
+    routes: &str,
+    connected: bool,
+    protected: bool,
+) -> smlogfs::core::ReplicaInfo {
+    smlogfs::core::ReplicaInfo {
+        routes: routes.into(),
+        route_in_use: None,
+        connected,
+        protected,
+        mode: "sync".into(),
+        on_loss: "wait".into(),
+        unacked_entries: 0,
+        acked_through: None,
+        resync_through: None,
+        rtt_us: 0,
+        reconnects: 0,
+        last_error: None,
+    }
+}

@@ -14,7 +14,7 @@
 //!     24     4  body_len     bytes of body that follow the header, <= MAX_BODY_BYTES
 //!     28     4  body_crc     crc32c of the body bytes
 //!     32     4  header_crc   crc32c of header bytes 0..32
-//!     36     -  body         `body_len` bytes, layout per kind (see `message.rs`)
+//!     36     -  body         `body_len` bytes, layout per kind (see `message/mod.rs`)
 //! ```
 //!
 //! The header checksum is checked before `body_len` is trusted, so a garbage length

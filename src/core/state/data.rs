@@ -176,6 +176,12 @@ impl FsState {
                 self.store_block(ino, blk, block);
             }
         }
+        self.note_write(ino, end, now)
+    }
+
+    /// A write that reached byte `end` of `ino`: the file grows to cover it (never
+    /// shrinks) and both its times move to `now`.
+    fn note_write(&mut self, ino: u64, end: u64, now: Ts) -> Result<(), ApplyError> {
         let n = self.get_mut(ino)?;
         n.rec.size = n.rec.size.max(end);
         n.rec.mtime = now;
@@ -230,11 +236,7 @@ impl FsState {
             slot.unrecorded = true;
             self.dirty.blocks.insert((ino, first + i));
         }
-        node.rec.size = node.rec.size.max(end);
-        node.rec.mtime = now;
-        node.rec.ctime = now;
-        self.dirty.inodes.insert(ino);
-        Ok(())
+        self.note_write(ino, end, now)
     }
 
     pub(super) fn apply_fallocate(&mut self, op: &Fallocate) -> Result<(), ApplyError> {
