@@ -13,13 +13,19 @@ use common::*;
 /// Exit status of a refusal for damage (docs/operations.md, "Exit codes").
 const CORRUPT: i32 = 7;
 
-/// A crashed volume whose ring holds the creation of files f0..f{n-1}.
+/// A crashed volume whose ring holds the creation of files f0..f{n-1}, all of it flushed
+/// (an fsync before the crash moves the durable watermark past every entry, so that damage
+/// to them is corruption, not a torn tail; no background commit decides it instead).
 fn crashed_volume(n: usize) -> Volume {
     let mut v = Volume::new(DEFAULT_MKFS);
-    v.mount(&["-o", "checkpoint_ms=600000,checkpoint_fill=95"]);
+    v.mount(&["-o", "checkpoint_ms=600000,checkpoint_fill=95,commit_ms=0"]);
     for i in 0..n {
         fs::write(v.path(&format!("f{i}")), format!("content of file {i}")).unwrap();
     }
+    fs::File::open(v.path(&format!("f{}", n - 1)))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     v.kill9();
     v
 }
