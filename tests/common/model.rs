@@ -1200,20 +1200,27 @@ fn entry_diff(w: &Entry, g: &Entry) -> String {
 // ----- power cuts: which prefix of the acknowledged ops survived -----
 
 /// What a power cut kept of the ops acknowledged after the last durability point: the tree
-/// equals the model at that point followed by the first `kept` of them, and then perhaps the
-/// op that was in flight (`inflight` says how it was found).
+/// equals the model at that point followed by the first `kept` of them, then perhaps the next
+/// one's first FUSE request (`torn`), and then perhaps the op that was in flight (`inflight`
+/// says how it was found).
 #[derive(Clone, Debug)]
 pub struct Survived {
     pub kept: usize,
+    /// The acknowledged write after the `kept` ops is there up to its first page boundary:
+    /// the kernel sent it as two requests and the cut kept the first one's log entries only.
+    pub torn: bool,
     pub inflight: &'static str,
 }
 
 impl Model {
     /// Compares the tree under `mount`/w with this model (the state every op acknowledged
     /// before the last durability point — a returned fsync — must have left) followed by each
-    /// prefix of `after`, the ops acknowledged since, in order; after all of them, also with
-    /// the op in flight applied or torn at its first page. Ok holds the longest prefix that
-    /// matches and the model it gives; the acknowledged ops lost are `after.len() - kept`.
+    /// prefix of `after`, the ops acknowledged since, in order, each prefix also with the next
+    /// op torn at its first page (an acknowledged write is one or two FUSE requests, each
+    /// logged on its own, so a prefix of the log may end between them); after all of them,
+    /// also with the op in flight applied or torn at its first page. Ok holds the longest
+    /// prefix that matches and the model it gives; the acknowledged ops lost are
+    /// `after.len() - kept` (a torn one counts as lost).
     /// A tree that matches no prefix lost a durable op, holds one twice or holds something
     /// no op wrote: the mismatch shows the differences from this model and from the last
     /// state.
@@ -1233,9 +1240,14 @@ impl Model {
             }
             let lines = diff(&state.snapshot(), &got);
             if lines.is_empty() {
-                found = Some((state.clone(), kept));
+                found = Some((state.clone(), kept, false));
             } else if kept == 0 {
                 lines_at_base = lines;
+            }
+            if let Some(torn) = after.get(kept).and_then(|op| state.torn_at_first_page(op)) {
+                if diff(&torn.snapshot(), &got).is_empty() {
+                    found = Some((torn, kept, true));
+                }
             }
         }
         if let Some(op) = inflight {
@@ -1246,6 +1258,7 @@ impl Model {
                     applied,
                     Survived {
                         kept: after.len(),
+                        torn: false,
                         inflight: "in-flight op applied",
                     },
                 ));
@@ -1256,19 +1269,27 @@ impl Model {
                         torn,
                         Survived {
                             kept: after.len(),
+                            torn: false,
                             inflight: "in-flight op applied up to its first page boundary",
                         },
                     ));
                 }
             }
         }
-        if let Some((model, kept)) = found {
+        if let Some((model, kept, torn)) = found {
             let inflight = if inflight.is_some() {
                 "in-flight op not applied"
             } else {
                 "no op in flight"
             };
-            return Ok((model, Survived { kept, inflight }));
+            return Ok((
+                model,
+                Survived {
+                    kept,
+                    torn,
+                    inflight,
+                },
+            ));
         }
         let mut lines = vec!["compared with the state at the last durability point:".to_string()];
         lines.extend(lines_at_base.into_iter().take(10).map(|l| format!("  {l}")));
