@@ -242,7 +242,10 @@ impl Model {
             return None;
         };
         let len = data.len as u64;
-        if len < DIRECT_WRITE_MIN_BYTES || off % PAGE_BYTES != 0 || len % PAGE_BYTES != 0 {
+        if len < DIRECT_WRITE_MIN_BYTES
+            || !off.is_multiple_of(PAGE_BYTES)
+            || !len.is_multiple_of(PAGE_BYTES)
+        {
             return None;
         }
         let mut lost = self.clone();
