@@ -40,6 +40,10 @@ const MAX_FILE_BYTES: u64 = 384 * 1024;
 /// So an in-flight write is all, nothing, or that first part (see `torn_at_first_page`).
 const MAX_WRITE_BYTES: usize = 64 * 1024;
 const PAGE_BYTES: u64 = 4096;
+/// smlogfs writes block-aligned writes at least this large straight to the volume.
+const DIRECT_WRITE_MIN_BYTES: u64 = 64 * 1024;
+/// How many ways of losing direct writes' data a power-cut check tries at most.
+const MAX_DIRECT_LOSS_VARIANTS: usize = 64;
 const FILE_NAMES: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
 const DIR_NAMES: &[&str] = &["D1", "D2", "D3", "D4"];
 const XATTR_NAMES: &[&str] = &["user.one", "user.two", "user.three"];
@@ -227,6 +231,31 @@ impl Model {
             Op::Append { path, data } => Some((path.clone(), self.file_len(path), data.bytes())),
             _ => None,
         }
+    }
+
+    /// `op` as recovery replays a direct write whose data the volume lost: a block-aligned
+    /// write of at least 64 KiB (which smlogfs writes straight to fresh volume blocks and
+    /// flushes only at an fsync) whose range reads as zeroes, the file's size as written
+    /// (docs/design.md, "Direct writes"). None for any other op.
+    fn with_direct_data_lost(&self, op: &Op) -> Option<Model> {
+        let Op::Write { path, off, data } = op else {
+            return None;
+        };
+        let len = data.len as u64;
+        if len < DIRECT_WRITE_MIN_BYTES
+            || !off.is_multiple_of(PAGE_BYTES)
+            || !len.is_multiple_of(PAGE_BYTES)
+        {
+            return None;
+        }
+        let mut lost = self.clone();
+        let f = lost.file_mut(path);
+        let end = (off + len) as usize;
+        if f.len() < end {
+            f.resize(end, 0);
+        }
+        f[*off as usize..end].fill(0);
+        Some(lost)
     }
 
     /// The first of the two FUSE requests the kernel makes of a write that starts inside a
@@ -1200,20 +1229,33 @@ fn entry_diff(w: &Entry, g: &Entry) -> String {
 // ----- power cuts: which prefix of the acknowledged ops survived -----
 
 /// What a power cut kept of the ops acknowledged after the last durability point: the tree
-/// equals the model at that point followed by the first `kept` of them, and then perhaps the
-/// op that was in flight (`inflight` says how it was found).
+/// equals the model at that point followed by the first `kept` of them, then perhaps the next
+/// one's first FUSE request (`torn`), and then perhaps the op that was in flight (`inflight`
+/// says how it was found); `direct_lost` of the direct writes among them read as zeroes.
 #[derive(Clone, Debug)]
 pub struct Survived {
     pub kept: usize,
+    /// The acknowledged write after the `kept` ops is there up to its first page boundary:
+    /// the kernel sent it as two requests and the cut kept the first one's log entries only.
+    pub torn: bool,
+    /// Direct writes (block-aligned, 64 KiB or more) after the durability point whose data
+    /// the cut lost from the volume while their log entries survived: replayed as zeroes.
+    pub direct_lost: usize,
     pub inflight: &'static str,
 }
 
 impl Model {
     /// Compares the tree under `mount`/w with this model (the state every op acknowledged
     /// before the last durability point — a returned fsync — must have left) followed by each
-    /// prefix of `after`, the ops acknowledged since, in order; after all of them, also with
-    /// the op in flight applied or torn at its first page. Ok holds the longest prefix that
-    /// matches and the model it gives; the acknowledged ops lost are `after.len() - kept`.
+    /// prefix of `after`, the ops acknowledged since, in order, each prefix also with the next
+    /// op torn at its first page (an acknowledged write is one or two FUSE requests, each
+    /// logged on its own, so a prefix of the log may end between them); after all of them,
+    /// also with the op in flight applied or torn at its first page. A direct write among
+    /// them may read as zeroes (its data goes to the volume, which only an fsync flushes, so
+    /// a cut may keep its log entries and lose its data; recovery then replays zeroes: see
+    /// `with_direct_data_lost`); before the durability point it may not. Ok holds the longest
+    /// prefix that matches and the model it gives; the acknowledged ops lost are
+    /// `after.len() - kept` (a torn one counts as lost).
     /// A tree that matches no prefix lost a durable op, holds one twice or holds something
     /// no op wrote: the mismatch shows the differences from this model and from the last
     /// state.
@@ -1224,52 +1266,87 @@ impl Model {
         inflight: Option<&Op>,
     ) -> Result<(Model, Survived), Mismatch> {
         let got = scan(&mount.join(WORK_DIR)).map_err(|e| Mismatch::unreadable(mount, e))?;
-        let mut state = self.clone();
-        let mut found = None;
-        let mut lines_at_base = Vec::new();
+        let matches = |m: &Model| diff(&m.snapshot(), &got).is_empty();
+        // Every state the kept prefix may have left: (model, direct writes read as zeroes).
+        let mut states: Vec<(Model, usize)> = vec![(self.clone(), 0)];
+        let mut found: Option<(Model, Survived)> = None;
+        let lines_at_base = diff(&self.snapshot(), &got);
         for kept in 0..=after.len() {
             if kept > 0 {
-                state.apply(&after[kept - 1]);
+                let op = &after[kept - 1];
+                let mut next = Vec::with_capacity(states.len());
+                for (state, lost) in states {
+                    if next.len() + 1 < MAX_DIRECT_LOSS_VARIANTS {
+                        if let Some(zeroed) = state.with_direct_data_lost(op) {
+                            next.push((zeroed, lost + 1));
+                        }
+                    }
+                    let mut state = state;
+                    state.apply(op);
+                    next.push((state, lost));
+                }
+                states = next;
             }
-            let lines = diff(&state.snapshot(), &got);
-            if lines.is_empty() {
-                found = Some((state.clone(), kept));
-            } else if kept == 0 {
-                lines_at_base = lines;
-            }
-        }
-        if let Some(op) = inflight {
-            let mut applied = state.clone();
-            applied.apply(op);
-            if diff(&applied.snapshot(), &got).is_empty() {
-                return Ok((
-                    applied,
-                    Survived {
-                        kept: after.len(),
-                        inflight: "in-flight op applied",
-                    },
-                ));
-            }
-            if let Some(torn) = state.torn_at_first_page(op) {
-                if diff(&torn.snapshot(), &got).is_empty() {
-                    return Ok((
-                        torn,
-                        Survived {
-                            kept: after.len(),
-                            inflight: "in-flight op applied up to its first page boundary",
-                        },
-                    ));
+            for (state, lost) in &states {
+                let survived = |torn| Survived {
+                    kept,
+                    torn,
+                    direct_lost: *lost,
+                    inflight: "",
+                };
+                if matches(state) {
+                    found = Some((state.clone(), survived(false)));
+                }
+                if let Some(torn) = after.get(kept).and_then(|op| state.torn_at_first_page(op)) {
+                    if matches(&torn) {
+                        found = Some((torn, survived(true)));
+                    }
                 }
             }
         }
-        if let Some((model, kept)) = found {
-            let inflight = if inflight.is_some() {
+        if let Some(op) = inflight {
+            for (state, lost) in &states {
+                let survived = |inflight| Survived {
+                    kept: after.len(),
+                    torn: false,
+                    direct_lost: *lost,
+                    inflight,
+                };
+                let mut applied = state.clone();
+                applied.apply(op);
+                if matches(&applied) {
+                    return Ok((applied, survived("in-flight op applied")));
+                }
+                if let Some(zeroed) = state.with_direct_data_lost(op) {
+                    if matches(&zeroed) {
+                        return Ok((
+                            zeroed,
+                            survived("in-flight direct write applied, its data lost"),
+                        ));
+                    }
+                }
+                if let Some(torn) = state.torn_at_first_page(op) {
+                    if matches(&torn) {
+                        return Ok((
+                            torn,
+                            survived("in-flight op applied up to its first page boundary"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some((model, mut survived)) = found {
+            survived.inflight = if inflight.is_some() {
                 "in-flight op not applied"
             } else {
                 "no op in flight"
             };
-            return Ok((model, Survived { kept, inflight }));
+            return Ok((model, survived));
         }
+        let state = states
+            .last()
+            .map(|(m, _)| m.clone())
+            .unwrap_or_else(|| self.clone());
         let mut lines = vec!["compared with the state at the last durability point:".to_string()];
         lines.extend(lines_at_base.into_iter().take(10).map(|l| format!("  {l}")));
         lines.push(format!(
