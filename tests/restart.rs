@@ -266,3 +266,62 @@ fn fusermount_unmount_ends_supervisor_and_daemon() {
     );
     v.assert_fsck_clean();
 }
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY-free: kill(2) has no memory effects.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill -{sig} {pid}");
+}
+
+/// A supervisor that ends after its mount was lazily unmounted must leave alone what was
+/// mounted at the same mount point meanwhile. It once did not: fuser's unmount-on-drop
+/// unmounted the path, which by then held the next mount, whose daemon then failed with
+/// "FUSE device disconnected during handshake" (a fenced node's remount after a giveback).
+/// The old supervisor is stopped while the next mount is made, so the order is certain.
+#[test]
+fn an_ending_supervisor_leaves_the_next_mount_at_its_mount_point_alone() {
+    let mut old = Volume::mounted();
+    let mnt = old.mnt().to_path_buf();
+    let supervisor = supervisor_pid(&old).expect("supervisor.pid");
+    let daemon = old.daemon_pid().expect("daemon.pid");
+    signal(supervisor, libc::SIGSTOP);
+    lazy_umount(&mnt);
+    wait_for(
+        READY_TIMEOUT,
+        "the old daemon to end after the lazy unmount",
+        || !pid_alive(daemon),
+    );
+    // Another volume at the same mount point, while the old supervisor still holds its
+    // handle of the (now gone) first mount.
+    let mut next = Volume::new(DEFAULT_MKFS);
+    let out = run(Command::new(smlogfs_bin())
+        .arg("mount")
+        .arg(next.voldir())
+        .arg(&mnt));
+    assert!(
+        out.status.success(),
+        "mount of the next volume: {}",
+        describe(&out)
+    );
+    next.mark_mounted();
+    write_file(mnt.join("next"), b"served by the next mount");
+    signal(supervisor, libc::SIGCONT);
+    wait_for(READY_TIMEOUT, "the old supervisor to exit", || {
+        !pid_alive(supervisor)
+    });
+    assert!(
+        is_fuse_mount(&mnt),
+        "the old supervisor unmounted the next mount at {}:\n{}",
+        mnt.display(),
+        daemon_log(&next)
+    );
+    assert_eq!(read_file(mnt.join("next")), b"served by the next mount");
+    let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&mnt));
+    assert!(
+        out.status.success(),
+        "umount of the next volume: {}",
+        describe(&out)
+    );
+    next.assert_fsck_clean();
+    old.assert_fsck_clean();
+}
