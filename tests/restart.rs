@@ -325,3 +325,45 @@ fn an_ending_supervisor_leaves_the_next_mount_at_its_mount_point_alone() {
     next.assert_fsck_clean();
     old.assert_fsck_clean();
 }
+
+/// `smlogfs mount` on a mount point where another mount is starting (no daemon has answered
+/// its FUSE_INIT yet, so every call there waits) must neither hang nor take it for a dead
+/// mount and clean it up: it refuses at once, naming the mount point, and leaves it alone.
+#[test]
+fn mount_where_a_mount_is_starting_refuses_and_leaves_it_alone() {
+    use std::os::fd::AsFd;
+    let v = Volume::new(DEFAULT_MKFS);
+    // A mount whose INIT nobody reads: what a supervisor's mount is until its daemon serves.
+    let (fd, starting) = fuser::resume::mount_device(
+        v.mnt(),
+        &[fuser::MountOption::FSName("starting".into())],
+        fuser::SessionACL::Owner,
+    )
+    .expect("mount a FUSE file system without serving it");
+    let mut child = Command::new(smlogfs_bin())
+        .arg("mount")
+        .arg(v.voldir())
+        .arg(v.mnt())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait_until(READY_TIMEOUT, || child.try_wait().unwrap().is_some()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("smlogfs mount hangs on a mount point where a mount is starting");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_fails_with(
+        &out,
+        5,
+        "mount on a mount point where a mount is starting",
+        &["already a mountpoint", "has not answered"],
+    );
+    assert!(
+        fuser::resume::connection_alive(fd.as_fd()),
+        "the starting mount was torn down"
+    );
+    assert!(is_fuse_mount(v.mnt()), "the starting mount was unmounted");
+    starting.unmount().expect("unmount the starting mount");
+}

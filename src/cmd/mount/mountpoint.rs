@@ -3,6 +3,7 @@
 //! not be mounted; a dead mount left by a killed daemon is cleaned up).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::umount::fusermount_unmount;
 use super::{exit, CliError};
@@ -11,19 +12,53 @@ fn is_mounted(mnt: &Path) -> bool {
     smlog_cli::mounts::MountTable::read().is_ok_and(|t| t.find(mnt).is_some())
 }
 
+/// How long a mount at the mount point may take to answer before it counts as live but
+/// not serving yet (a mount still starting: until its daemon answers FUSE_INIT, every call
+/// there waits; or a hung daemon).
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the mount point's directory in a thread and waits up to [`PROBE_WAIT`] for the
+/// answer: None if there is none yet. The thread stays blocked in the kernel until the
+/// mount answers or dies; the process does not wait for it.
+fn probe(mnt: &Path) -> Option<std::io::Result<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mnt.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || {
+            let _ = tx.send(std::fs::read_dir(&path).map(drop));
+        });
+    if let Err(e) = spawned {
+        return Some(Err(e));
+    }
+    rx.recv_timeout(PROBE_WAIT).ok()
+}
+
 /// Checks the mountpoint; cleans up a dead mount left by a killed daemon.
 pub(super) fn prepare_mountpoint(mnt: &Path) -> Result<PathBuf, CliError> {
     // A dead FUSE mount may still answer stat from cached attributes; opening it does not.
+    // A mount still starting does not answer at all yet: it is live, and not ours to clean.
     let abs = std::path::absolute(mnt).unwrap_or_else(|_| mnt.to_path_buf());
     if is_mounted(&abs) {
-        if let Err(e) = std::fs::read_dir(&abs) {
-            if e.raw_os_error() == Some(libc::ENOTCONN) {
+        match probe(&abs) {
+            None => {
+                return Err(CliError::new(
+                    exit::MOUNTPOINT,
+                    format!(
+                        "{} is already a mountpoint whose file system has not answered within                          {} s (a mount still starting, or a hung daemon); wait for it, unmount                          it, or pick another directory",
+                        abs.display(),
+                        PROBE_WAIT.as_secs()
+                    ),
+                ))
+            }
+            Some(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => {
                 log::warn!(
                     "{} is a dead mount (its daemon was killed); cleaning it up",
                     abs.display()
                 );
                 fusermount_unmount(&abs, true)?;
             }
+            Some(_) => {}
         }
     }
     match std::fs::metadata(mnt) {
