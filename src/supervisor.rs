@@ -29,6 +29,11 @@
 //!
 //! The supervisor's own death is the crash of old: the connection dies with the last
 //! descriptor, and `smlogfs mount` cleans the dead mount up and recovers.
+//!
+//! The supervisor unmounts by path only while its connection is alive (a first daemon that
+//! never served): once the connection has ended, the mount point may hold the next mount
+//! (a lazy unmount returns at once, and a new `smlogfs mount` may follow before this
+//! supervisor has reaped its daemon), and unmounting the path would end that one.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, IoSlice, Write};
@@ -271,8 +276,9 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
     loop {
         if last.status.success() {
             log::info!("daemon pid {} exited cleanly; supervisor exits", last.pid);
-            // The connection is gone (unmounted): dropping the handle only checks that.
-            drop(handle);
+            // The connection is gone (unmounted). Never unmount by path here: after a lazy
+            // unmount the mount point may already hold the next mount.
+            handle.release();
             return Ok(());
         }
         if !fuser::resume::connection_alive(fds[0].as_fd()) {
@@ -281,6 +287,8 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
                 last.pid,
                 cause(last.status)
             );
+            // As above: what is mounted at the mount point now is not ours.
+            handle.release();
             return Ok(());
         }
         let planned = last.status.code() == Some(RESTART_EXIT_CODE) && last.ready_at.is_some();
@@ -294,7 +302,7 @@ fn supervise(plan: &Plan, report: &dyn Fn(&str)) -> Result<(), CliError> {
                 );
                 // Leave it as a killed daemon would (a dead mount `smlogfs mount` cleans
                 // up): unmounting here could fail on open files and hide the cause.
-                std::mem::forget(handle);
+                handle.release();
                 return Err(CliError::new(
                     exit::DAEMON,
                     "no daemon could serve the mount",

@@ -28,10 +28,6 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn daemon_log(v: &Volume) -> String {
-    fs::read_to_string(v.voldir().join("daemon.log")).unwrap_or_default()
-}
-
 fn supervisor_state(v: &Volume) -> serde_json::Value {
     let text = fs::read_to_string(v.voldir().join("supervisor.state")).unwrap_or_default();
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
@@ -39,25 +35,10 @@ fn supervisor_state(v: &Volume) -> serde_json::Value {
 
 /// `kill -9` of the serving daemon only; returns its pid once it is gone.
 fn kill_daemon(v: &Volume) -> i32 {
-    let pid = v.daemon_pid().expect("daemon.pid");
-    assert!(pid_alive(pid), "daemon {pid} is not running before kill -9");
-    // SAFETY-free: kill(2) has no memory effects.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill -9 {pid}");
+    let (pid, _) = v.kill_daemon();
     wait_until(READY_TIMEOUT, || !pid_alive(pid))
         .unwrap_or_else(|| panic!("daemon {pid} still alive after kill -9"));
     pid
-}
-
-/// Waits until daemon.pid names a live daemon other than `old`; returns it.
-fn wait_new_daemon(v: &Volume, old: i32) -> i32 {
-    let mut new = None;
-    wait_until(READY_TIMEOUT, || {
-        new = v.daemon_pid().filter(|&p| p != old && pid_alive(p));
-        new.is_some()
-    })
-    .unwrap_or_else(|| panic!("no new daemon after {old} was killed:\n{}", daemon_log(v)));
-    new.unwrap()
 }
 
 fn chunk(i: usize) -> Vec<u8> {
@@ -101,7 +82,7 @@ fn an_open_file_keeps_working_across_ten_daemon_kills() {
             Ok(()) => errors.push(format!("kill {i}: pread returned other bytes")),
             Err(e) => errors.push(format!("kill {i}: pread: {e}")),
         }
-        let new = wait_new_daemon(&v, old);
+        let new = v.wait_new_daemon(old);
         assert_eq!(
             parent_of(new),
             Some(sup),
@@ -114,7 +95,7 @@ fn an_open_file_keeps_working_across_ten_daemon_kills() {
         Some(sup),
         "the supervisor stays the same"
     );
-    let log = daemon_log(&v);
+    let log = v.daemon_log();
     assert_eq!(
         log.matches("died (signal 9 (SIGKILL))").count(),
         10,
@@ -167,7 +148,7 @@ fn ls_and_stat_right_after_a_kill_wait_for_the_new_daemon() {
     assert_eq!(fs::read_to_string(v.path("dir/f7")).unwrap(), "file 7");
     let out = sh(&format!("ls -la {} >/dev/null", v.path("dir").display()));
     assert!(out.status.success(), "ls: {}", describe(&out));
-    let new = wait_new_daemon(&v, old);
+    let new = v.wait_new_daemon(old);
     assert_ne!(new, old, "daemon.pid names the new daemon");
     v.umount();
 }
@@ -201,7 +182,7 @@ fn calls_in_flight_at_a_kill_are_answered_by_the_next_daemon() {
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(300));
         let old = kill_daemon(&v);
-        wait_new_daemon(&v, old);
+        v.wait_new_daemon(old);
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -256,13 +237,108 @@ fn fusermount_unmount_ends_supervisor_and_daemon() {
         std::thread::sleep(Duration::from_millis(20));
     }
     wait_until(READY_TIMEOUT, || !pid_alive(daemon) && !pid_alive(sup))
-        .unwrap_or_else(|| panic!("daemon or supervisor still running:\n{}", daemon_log(&v)));
+        .unwrap_or_else(|| panic!("daemon or supervisor still running:\n{}", v.daemon_log()));
     assert!(!v.voldir().join("supervisor.pid").exists());
     assert!(!v.voldir().join("daemon.pid").exists());
     assert!(
-        daemon_log(&v).contains("exited cleanly; supervisor exits"),
+        v.daemon_log().contains("exited cleanly; supervisor exits"),
         "{}",
-        daemon_log(&v)
+        v.daemon_log()
     );
     v.assert_fsck_clean();
+}
+
+/// A supervisor that ends after its mount was lazily unmounted must leave alone what was
+/// mounted at the same mount point meanwhile. It once did not: fuser's unmount-on-drop
+/// unmounted the path, which by then held the next mount, whose daemon then failed with
+/// "FUSE device disconnected during handshake" (a fenced node's remount after a giveback).
+/// The old supervisor is stopped while the next mount is made, so the order is certain.
+#[test]
+fn an_ending_supervisor_leaves_the_next_mount_at_its_mount_point_alone() {
+    let old = Volume::mounted();
+    let mnt = old.mnt().to_path_buf();
+    let supervisor = supervisor_pid(&old).expect("supervisor.pid");
+    let daemon = old.daemon_pid().expect("daemon.pid");
+    send_signal(supervisor, libc::SIGSTOP);
+    lazy_umount(&mnt);
+    wait_for(
+        READY_TIMEOUT,
+        "the old daemon to end after the lazy unmount",
+        || !pid_alive(daemon),
+    );
+    // Another volume at the same mount point, while the old supervisor still holds its
+    // handle of the (now gone) first mount.
+    let mut next = Volume::new(DEFAULT_MKFS);
+    let out = run(Command::new(smlogfs_bin())
+        .arg("mount")
+        .arg(next.voldir())
+        .arg(&mnt));
+    assert!(
+        out.status.success(),
+        "mount of the next volume: {}",
+        describe(&out)
+    );
+    next.mark_mounted();
+    write_file(mnt.join("next"), b"served by the next mount");
+    send_signal(supervisor, libc::SIGCONT);
+    wait_for(READY_TIMEOUT, "the old supervisor to exit", || {
+        !pid_alive(supervisor)
+    });
+    assert!(
+        is_fuse_mount(&mnt),
+        "the old supervisor unmounted the next mount at {}:\n{}",
+        mnt.display(),
+        next.daemon_log()
+    );
+    assert_eq!(read_file(mnt.join("next")), b"served by the next mount");
+    let out = run(Command::new(smlogfs_bin()).arg("umount").arg(&mnt));
+    assert!(
+        out.status.success(),
+        "umount of the next volume: {}",
+        describe(&out)
+    );
+    next.assert_fsck_clean();
+    old.assert_fsck_clean();
+}
+
+/// `smlogfs mount` on a mount point where another mount is starting (no daemon has answered
+/// its FUSE_INIT yet, so every call there waits) must neither hang nor take it for a dead
+/// mount and clean it up: it refuses at once, naming the mount point, and leaves it alone.
+#[test]
+fn mount_where_a_mount_is_starting_refuses_and_leaves_it_alone() {
+    use std::os::fd::AsFd;
+    let v = Volume::new(DEFAULT_MKFS);
+    // A mount whose INIT nobody reads: what a supervisor's mount is until its daemon serves.
+    let (fd, starting) = fuser::resume::mount_device(
+        v.mnt(),
+        &[fuser::MountOption::FSName("starting".into())],
+        fuser::SessionACL::Owner,
+    )
+    .expect("mount a FUSE file system without serving it");
+    let mut child = Command::new(smlogfs_bin())
+        .arg("mount")
+        .arg(v.voldir())
+        .arg(v.mnt())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait_until(READY_TIMEOUT, || child.try_wait().unwrap().is_some()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("smlogfs mount hangs on a mount point where a mount is starting");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_fails_with(
+        &out,
+        5,
+        "mount on a mount point where a mount is starting",
+        &["already a mountpoint", "has not answered"],
+    );
+    assert!(
+        fuser::resume::connection_alive(fd.as_fd()),
+        "the starting mount was torn down"
+    );
+    assert!(is_fuse_mount(v.mnt()), "the starting mount was unmounted");
+    starting.unmount().expect("unmount the starting mount");
 }

@@ -30,32 +30,6 @@ fn app_kills() -> usize {
         .unwrap_or(50)
 }
 
-fn daemon_log(v: &Volume) -> String {
-    fs::read_to_string(v.voldir().join("daemon.log")).unwrap_or_default()
-}
-
-/// `kill -9` of the serving daemon only; returns its pid and when the signal was sent.
-fn kill_daemon(v: &Volume) -> (i32, Instant) {
-    let pid = v.daemon_pid().expect("daemon.pid");
-    assert!(pid_alive(pid), "daemon {pid} is not running before kill -9");
-    let at = Instant::now();
-    // SAFETY-free: kill(2) has no memory effects.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill -9 {pid}");
-    (pid, at)
-}
-
-/// Waits until daemon.pid names a live daemon other than `old`; returns it.
-fn wait_new_daemon(v: &Volume, old: i32) -> i32 {
-    let mut new = None;
-    wait_until(READY_TIMEOUT, || {
-        new = v.daemon_pid().filter(|&p| p != old && pid_alive(p));
-        new.is_some()
-    })
-    .unwrap_or_else(|| panic!("no new daemon after {old} was killed:\n{}", daemon_log(v)));
-    new.unwrap()
-}
-
 /// (start, end) of every call the application made.
 type Calls = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
@@ -292,8 +266,8 @@ fn an_application_sees_no_error_across_daemon_kills() {
         if runner.is_finished() {
             break;
         }
-        let (old, at) = kill_daemon(&v);
-        wait_new_daemon(&v, old);
+        let (old, at) = v.kill_daemon();
+        v.wait_new_daemon(old);
         killed.push((at, Instant::now()));
     }
     stop.store(true, Ordering::SeqCst);
@@ -302,7 +276,7 @@ fn an_application_sees_no_error_across_daemon_kills() {
         panic!(
             "the application saw an error after {} kills: {e}\n{}",
             killed.len(),
-            daemon_log(&v)
+            v.daemon_log()
         )
     });
     assert_eq!(killed.len(), kills, "every kill was made");
@@ -356,8 +330,8 @@ fn fsx_runs_through_twenty_daemon_kills() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let (old, _) = kill_daemon(&v);
-        wait_new_daemon(&v, old);
+        let (old, _) = v.kill_daemon();
+        v.wait_new_daemon(old);
     }
     let out = child.wait_with_output().unwrap();
     let text = format!(
@@ -385,8 +359,8 @@ fn the_model_workload_sees_no_failure_across_daemon_kills() {
     let running = Workload::new(0x8b).spawn(v.mnt().to_path_buf());
     for _ in 0..10 {
         running.wait_for_ops(25, READY_TIMEOUT);
-        let (old, _) = kill_daemon(&v);
-        wait_new_daemon(&v, old);
+        let (old, _) = v.kill_daemon();
+        v.wait_new_daemon(old);
     }
     running.wait_for_ops(25, READY_TIMEOUT);
     let (mut w, failed) = running.stop();
@@ -394,7 +368,7 @@ fn the_model_workload_sees_no_failure_across_daemon_kills() {
         panic!(
             "{e} (after {} acknowledged ops)\n{}",
             w.acked,
-            daemon_log(&v)
+            v.daemon_log()
         );
     }
     assert!(w.inflight.is_none(), "no op is left in flight");

@@ -440,6 +440,21 @@ pub fn mounted_volume(mnt: &std::path::Path) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(&volume.source))
 }
 
+/// The smlogfs mount at `mnt`: (its absolute mount point, its volume directory), or the
+/// error that `mnt` is none (for the commands given a mount point).
+pub fn mounted_at(
+    mnt: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), CliError> {
+    let abs = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    match mounted_volume(&abs) {
+        Some(voldir) => Ok((abs, voldir)),
+        None => Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!("{} is not a mounted smlogfs file system", mnt.display()),
+        )),
+    }
+}
+
 /// Holds `VOLDIR/lock` exclusively for as long as the value lives.
 pub struct VolumeLock {
     _file: std::fs::File,

@@ -28,13 +28,7 @@ pub struct Restarted {
 }
 
 pub fn restart(mnt: &Path) -> Result<Restarted, CliError> {
-    let abs = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
-    let Some(voldir) = super::mounted_volume(&abs) else {
-        return Err(CliError::new(
-            exit::MOUNTPOINT,
-            format!("{} is not a mounted smlogfs file system", mnt.display()),
-        ));
-    };
+    let (_, voldir) = super::mounted_at(mnt)?;
     let state = State::read(&voldir)
         .filter(|s| process_alive(s.supervisor_pid))
         .ok_or_else(|| {

@@ -792,3 +792,44 @@ pub fn fake_replica_info(
         last_error: None,
     }
 }
+
+/// The serving daemon's side of a supervised mount, for the restart tests.
+impl Volume {
+    /// VOLDIR/daemon.log (the supervisor's and every daemon's), or "" if there is none.
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.voldir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of the serving daemon only (its supervisor starts the next one); returns its
+    /// pid and when the signal was sent, without waiting for it to die.
+    pub fn kill_daemon(&self) -> (i32, Instant) {
+        let pid = self.daemon_pid().expect("daemon.pid");
+        assert!(pid_alive(pid), "daemon {pid} is not running before kill -9");
+        let at = Instant::now();
+        send_signal(pid, libc::SIGKILL);
+        (pid, at)
+    }
+
+    /// Waits until daemon.pid names a live daemon other than `old`; returns it.
+    pub fn wait_new_daemon(&self, old: i32) -> i32 {
+        let mut new = None;
+        wait_until(READY_TIMEOUT, || {
+            new = self.daemon_pid().filter(|&p| p != old && pid_alive(p));
+            new.is_some()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no new daemon after {old} was killed:\n{}",
+                self.daemon_log()
+            )
+        });
+        new.expect("set by the wait")
+    }
+}
+
+/// kill(2) of `pid` with `sig`; panics if it fails.
+pub fn send_signal(pid: i32, sig: libc::c_int) {
+    // SAFETY-free: kill(2) has no memory effects.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill -{sig} {pid}: {}", io::Error::last_os_error());
+}

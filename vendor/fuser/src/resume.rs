@@ -125,6 +125,15 @@ pub struct MountHandle {
 }
 
 impl MountHandle {
+    /// Lets go of the mount without unmounting anything: for a connection that ended (or is
+    /// left for someone else to clean up), whose mount point may hold another mount by now.
+    /// An unmount goes by path, so only the owner of a live connection may do it.
+    pub fn release(mut self) {
+        if let Some(m) = self.mount.take() {
+            m.release();
+        }
+    }
+
     /// Unmounts now.
     /// # Errors
     /// Returns the error of umount(2) (or of the fusermount helper).

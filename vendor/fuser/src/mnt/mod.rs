@@ -1,3 +1,7 @@
+// PATCHED for smlogfs (vendored fuser 0.18.0; see smlogfs's docs/design.md, "Restart on the
+// same FUSE connection"). Change in this file: `is_mounted` says false once the connection is
+// gone (POLLERR), so that dropping a `Mount` never unmounts a later mount at the same path.
+
 //! FUSE kernel driver communication
 //!
 //! Raw communication channel to the FUSE kernel driver.
@@ -143,6 +147,11 @@ impl Mount {
         }
     }
 
+    /// Patch: forgets the mount without unmounting (see `resume::MountHandle::release`).
+    pub(crate) fn release(mut self) {
+        self.mount_impl = None;
+    }
+
     pub(crate) fn umount(mut self) -> io::Result<()> {
         match self.mount_impl.take() {
             Some(mut mount) => {
@@ -207,9 +216,12 @@ fn is_mounted(fuse_device: &DevFuse) -> bool {
         let res = poll(slice::from_mut(&mut poll_fd), PollTimeout::ZERO);
         break match res {
             Ok(0) => true,
+            // Patch: the kernel reports POLLERR once the connection is gone (unmounted or
+            // aborted); upstream 0.18 read that as "still mounted", so every drop unmounted
+            // the path again, and with it whatever had been mounted there since.
             Ok(1) => poll_fd
                 .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLERR)),
+                .is_some_and(|r| !r.contains(PollFlags::POLLERR)),
             Ok(_) => unreachable!(),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => {
