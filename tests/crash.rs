@@ -120,13 +120,6 @@ fn iteration(
     ))
 }
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Runs `iterations` kill points on one volume made with `mkfs_args` and mounted as
 /// `mounting` says; each prints a line starting with `label`. Panics at the end if any failed.
 fn run_kill_points(label: &str, iterations: usize, mkfs_args: &[String], mounting: &Mounting) {

@@ -440,13 +440,6 @@ fn iteration(
     })
 }
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn base_seed() -> u64 {
     std::env::var("POWER_SEED")
         .ok()

@@ -833,3 +833,11 @@ pub fn send_signal(pid: i32, sig: libc::c_int) {
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill -{sig} {pid}: {}", io::Error::last_os_error());
 }
+
+/// The number in environment variable `name` (a test's iteration count), else `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
