@@ -342,6 +342,7 @@ impl FsState {
         use crate::core::meta::MetaRecord;
         let mut jobs = Vec::new();
         let mut prev_phys: Option<u64> = None;
+        let mut in_place = 0u64;
         for (ino, blk) in blocks {
             let Some(node) = self.inodes.get_mut(&ino) else {
                 continue;
@@ -358,28 +359,38 @@ impl FsState {
                 }
                 continue;
             }
-            // A block a direct write placed is left as it is until a checkpoint covers that
-            // write: recovery checks the write's data there. Changed since, it moves to a new
-            // block (the old one is released after this checkpoint).
-            if unrecorded {
-                if let Some(old) = slot.phys.take() {
-                    self.pending_free.push(old);
-                }
-            }
-            let fresh = slot.phys.is_none();
-            let phys = match slot.phys {
-                Some(p) => p,
-                None => {
-                    let p = alloc.alloc_near(prev_phys.map(|p| p + 1)).ok_or_else(|| {
-                        crate::core::error::FsError::Poisoned(crate::core::error::Poison::io(
-                            "the volume is full: no block for checkpoint data",
-                        ))
-                    })?;
-                    slot.phys = Some(p);
+            // Copy on write: a block the last durable checkpoint references is never written
+            // over. A power cut can tear an in-place write, and the ring's later writes to
+            // part of the block would then be replayed onto torn bytes (a single-file volume
+            // has no journal under it; seen in the power-cut test). The data goes to a fresh
+            // block; the old one waits in `pending_free` until this checkpoint's superblock
+            // is durable. A block a direct write placed moves for the same reason (recovery
+            // checks that write's data there until a checkpoint covers it).
+            let old = slot.phys.take();
+            let (phys, fresh) = match alloc.alloc_near(prev_phys.map(|p| p + 1)) {
+                Some(p) => {
+                    if let Some(old) = old {
+                        self.pending_free.push(old);
+                    }
                     records.push(MetaRecord::Extent { ino, blk, phys: p });
-                    p
+                    (p, true)
+                }
+                // The volume is full: write over the old block, as before copy on write
+                // (the RAID-5's stripe journal still protects it; a single file is exposed
+                // to a torn write until the next checkpoint).
+                None if old.is_some() && !unrecorded => {
+                    in_place += 1;
+                    (old.expect("matched is_some"), false)
+                }
+                None => {
+                    return Err(crate::core::error::FsError::Poisoned(
+                        crate::core::error::Poison::io(
+                            "the volume is full: no block for checkpoint data",
+                        ),
+                    ))
                 }
             };
+            slot.phys = Some(phys);
             prev_phys = Some(phys);
             jobs.push(BlockJob {
                 phys: VolBlock(phys),
@@ -389,6 +400,12 @@ impl FsState {
                 gen: slot.dirty_gen,
                 fresh,
             });
+        }
+        if in_place > 0 {
+            log::warn!(
+                "checkpoint: the volume has no free block to copy {in_place} changed blocks to; \
+                 they are written in place (free space lets checkpoints copy on write)"
+            );
         }
         Ok(jobs)
     }
